@@ -1,0 +1,101 @@
+"""CIFAR ResNet-20/32/44/56 (He et al. 2016, section 4.2) with option-A shortcuts.
+
+Layout and names follow akamaster/pytorch_resnet_cifar10, whose trained checkpoints convert exactly:
+a 3x3 stem of 16 channels, three stages of n = (depth - 2) / 6 basic blocks of 16, 32 and 64 channels
+(the first block of stages 2 and 3 has stride 2), global average pooling and a linear layer. The
+option-A shortcut of a downsampling block is ``x[:, ::2, ::2]`` zero-padded by ``planes // 4`` channels
+on each side.
+
+Taps: ``stem`` (32x32x16), ``layer{s}.{b}`` after each block, ``layer{s}`` after each stage,
+``pool`` (64) and ``logits``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xai_jax.models.common import batch_norm, tap
+from xai_jax.models.registry import ModelSpec, register
+from xai_jax.weights.layout import StateDict
+
+CIFAR_MEAN = (0.485, 0.456, 0.406)
+CIFAR_STD = (0.229, 0.224, 0.225)
+_PAD1 = ((1, 1), (1, 1))
+
+
+class BasicBlock(nn.Module):
+    planes: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        out = nn.Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False, name="conv1")(x)
+        out = nn.relu(batch_norm(train, "bn1")(out))
+        out = nn.Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False, name="conv2")(out)
+        out = batch_norm(train, "bn2")(out)
+        shortcut = x
+        if self.stride != 1 or x.shape[-1] != self.planes:
+            pad = self.planes // 4
+            shortcut = jnp.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (pad, pad)))
+        return nn.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    depth: int = 56
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if (self.depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {self.depth}")
+        blocks = (self.depth - 2) // 6
+        x = nn.Conv(16, (3, 3), 1, padding=_PAD1, use_bias=False, name="conv1")(x)
+        x = tap(self, "stem", nn.relu(batch_norm(train, "bn1")(x)))
+        for stage, planes in enumerate((16, 32, 64), start=1):
+            for b in range(blocks):
+                stride = 2 if stage > 1 and b == 0 else 1
+                x = BasicBlock(planes, stride, name=f"layer{stage}_{b}")(x, train)
+                tap(self, f"layer{stage}.{b}", x)
+            tap(self, f"layer{stage}", x)
+        x = tap(self, "pool", jnp.mean(x, axis=(1, 2)))
+        return tap(self, "logits", nn.Dense(self.num_classes, name="linear")(x))
+
+
+def convert_cifar_resnet(depth: int):
+    """Returns a converter from an akamaster-layout state dict of the given depth to Flax variables."""
+
+    def convert(tensors: Mapping[str, np.ndarray]) -> dict:
+        sd = StateDict(tensors, f"CIFAR ResNet-{depth} checkpoint")
+        params, stats = {"conv1": sd.conv("conv1")}, {}
+        params["bn1"], stats["bn1"] = sd.batch_norm("bn1")
+        for stage in (1, 2, 3):
+            for b in range((depth - 2) // 6):
+                src, dst = f"layer{stage}.{b}", f"layer{stage}_{b}"
+                p, s = {}, {}
+                for i in (1, 2):
+                    p[f"conv{i}"] = sd.conv(f"{src}.conv{i}")
+                    p[f"bn{i}"], s[f"bn{i}"] = sd.batch_norm(f"{src}.bn{i}")
+                params[dst], stats[dst] = p, s
+        params["linear"] = sd.linear("linear")
+        sd.finish()
+        return {"params": params, "batch_stats": stats}
+
+    return convert
+
+
+for _depth in (20, 32, 44, 56):
+    register(ModelSpec(
+        name=f"cifar_resnet{_depth}",
+        build=lambda num_classes, depth=_depth: CifarResNet(depth=depth, num_classes=num_classes),
+        input_shape=(32, 32, 3),
+        num_classes=10,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        convert=convert_cifar_resnet(_depth),
+        description=f"CIFAR ResNet-{_depth}, option-A shortcuts (akamaster/pytorch_resnet_cifar10 layout)",
+    ))

@@ -1,0 +1,171 @@
+"""Backbones chosen by name: the Flax module, its preprocessing, its taps and its converter.
+
+Every backbone is a Flax linen module whose ``__call__(x, train=False)`` returns logits and records
+named intermediate activations ("taps") with :func:`xai_jax.models.common.tap`. :func:`apply_model`
+returns the taps a caller asks for; under ``jit`` the ones nobody asked for are dead code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xai_jax.errors import XaiJaxError
+
+Variables = Mapping[str, Any]
+TAPS = "taps"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to run one backbone on raw images.
+
+    Attributes:
+      name: registry name, e.g. ``"cifar_resnet56"``.
+      build: ``build(num_classes) -> flax.linen.Module``.
+      input_shape: ``(H, W, C)`` the module expects after preprocessing.
+      num_classes: default number of outputs.
+      mean, std: per-channel normalisation applied to images scaled to [0, 1].
+      resize: shorter side that variable-size images (image folders) are resized to on the host before a
+        centre crop to ``input_shape``; ``None`` for models of small fixed-size images.
+      convert: ``convert(state_dict) -> variables`` from a PyTorch state dict (names without a
+        ``module.`` prefix, values as NumPy arrays) to Flax variables; ``None`` if the model has no
+        PyTorch counterpart.
+      description: one line for ``xai-jax info``.
+    """
+
+    name: str
+    build: Callable[[int], Any]
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int | None = None
+    convert: Callable[[Mapping[str, np.ndarray]], dict] | None = None
+    description: str = ""
+
+    def module(self, num_classes: int | None = None):
+        return self.build(self.num_classes if num_classes is None else num_classes)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise XaiJaxError(f"unknown model {name!r}; known models: {', '.join(names())}") from None
+
+
+def preprocess(spec: ModelSpec, images: jax.Array) -> jax.Array:
+    """Maps a batch of raw images to the model's input: float32 ``[N, H, W, C]``, normalised.
+
+    Integer images are scaled by 1/255, float images are taken to be in [0, 1] already. Grey images feed
+    RGB models by repetition (and RGB images grey models by their mean); images of another size are
+    resized bilinearly on device. Jittable; the image shape decides the trace.
+
+    Args:
+      spec: the model's spec.
+      images: ``[N, h, w]`` or ``[N, h, w, c]``, uint8 in [0, 255] or float in [0, 1].
+
+    Returns:
+      ``(x - mean) / std`` at ``spec.input_shape``.
+    """
+    x = jnp.asarray(images)
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        x = x.astype(jnp.float32) / 255.0
+    else:
+        x = x.astype(jnp.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    height, width, channels = spec.input_shape
+    if x.shape[-1] != channels:
+        if x.shape[-1] == 1:
+            x = jnp.repeat(x, channels, axis=-1)
+        elif channels == 1:
+            x = jnp.mean(x, axis=-1, keepdims=True)
+        else:
+            raise XaiJaxError(f"{spec.name} takes {channels}-channel images, got {x.shape[-1]} channels")
+    if x.shape[1:3] != (height, width):
+        x = jax.image.resize(x, (x.shape[0], height, width, channels), method="bilinear")
+    mean = jnp.asarray(spec.mean, jnp.float32)
+    std = jnp.asarray(spec.std, jnp.float32)
+    return (x - mean) / std
+
+
+def apply_model(module, variables: Variables, x: jax.Array, taps: Sequence[str] = (), train: bool = False):
+    """Runs ``module`` in inference mode and returns ``(logits, {tap name: activation})``.
+
+    Args:
+      module: a registered backbone.
+      variables: its Flax variables (``params`` and, for batch-norm models, ``batch_stats``).
+      x: preprocessed input ``[N, H, W, C]``.
+      taps: names of intermediate activations to return (see :func:`tap_shapes`).
+      train: batch-norm in training mode; then the returned dict also holds ``"batch_stats"`` updates.
+
+    Returns:
+      logits ``[N, num_classes]`` and a dict of the requested taps, NHWC for conv layers.
+    """
+    variables = {k: v for k, v in variables.items() if k != TAPS}
+    mutable = [TAPS] if taps else []
+    if train:
+        mutable.append("batch_stats")
+    if not mutable:
+        return module.apply(variables, x, train=False), {}
+    logits, state = module.apply(variables, x, train=train, mutable=mutable)
+    recorded = state.get(TAPS, {})
+    missing = [t for t in taps if t not in recorded]
+    if missing:
+        raise XaiJaxError(
+            f"{type(module).__name__} has no tap {missing[0]!r}; valid taps: {', '.join(recorded)}"
+        )
+    out = {t: recorded[t] for t in taps}
+    if train:
+        out["batch_stats"] = state["batch_stats"]
+    return logits, out
+
+
+@functools.lru_cache(maxsize=None)
+def _tap_shapes(name: str, num_classes: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    spec = get(name)
+    module = spec.module(num_classes)
+    x = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
+    order: list[str] = []  # pytree flattening sorts dict keys; remember the forward order while tracing
+
+    def all_taps(x):
+        variables = module.init(jax.random.key(0), x)
+        _, state = module.apply(variables, x, mutable=[TAPS])
+        order.extend(state[TAPS])
+        return state[TAPS]
+
+    shapes = jax.eval_shape(all_taps, x)
+    return tuple((k, tuple(shapes[k].shape[1:])) for k in order)
+
+
+def tap_shapes(name: str, num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
+    """The model's taps in forward order, each with its per-image shape (no batch axis)."""
+    spec = get(name)
+    return dict(_tap_shapes(name, spec.num_classes if num_classes is None else num_classes))
+
+
+def init_variables(spec: ModelSpec, key: jax.Array, num_classes: int | None = None) -> dict:
+    """Randomly initialised variables of ``spec``'s module (for training or parity tests)."""
+    module = spec.module(num_classes)
+    return module.init(key, jnp.zeros((1, *spec.input_shape), jnp.float32))
