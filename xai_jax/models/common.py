@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from xai_jax.models.registry import TAPS
+from xai_jax.models.registry import TAPS, TAPS_VARIABLE
 
 
 def tap(module: nn.Module, name: str, x):
     """Records ``x`` as the tap ``name`` of ``module`` (a no-op unless the caller asked for taps).
 
     Only the top-level backbone records taps, so the names are flat ("layer1", "layer2.0", "pool").
-    Returns ``x`` so it can wrap an expression.
+    All taps live in one sown dict because sown variables share a namespace with submodules, and a tap
+    is often best named like the layer it follows ("conv1"). Returns ``x`` so it can wrap an expression.
     """
-    module.sow(TAPS, name, x, init_fn=lambda: None, reduce_fn=lambda _, new: new)
+    module.sow(TAPS, TAPS_VARIABLE, {name: x}, init_fn=dict, reduce_fn=lambda taps, new: {**taps, **new})
     return x
 
 

@@ -19,6 +19,7 @@ from xai_jax.errors import XaiJaxError
 
 Variables = Mapping[str, Any]
 TAPS = "taps"
+TAPS_VARIABLE = "__taps__"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +131,7 @@ def apply_model(module, variables: Variables, x: jax.Array, taps: Sequence[str] 
     if not mutable:
         return module.apply(variables, x, train=False), {}
     logits, state = module.apply(variables, x, train=train, mutable=mutable)
-    recorded = state.get(TAPS, {})
+    recorded = state.get(TAPS, {}).get(TAPS_VARIABLE, {})
     missing = [t for t in taps if t not in recorded]
     if missing:
         raise XaiJaxError(
@@ -152,8 +153,9 @@ def _tap_shapes(name: str, num_classes: int) -> tuple[tuple[str, tuple[int, ...]
     def all_taps(x):
         variables = module.init(jax.random.key(0), x)
         _, state = module.apply(variables, x, mutable=[TAPS])
-        order.extend(state[TAPS])
-        return state[TAPS]
+        taps = state[TAPS][TAPS_VARIABLE]
+        order.extend(taps)
+        return taps
 
     shapes = jax.eval_shape(all_taps, x)
     return tuple((k, tuple(shapes[k].shape[1:])) for k in order)
@@ -168,4 +170,37 @@ def tap_shapes(name: str, num_classes: int | None = None) -> dict[str, tuple[int
 def init_variables(spec: ModelSpec, key: jax.Array, num_classes: int | None = None) -> dict:
     """Randomly initialised variables of ``spec``'s module (for training or parity tests)."""
     module = spec.module(num_classes)
-    return module.init(key, jnp.zeros((1, *spec.input_shape), jnp.float32))
+    variables = module.init(key, jnp.zeros((1, *spec.input_shape), jnp.float32))
+    return {k: v for k, v in variables.items() if k != TAPS}
+
+
+@functools.lru_cache(maxsize=None)
+def make_forward(name: str, taps: tuple[str, ...] = (), num_classes: int | None = None,
+                 compute_dtype: str | None = None):
+    """A cached pure function ``forward(images, variables) -> {"logits": ..., tap: ...}`` for model ``name``.
+
+    Preprocessing is included, so ``images`` are raw (uint8 or [0, 1] floats). Cached on its arguments:
+    every caller asking for the same model and taps shares one function, hence one compiled program.
+
+    Args:
+      name: registry name.
+      taps: intermediate activations to return next to the logits.
+      num_classes: outputs of the head (default: the spec's).
+      compute_dtype: ``"bfloat16"`` runs the backbone in bf16 (inputs and weights cast; outputs returned in
+        float32); ``None`` keeps float32.
+    """
+    spec = get(name)
+    module = spec.module(num_classes)
+    dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
+
+    def forward(images, variables):
+        x = preprocess(spec, images)
+        if dtype is not None:
+            x = x.astype(dtype)
+            variables = jax.tree.map(lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
+                                     variables)
+        logits, out = apply_model(module, variables, x, taps)
+        out = {"logits": logits, **out}
+        return jax.tree.map(lambda a: a.astype(jnp.float32), out)
+
+    return forward

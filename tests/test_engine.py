@@ -1,0 +1,132 @@
+"""The streaming engine: exact folds, padding, compile-once, and 1 vs 8 devices on real data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xai_jax import engine
+from xai_jax.data import ArraySource, Batches
+
+NUM_CLASSES = 5
+
+
+def class_pixel_sums(state, batch, params):
+    """Per-class sums of each image's mean pixel, scaled by ``params`` (so params really flow in)."""
+    weight = batch["mask"].astype(jnp.float32)
+    onehot = jax.nn.one_hot(batch["labels"], NUM_CLASSES) * weight[:, None]
+    means = batch["images"].astype(jnp.float32).mean(axis=(1, 2)) * params
+    return {"sums": state["sums"] + onehot.T @ means, "counts": state["counts"] + onehot.sum(0)}
+
+
+def empty_state():
+    return {"sums": jnp.zeros((NUM_CLASSES,)), "counts": jnp.zeros((NUM_CLASSES,))}
+
+
+@pytest.fixture(scope="module")
+def random_source():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(37, 5, 3), dtype=np.uint8)
+    labels = rng.integers(0, NUM_CLASSES, size=37)
+    return ArraySource(images, labels, [f"c{i}" for i in range(NUM_CLASSES)])
+
+
+@pytest.mark.parametrize("batch_size", [1, 8, 37, 64])
+def test_fold_matches_numpy_for_any_batch_size(random_source, batch_size):
+    images, labels = random_source.all()
+    expected = np.zeros(NUM_CLASSES)
+    np.add.at(expected, labels, images.astype(np.float64).mean(axis=(1, 2)) * 2.0)
+    state = engine.run(class_pixel_sums, empty_state(), random_source, jnp.float32(2.0), batch_size=batch_size,
+                       progress=False)
+    np.testing.assert_allclose(state["sums"], expected, rtol=1e-5)
+    np.testing.assert_array_equal(state["counts"], np.bincount(labels, minlength=NUM_CLASSES))
+
+
+def test_step_compiles_once_per_shape(random_source):
+    traces = []
+
+    def counting_step(state, batch, params):
+        traces.append(batch["images"].shape)
+        return class_pixel_sums(state, batch, params)
+
+    for _ in range(2):  # the second pass reuses the cached program
+        engine.run(counting_step, empty_state(), Batches(random_source, 8), jnp.float32(1.0), progress=False)
+    assert traces == [(8, 5, 3)]
+    engine.run(counting_step, empty_state(), Batches(random_source, 16), jnp.float32(1.0), progress=False)
+    assert traces == [(8, 5, 3), (16, 5, 3)]
+
+
+def test_map_batches_keeps_dataset_order_and_drops_padding(random_source):
+    images, _ = random_source.all()
+    rows = engine.collect(engine.map_batches(
+        lambda batch, params: {"mean": batch["images"].astype(jnp.float32).mean(axis=(1, 2)) + params,
+                               "index": batch["index"]},
+        Batches(random_source, 8), jnp.float32(1.0), progress=False))
+    np.testing.assert_array_equal(rows["index"], np.arange(37))
+    np.testing.assert_allclose(rows["mean"], images.mean(axis=(1, 2)) + 1.0, rtol=1e-6)
+
+
+def test_batch_size_rounds_to_device_count():
+    assert engine.round_batch_size(5) % jax.local_device_count() == 0
+    assert engine.round_batch_size(5) >= 5
+
+
+# --- the same reduction over CIFAR-10 with ResNet-20, on 1 and on 8 (forced host) devices ---------------
+
+def resnet20_class_logit_sums(state, batch, variables):
+    from xai_jax import models
+    logits = models.make_forward("cifar_resnet20")(batch["images"], variables)["logits"]
+    onehot = jax.nn.one_hot(batch["labels"], 10) * batch["mask"][:, None]
+    return {"sums": state["sums"] + onehot.T @ logits, "counts": state["counts"] + onehot.sum(0)}
+
+
+def reduce_cifar10(test_npz: str, weights: str, batch_size: int) -> dict[str, np.ndarray]:
+    from xai_jax import models, weights as W
+    from xai_jax.data import JpegNpzSource
+    variables = W.load(models.get("cifar_resnet20"), weights)
+    state = {"sums": jnp.zeros((10, 10)), "counts": jnp.zeros((10,))}
+    state = engine.run(resnet20_class_logit_sums, state, JpegNpzSource(test_npz), variables,
+                       batch_size=batch_size, progress=False)
+    return {k: np.asarray(v) for k, v in state.items()} | {"devices": np.int64(jax.device_count())}
+
+
+@pytest.mark.slow
+def test_cifar10_reduction_same_on_1_and_8_devices(tmp_path):
+    from conftest import shared_path
+    test_npz = str(shared_path("cifar10", "cifar10_test_jpeg.npz"))
+    weights = str(next(shared_path("cifar10_resnet").glob("resnet20-*.th")))
+    results = {}
+    for devices in (1, 8):
+        out = tmp_path / f"reduce{devices}.npz"
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                   JAX_PLATFORMS="cpu")
+        # A fresh process per device count: XLA reads the flag once, at start-up.
+        subprocess.run([sys.executable, __file__, test_npz, weights, str(out)], env=env, check=True,
+                       cwd=os.path.dirname(__file__))
+        results[devices] = dict(np.load(out))
+    one, eight = results[1], results[8]
+    assert one["devices_b128"] == 1 and eight["devices_b128"] == 8
+    for r in (one, eight):
+        np.testing.assert_array_equal(r["counts_b128"], np.full(10, 1000.0))
+        np.testing.assert_array_equal(r["counts_b200"], r["counts_b128"])  # 128 does not divide 10,000; 200 does
+    for key in ("sums_b128", "sums_b200"):
+        # Summation order differs with the device count, so equal up to float32 rounding of sums of ~1000 logits.
+        np.testing.assert_allclose(one[key], eight[key], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(one["sums_b128"], one["sums_b200"], rtol=1e-5, atol=1e-3)
+    # The class-mean logits put each class's own logit first: the reduction really ran the real model.
+    assert np.all(np.argmax(one["sums_b200"], axis=1) == np.arange(10))
+
+
+if __name__ == "__main__":
+    test_npz_path, weights_path, out_path = sys.argv[1:4]
+    saved = {}
+    for bs in (128, 200):
+        for key, value in reduce_cifar10(test_npz_path, weights_path, bs).items():
+            saved[f"{key}_b{bs}"] = value
+    np.savez(out_path, **saved)

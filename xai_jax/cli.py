@@ -1,0 +1,154 @@
+"""The ``xai-jax`` command: ``info``, ``predict``, ``demo``, ``setup``; one subcommand per method as they land.
+
+Bad input ends with one line, ``xai-jax: error: ...``, and exit status 2; outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import sys
+
+from xai_jax.errors import XaiJaxError
+
+DATA_HELP = ("data source KIND:PATH: idx:DIR (MNIST/Fashion-MNIST), jpeg-npz:FILE, folder:DIR (one folder per "
+             "class), npz:FILE (arrays images, labels), tfds:NAME[:SPLIT], digits")
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", required=required, metavar="SPEC", help=DATA_HELP)
+    p.add_argument("--split", help="split where the source has several (train/test; tfds split names)")
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--synsets", metavar="FILE", help="for folder: sources named by WordNet id, the label order "
+                   "(one wnid a line, e.g. the 1,000 ILSVRC-2012 wnids)")
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size (default 128)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="backbone name (see `xai-jax info`)")
+    p.add_argument("--weights", required=True, metavar="PATH",
+                   help="PyTorch (.pt/.pth/.th), safetensors, or xai_jax checkpoint directory")
+    p.add_argument("--num-classes", type=int, help="outputs of the head if not the model's default")
+    p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xai-jax", description=__doc__.splitlines()[0])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="versions, devices and models; with --model, its taps and their shapes")
+    p.add_argument("--model", help="list this model's taps")
+
+    p = sub.add_parser("predict", help="logits, labels and chosen taps for every image, in dataset order")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--taps", default="", help="comma-separated tap names to save next to the logits")
+    p.add_argument("--out", required=True, metavar="FILE.npz")
+
+    p = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and explain it")
+    p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("setup", help="install resources the methods need")
+    p.add_argument("resource", choices=["wordnet"])
+    p.add_argument("--dir", help="target nltk_data folder (default: the first writable one nltk searches)")
+    return parser
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("xai-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy", "nltk",
+                 "torch", "tensorflow-datasets"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def cmd_info(args) -> None:
+    import jax
+
+    from xai_jax import models
+    if args.model:
+        spec = models.get(args.model)
+        print(f"{spec.name}: {spec.description}")
+        print(f"input {' x '.join(map(str, spec.input_shape))}, {spec.num_classes} classes, "
+              f"mean {spec.mean}, std {spec.std}" + (f", resize {spec.resize}" if spec.resize else ""))
+        print("taps:")
+        shapes = models.tap_shapes(spec.name)
+        width = max(map(len, shapes))
+        for name, shape in shapes.items():
+            print(f"  {name:<{width}}  {' x '.join(map(str, shape))}")
+        return
+    for name, version in _versions().items():
+        print(f"{name:<20} {version}")
+    print(f"{'devices':<20} {', '.join(str(d) for d in jax.devices())}")
+    print(f"{'models':<20} {', '.join(models.names())}")
+
+
+def _load_model_and_data(args):
+    from xai_jax import data, models, weights
+    spec = models.get(args.model)
+    if args.batch_size < 1:
+        raise XaiJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
+    source = data.open_source(args.data, split=args.split, limit=args.limit, resize=spec.resize,
+                              crop=spec.input_shape[:2] if spec.resize else None, synsets=args.synsets)
+    variables = weights.load(spec, args.weights)
+    return spec, variables, source
+
+
+def cmd_predict(args) -> None:
+    from xai_jax import evaluation, outputs
+    if not args.out.endswith(".npz"):
+        raise XaiJaxError(f"--out must name a .npz file, got {args.out}")
+    taps = tuple(t.strip() for t in args.taps.split(",") if t.strip())
+    evaluation.check_taps(args.model, taps, args.num_classes)
+    spec, variables, source = _load_model_and_data(args)
+    result = evaluation.predict(spec.name, variables, source, taps, num_classes=args.num_classes,
+                                batch_size=args.batch_size, compute_dtype="bfloat16" if args.bf16 else None,
+                                progress=None if not args.quiet else False)
+    result["class_names"] = __import__("numpy").asarray(source.class_names)
+    outputs.save_npz(args.out, result)
+    accuracy = float((result["logits"].argmax(-1) == result["labels"]).mean())
+    print(f"wrote {args.out}: {len(result['labels'])} images, accuracy {accuracy:.4f}"
+          + (f", taps {', '.join(taps)}" if taps else ""))
+
+
+def cmd_demo(args) -> None:
+    from xai_jax.demo import run_demo
+    summary = run_demo(args.out, epochs=args.epochs, seed=args.seed, progress=None if not args.quiet else False)
+    print(json.dumps({k: summary[k] for k in ("test_accuracy", "seconds")}))
+    print(f"wrote {os.path.join(args.out, 'report.html')} and {os.path.join(args.out, 'summary.json')}")
+
+
+def cmd_setup(args) -> None:
+    from xai_jax.naming.wordnet import setup_wordnet
+    path = setup_wordnet(args.dir)
+    print(f"WordNet 3.0 is ready under {path}; nltk finds it there (or set NLTK_DATA={path})")
+
+
+COMMANDS = {"info": cmd_info, "predict": cmd_predict, "demo": cmd_demo, "setup": cmd_setup}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet:
+        os.environ["XAI_JAX_NO_PROGRESS"] = "1"
+    try:
+        COMMANDS[args.command](args)
+    except XaiJaxError as err:
+        print(f"xai-jax: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

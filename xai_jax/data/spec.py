@@ -1,0 +1,109 @@
+"""Opening a data source from a one-word command-line spec such as ``idx:data/mnist`` or ``tfds:mnist:test``."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import numpy as np
+
+from xai_jax.data.base import Source, Subset
+from xai_jax.data.sources import (FASHION_MNIST_NAMES, DigitsSource, FolderSource, IdxSource, JpegNpzSource,
+                                  NpzSource, TfdsSource)
+from xai_jax.errors import XaiJaxError
+
+SPEC_FORMS = ("idx:DIR", "jpeg-npz:FILE", "folder:DIR", "npz:FILE", "tfds:NAME[:SPLIT]", "digits")
+_TFDS_VERSION = re.compile(r"\d+\.\d+\.\d+")
+
+
+def _forms() -> str:
+    return "valid forms: " + ", ".join(SPEC_FORMS)
+
+
+def _existing(path_text: str, kind: str, want_dir: bool) -> pathlib.Path:
+    """The path of a spec, which must exist as a folder (``want_dir``) or a file."""
+    if not path_text:
+        raise XaiJaxError(f"data spec {kind}: needs a path; {_forms()}")
+    path = pathlib.Path(path_text).expanduser()
+    if not (path.is_dir() if want_dir else path.is_file()):
+        what = "folder" if want_dir else "file"
+        raise XaiJaxError(f"data spec {kind}:{path_text}: no such {what}; {_forms()}")
+    return path
+
+
+def _no_split(kind: str, split: str | None) -> None:
+    if split is not None:
+        raise XaiJaxError(f"a split does not apply to {kind} data (the {'folder' if kind == 'folder' else 'file'} "
+                          f"is the split), got split {split!r}")
+
+
+def parse_tfds(rest: str) -> tuple[str, str | None]:
+    """Splits ``NAME[:VERSION][:SPLIT]`` into the TFDS name (with its version) and the split.
+
+    The split may itself hold colons (``test[:10%]``), so only a version-shaped field joins the name.
+    """
+    name, _, split = rest.partition(":")
+    version, _, after_version = split.partition(":")
+    if _TFDS_VERSION.fullmatch(version):
+        name, split = f"{name}:{version}", after_version
+    return name, (split or None)
+
+
+def _idx_class_names(directory: pathlib.Path) -> tuple[str, ...] | None:
+    # The IDX files cannot tell Fashion-MNIST from MNIST; a folder named after it can.
+    return FASHION_MNIST_NAMES if "fashion" in directory.resolve().name.lower() else None
+
+
+def open_source(spec: str, split: str | None = None, limit: int | None = None, resize: int | None = None,
+                crop: tuple[int, int] | None = None, synsets: str | None = None) -> Source:
+    """Opens the dataset that a command-line spec names.
+
+    Specs: ``idx:DIR`` (MNIST-style IDX files; Fashion-MNIST class names when the folder's name contains
+    "fashion"), ``jpeg-npz:FILE``, ``folder:DIR`` (``DIR/<class>/<image>``), ``npz:FILE``,
+    ``tfds:NAME[:SPLIT]`` (a prepared TFDS dataset; NAME may carry ``:VERSION``) and ``digits``
+    (scikit-learn's 8x8 digits).
+
+    Args:
+      spec: the spec.
+      split: ``"train"`` or ``"test"`` for idx (default test) and digits (default None: all 1,797), any TFDS
+        split for tfds (default the spec's, else test); must be None for npz, jpeg-npz and folder, whose
+        file or folder is the split.
+      limit: keep only the first ``limit`` items.
+      resize, crop: for image folders, torchvision-style ``Resize(resize)`` and ``CenterCrop(crop)``;
+        ignored for the other kinds, whose images share one size (models resize them on device).
+      synsets: for image folders of WordNet ids, a file listing the ids in label order.
+
+    Returns:
+      the source (a :class:`Subset` when ``limit`` is given).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise XaiJaxError(f"empty data spec; {_forms()}")
+    kind, _, rest = spec.strip().partition(":")
+    if kind == "idx":
+        directory = _existing(rest, kind, want_dir=True)
+        source = IdxSource(directory, split=split or "test", class_names=_idx_class_names(directory))
+    elif kind == "jpeg-npz":
+        _no_split(kind, split)
+        source = JpegNpzSource(_existing(rest, kind, want_dir=False))
+    elif kind == "npz":
+        _no_split(kind, split)
+        source = NpzSource(_existing(rest, kind, want_dir=False))
+    elif kind == "folder":
+        _no_split(kind, split)
+        source = FolderSource(_existing(rest, kind, want_dir=True), resize=resize, crop=crop, synsets=synsets)
+    elif kind == "tfds":
+        name, spec_split = parse_tfds(rest)
+        if not name:
+            raise XaiJaxError(f"data spec {spec!r} names no dataset; {_forms()}")
+        if spec_split and split and spec_split != split:
+            raise XaiJaxError(f"data spec {spec!r} names split {spec_split!r} but split {split!r} was also given")
+        source = TfdsSource(name, split=spec_split or split or "test")
+    elif kind == "digits" and not rest:
+        source = DigitsSource(split=split)
+    else:
+        raise XaiJaxError(f"unknown data spec {spec!r}; {_forms()}")
+    if limit is None:
+        return source
+    if int(limit) < 1:
+        raise XaiJaxError(f"limit must be at least 1, got {limit}")
+    return Subset(source, np.arange(min(int(limit), len(source))))

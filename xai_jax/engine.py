@@ -1,0 +1,196 @@
+"""The streaming map-reduce that every dataset pass runs through.
+
+A pass is a fold ``state = step(state, batch)``: ``step`` is one pure function, jitted once per batch
+shape, that runs a backbone and a kernel on a batch and adds the result into ``state``, a pytree of
+device-resident accumulators. The batch axis is sharded over a 1-D mesh of every local device (XLA
+inserts the cross-device reductions), the state is replicated and its buffers are donated, and the last
+batch is padded with a ``mask`` so nothing recompiles. Host batches are prepared on a background thread
+(:class:`xai_jax.data.Batches`) while the device works.
+
+Model weights travel as a separate ``params`` argument (replicated, never donated) rather than in a
+closure, so they are not baked into the compiled program as constants and one compiled step serves any
+weights of the same shapes.
+
+``batch`` is a dict with ``images``, ``labels``, ``mask`` (bool, False in padding) and ``index`` (dataset
+position, -1 in padding); a step must weight every contribution by ``mask``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from xai_jax.data.base import Source
+from xai_jax.data.batcher import Batches
+from xai_jax.errors import XaiJaxError
+
+Batch = dict[str, Any]
+Step = Callable[[Any, Batch, Any], Any]
+DATA_AXIS = "data"
+
+
+def local_mesh() -> Mesh:
+    """A 1-D mesh named ``"data"`` over every device this process can address."""
+    return Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,))
+
+
+@functools.lru_cache(maxsize=None)
+def _default_mesh() -> Mesh:
+    return local_mesh()
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def round_batch_size(batch_size: int, mesh: Mesh | None = None) -> int:
+    """The smallest multiple of the mesh's device count that is >= ``batch_size``."""
+    devices = (mesh or _default_mesh()).size
+    return -(-batch_size // devices) * devices
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_fold(step: Step, mesh: Mesh):
+    # Cached on the step function itself: passing the same step again reuses the compiled program.
+    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
+                   out_shardings=replicated(mesh), donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_map(fn: Callable[[Batch, Any], Any], mesh: Mesh):
+    return jax.jit(fn, in_shardings=(batch_sharding(mesh), replicated(mesh)), out_shardings=batch_sharding(mesh))
+
+
+def _as_batches(data: Source | Batches, batch_size: int | None, mesh: Mesh) -> Batches:
+    if isinstance(data, Batches):
+        if data.batch_size % mesh.size:
+            raise XaiJaxError(f"batch size {data.batch_size} must be a multiple of the {mesh.size} devices; "
+                              f"use {round_batch_size(data.batch_size, mesh)}")
+        return data
+    if isinstance(data, Source):
+        return Batches(data, round_batch_size(batch_size or 128, mesh))
+    raise TypeError(f"expected a Source or Batches, got {type(data).__name__}")
+
+
+def _to_device(batch: Batch, sharding: NamedSharding) -> Batch:
+    # make_array_from_process_local_data is the multi-host-correct form of device_put for a global batch.
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def _progress(total_batches: int, total_images: int, desc: str, enabled: bool | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty() and not os.environ.get("XAI_JAX_NO_PROGRESS")
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total_images, desc=desc or "pass", unit="img", unit_scale=True, leave=False,
+                dynamic_ncols=True)
+
+
+class _Meter:
+    """Counts valid images and reports images/s through an optional tqdm bar."""
+
+    def __init__(self, batches: Batches, desc: str, progress: bool | None):
+        self.bar = _progress(len(batches), batches.num_examples, desc, progress)
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def update(self, batch: Batch):
+        valid = int(np.count_nonzero(batch["mask"]))
+        self.images += valid
+        if self.bar is not None:
+            self.bar.update(valid)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+
+def run(step: Step, state: Any, data: Source | Batches, params: Any = None, *,
+        batch_size: int | None = None, mesh: Mesh | None = None, desc: str = "", progress: bool | None = None) -> Any:
+    """Folds ``step`` over every batch of ``data`` and returns the final state.
+
+    Args:
+      step: ``step(state, batch, params) -> state``, pure and jittable; must ignore rows where
+        ``batch["mask"]`` is False. Pass the same function object to reuse its compiled program.
+      state: the initial accumulators (a pytree of arrays). Its buffers are donated: do not use them after.
+      data: a :class:`Source` (batched here with ``batch_size`` rounded up to a multiple of the devices) or
+        ready :class:`Batches`.
+      params: read-only inputs of every step (model variables), replicated on the mesh.
+      batch_size: global batch size when ``data`` is a Source (default 128).
+      mesh: the devices to shard the batch over (default: all local devices).
+      desc: label of the progress bar.
+      progress: show a progress bar with images/s (default: when stderr is a terminal).
+
+    Returns:
+      The state after the last batch, replicated on the mesh.
+    """
+    mesh = mesh or _default_mesh()
+    batches = _as_batches(data, batch_size, mesh)
+    fold = _jitted_fold(step, mesh)
+    sharding = batch_sharding(mesh)
+    state = jax.device_put(state, replicated(mesh))
+    params = jax.device_put(params, replicated(mesh))
+    meter = _Meter(batches, desc, progress)
+    try:
+        for batch in batches:
+            state = fold(state, _to_device(batch, sharding), params)
+            meter.update(batch)
+        return jax.block_until_ready(state)
+    finally:
+        meter.close()
+
+
+def map_batches(fn: Callable[[Batch, Any], Any], data: Source | Batches, params: Any = None, *,
+                batch_size: int | None = None, mesh: Mesh | None = None, desc: str = "", progress: bool | None = None) -> Iterator[Any]:
+    """Applies ``fn`` to every batch and yields its outputs for the valid rows, as NumPy, in dataset order.
+
+    For passes whose result has a row per image (predictions, taps to be saved).
+    ``fn(batch, params)`` returns a pytree of arrays with a leading batch axis; padding rows are dropped before yielding.
+    """
+    mesh = mesh or _default_mesh()
+    batches = _as_batches(data, batch_size, mesh)
+    mapped = _jitted_map(fn, mesh)
+    sharding = batch_sharding(mesh)
+    params = jax.device_put(params, replicated(mesh))
+    meter = _Meter(batches, desc, progress)
+    pending = None
+    try:
+        # One batch in flight: the device computes batch i+1 while batch i is copied back to the host.
+        for batch in batches:
+            out = mapped(_to_device(batch, sharding), params)
+            if pending is not None:
+                yield _valid_rows(*pending)
+            pending = (out, batch["mask"])
+            meter.update(batch)
+        if pending is not None:
+            yield _valid_rows(*pending)
+    finally:
+        meter.close()
+
+
+def _valid_rows(out: Any, mask: np.ndarray) -> Any:
+    return jax.tree.map(lambda a: np.asarray(a)[mask], out)
+
+
+def collect(chunks: Iterable[Any]) -> Any:
+    """Concatenates the per-batch outputs of :func:`map_batches` along the batch axis."""
+    chunks = list(chunks)
+    if not chunks:
+        raise XaiJaxError("the dataset is empty")
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
