@@ -1,4 +1,4 @@
-"""The ``xai-jax`` command: ``info``, ``predict``, ``demo``, ``setup``; one subcommand per method as they land.
+"""The ``xai-jax`` command: ``info``, ``predict``, ``convert``, ``demo``, ``setup``; one per method as they land.
 
 Bad input ends with one line, ``xai-jax: error: ...``, and exit status 2; outputs are written atomically.
 """
@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--taps", default="", help="comma-separated tap names to save next to the logits")
     p.add_argument("--out", required=True, metavar="FILE.npz")
+
+    p = sub.add_parser("convert", help="convert a PyTorch/safetensors checkpoint to an xai_jax (orbax) directory")
+    p.add_argument("--model", required=True, help="backbone name (see `xai-jax info`)")
+    p.add_argument("--weights", required=True, metavar="PATH", help="PyTorch (.pt/.pth/.th) or safetensors file")
+    p.add_argument("--out", required=True, metavar="DIR")
 
     p = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and explain it")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
@@ -119,6 +124,15 @@ def cmd_predict(args) -> None:
           + (f", taps {', '.join(taps)}" if taps else ""))
 
 
+def cmd_convert(args) -> None:
+    from xai_jax import models, weights
+    spec = models.get(args.model)
+    variables = weights.load(spec, args.weights)
+    weights.save_variables(args.out, variables, {"model": spec.name, "source": os.path.abspath(args.weights)})
+    count = sum(v.size for v in __import__("jax").tree.leaves(variables))
+    print(f"wrote {args.out}: {spec.name}, {count:,} values")
+
+
 def cmd_demo(args) -> None:
     from xai_jax.demo import run_demo
     summary = run_demo(args.out, epochs=args.epochs, seed=args.seed, progress=None if not args.quiet else False)
@@ -132,7 +146,7 @@ def cmd_setup(args) -> None:
     print(f"WordNet 3.0 is ready under {path}; nltk finds it there (or set NLTK_DATA={path})")
 
 
-COMMANDS = {"info": cmd_info, "predict": cmd_predict, "demo": cmd_demo, "setup": cmd_setup}
+COMMANDS = {"info": cmd_info, "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo, "setup": cmd_setup}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -128,7 +129,7 @@ def run(step: Step, state: Any, data: Source | Batches, params: Any = None, *,
     Args:
       step: ``step(state, batch, params) -> state``, pure and jittable; must ignore rows where
         ``batch["mask"]`` is False. Pass the same function object to reuse its compiled program.
-      state: the initial accumulators (a pytree of arrays). Its buffers are donated: do not use them after.
+      state: the initial accumulators (a pytree of arrays); copied, so the caller's arrays stay valid.
       data: a :class:`Source` (batched here with ``batch_size`` rounded up to a multiple of the devices) or
         ready :class:`Batches`.
       params: read-only inputs of every step (model variables), replicated on the mesh.
@@ -144,7 +145,8 @@ def run(step: Step, state: Any, data: Source | Batches, params: Any = None, *,
     batches = _as_batches(data, batch_size, mesh)
     fold = _jitted_fold(step, mesh)
     sharding = batch_sharding(mesh)
-    state = jax.device_put(state, replicated(mesh))
+    # The fold donates its state: copy the caller's arrays so they outlive the pass.
+    state = jax.device_put(jax.tree.map(jnp.array, state), replicated(mesh))
     params = jax.device_put(params, replicated(mesh))
     meter = _Meter(batches, desc, progress)
     try:

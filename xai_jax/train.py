@@ -109,6 +109,7 @@ def fit(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainSt
     batch_size = min(batch_size, n)
     steps = n // batch_size
     step = make_train_step(loss_fn, optimizer)
+    state = jax.tree.map(jnp.array, state)  # steps donate their input: keep the caller's arrays alive
     on_device = sum(np.asarray(v).nbytes for v in data.values()) <= device_bytes
     if on_device:
         device_data = jax.device_put({k: np.asarray(v) for k, v in data.items()})

@@ -1,0 +1,109 @@
+"""The xai-jax command on real data: info, predict, convert, demo, and one-line errors that write nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import shared_path
+from xai_jax import cli, evaluation, models, weights
+from xai_jax.data import DigitsSource, JpegNpzSource, Subset
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    return {"test": str(shared_path("cifar10", "cifar10_test_jpeg.npz")),
+            "resnet20": str(next(shared_path("cifar10_resnet").glob("resnet20-*.th")))}
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_lists_versions_devices_models_and_taps(capsys):
+    code, out, _ = run(capsys, "info")
+    assert code == 0 and "jax " in out and "devices" in out and "cifar_resnet56" in out
+    code, out, _ = run(capsys, "info", "--model", "cifar_resnet56")
+    assert code == 0
+    assert "layer3.8  8 x 8 x 64" in out and "pool      64" in out and "stem      32 x 32 x 16" in out
+
+
+def test_predict_writes_logits_labels_and_taps_in_dataset_order(capsys, tmp_path, cifar):
+    out_file = tmp_path / "pred.npz"
+    code, out, _ = run(capsys, "--quiet", "predict", "--model", "cifar_resnet20", "--weights", cifar["resnet20"],
+                       "--data", f"jpeg-npz:{cifar['test']}", "--limit", "300", "--batch-size", "64",
+                       "--taps", "layer3,pool", "--out", str(out_file))
+    assert code == 0 and "300 images" in out
+    saved = np.load(out_file)
+    source = Subset(JpegNpzSource(cifar["test"]), np.arange(300))
+    images, labels = source.all()
+    np.testing.assert_array_equal(saved["labels"], labels)
+    assert saved["logits"].shape == (300, 10) and saved["layer3"].shape == (300, 8, 8, 64)
+    np.testing.assert_allclose(saved["pool"], saved["layer3"].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    assert list(saved["class_names"])[:2] == ["airplane", "automobile"]
+    assert np.mean(saved["logits"].argmax(-1) == labels) > 0.7  # ResNet-20 scores about 80 % on these JPEGs
+    # Same numbers as an unbatched library call on the same images.
+    variables = weights.load(models.get("cifar_resnet20"), cifar["resnet20"])
+    direct = models.make_forward("cifar_resnet20")(images[:7], variables)["logits"]
+    np.testing.assert_allclose(saved["logits"][:7], direct, rtol=1e-4, atol=1e-4)
+
+
+def test_convert_then_predict_from_the_orbax_directory(capsys, tmp_path, cifar):
+    code, out, _ = run(capsys, "convert", "--model", "cifar_resnet20", "--weights", cifar["resnet20"],
+                       "--out", str(tmp_path / "r20"))
+    # ResNet-20: 269,722 trainable parameters + running mean and variance of its 688 batch-norm channels.
+    assert code == 0 and f"{269_722 + 2 * 688:,} values" in out
+    results = []
+    for w in (cifar["resnet20"], str(tmp_path / "r20")):
+        run(capsys, "--quiet", "predict", "--model", "cifar_resnet20", "--weights", w, "--data",
+            f"jpeg-npz:{cifar['test']}", "--limit", "64", "--out", str(tmp_path / "p.npz"))
+        results.append(np.load(tmp_path / "p.npz")["logits"])
+    np.testing.assert_array_equal(results[0], results[1])
+    code, _, err = run(capsys, "predict", "--model", "cifar_resnet56", "--weights", str(tmp_path / "r20"),
+                       "--data", f"jpeg-npz:{cifar['test']}", "--out", str(tmp_path / "x.npz"))
+    assert code == 2 and "cifar_resnet20" in err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--taps": "layer9"}, "valid taps: stem"),
+    ({"--weights": "/nonexistent/w.th"}, "weights file not found: /nonexistent/w.th"),
+    ({"--data": "jpeg-npz:/nonexistent.npz"}, "/nonexistent.npz"),
+    ({"--data": "csv:foo"}, "idx:DIR"),
+    ({"--out": "pred.txt"}, "must name a .npz file"),
+    ({"--model": "cifar_resnet56"}, "CIFAR ResNet-56 checkpoint has no tensor"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, cifar, change, message):
+    args = {"--model": "cifar_resnet20", "--weights": cifar["resnet20"], "--data": f"jpeg-npz:{cifar['test']}",
+            "--limit": "8", "--out": str(tmp_path / "pred.npz")} | change
+    code, out, err = run(capsys, "predict", *[x for kv in args.items() for x in kv])
+    assert code == 2
+    assert err.startswith("xai-jax: error: ") and message in err and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_demo_trains_explains_and_writes_report_summary_and_model(capsys, tmp_path):
+    out_dir = tmp_path / "demo"
+    code, out, _ = run(capsys, "--quiet", "demo", "--out", str(out_dir))
+    assert code == 0
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.95
+    assert summary["model"]["taps"]["conv2"] == [8, 8, 64]
+    html = (out_dir / "report.html").read_text()
+    assert html.count("<img src=\"data:image/png;base64,") >= 3
+    variables = weights.load(models.get("small_cnn"), str(out_dir / "model"))
+    counts = evaluation.confusion_counts("small_cnn", variables, DigitsSource("test"), progress=False)
+    assert np.trace(counts) / counts.sum() == pytest.approx(summary["test_accuracy"])
+
+
+def test_console_script_runs_as_a_program():
+    result = subprocess.run([sys.executable, "-m", "xai_jax.cli", "info", "--model", "small_cnn"],
+                            capture_output=True, text=True, check=True)
+    assert re.search(r"conv1 +8 x 8 x 32\n", result.stdout)
