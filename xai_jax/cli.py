@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup", help="install resources the methods need")
     p.add_argument("resource", choices=["wordnet"])
-    p.add_argument("--dir", help="target nltk_data folder (default: the first writable one nltk searches)")
+    p.add_argument("--target", help="nltk_data folder to install into (default: the first private, writable one nltk searches)")
     return parser
 
 
@@ -142,7 +142,7 @@ def cmd_demo(args) -> None:
 
 def cmd_setup(args) -> None:
     from xai_jax.naming.wordnet import setup_wordnet
-    path = setup_wordnet(args.dir)
+    path = setup_wordnet(args.target, quiet=args.quiet)
     print(f"WordNet 3.0 is ready under {path}; nltk finds it there (or set NLTK_DATA={path})")
 
 
