@@ -107,3 +107,29 @@ def test_console_script_runs_as_a_program():
     result = subprocess.run([sys.executable, "-m", "xai_jax.cli", "info", "--model", "small_cnn"],
                             capture_output=True, text=True, check=True)
     assert re.search(r"conv1 +8 x 8 x 32\n", result.stdout)
+
+
+DEBIAN_WORDNET = all(os.path.isfile(f"/usr/share/wordnet/{f}") for f in ("data.noun", "index.noun", "index.sense"))
+
+
+@pytest.mark.skipif(not DEBIAN_WORDNET, reason="Debian's wordnet-base/wordnet-sense-index are not installed")
+def test_setup_wordnet_installs_an_nltk_readable_copy_offline(capsys, tmp_path, monkeypatch):
+    import nltk
+
+    from xai_jax.naming import wordnet
+    monkeypatch.setattr(wordnet, "host_reachable", lambda *a, **k: False)  # as on an offline machine
+    monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))
+    code, out, err = run(capsys, "--quiet", "setup", "wordnet", "--target", str(tmp_path / "nltk_data"))
+    assert code == 0, err
+    assert str(tmp_path / "nltk_data") in out
+    reader = wordnet.load_wordnet(tmp_path / "nltk_data")
+    assert wordnet.synset_from_wnid("n01440764", reader).name() == "tench.n.01"
+
+
+def test_setup_wordnet_into_an_unwritable_place_is_one_line(capsys, tmp_path, monkeypatch):
+    from xai_jax.naming import wordnet
+    monkeypatch.setattr(wordnet, "host_reachable", lambda *a, **k: False)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run(capsys, "setup", "wordnet", "--target", str(blocker / "nltk_data"))
+    assert code == 2 and err.startswith("xai-jax: error: ") and err.count("\n") == 1, err
