@@ -63,3 +63,20 @@ def test_bf16_forward_is_close_to_float32():
     bf16 = models.make_forward("cifar_resnet20", compute_dtype="bfloat16")(images, variables)["logits"]
     assert bf16.dtype == jnp.float32
     np.testing.assert_allclose(bf16, f32, atol=0.1 * float(jnp.abs(f32).max()) + 1e-2)
+
+
+def test_apply_model_in_training_mode_with_and_without_batch_norm():
+    key = jax.random.key(0)
+    vgg = models.get("vgg11")
+    module = vgg.build(10)
+    x = jnp.ones((2, 32, 32, 3))
+    variables = module.init(key, x)
+    logits, out = models.apply_model(module, variables, x, taps=("fc6",), train=True, rngs={"dropout": key})
+    assert logits.shape == (2, 10) and "batch_stats" not in out
+    # Dropout is active in training mode: two keys give two different outputs.
+    other, _ = models.apply_model(module, variables, x, taps=("fc6",), train=True, rngs={"dropout": jax.random.key(1)})
+    assert not np.allclose(logits, other)
+    resnet = models.get("cifar_resnet20")
+    variables = models.init_variables(resnet, key)
+    _, out = models.apply_model(resnet.module(), variables, jnp.ones((2, 32, 32, 3)), train=True)
+    assert set(out) == {"batch_stats"}

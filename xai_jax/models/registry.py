@@ -111,26 +111,29 @@ def preprocess(spec: ModelSpec, images: jax.Array) -> jax.Array:
     return (x - mean) / std
 
 
-def apply_model(module, variables: Variables, x: jax.Array, taps: Sequence[str] = (), train: bool = False):
-    """Runs ``module`` in inference mode and returns ``(logits, {tap name: activation})``.
+def apply_model(module, variables: Variables, x: jax.Array, taps: Sequence[str] = (), train: bool = False,
+                rngs: dict | None = None):
+    """Runs ``module`` and returns ``(logits, {tap name: activation})``.
 
     Args:
       module: a registered backbone.
       variables: its Flax variables (``params`` and, for batch-norm models, ``batch_stats``).
       x: preprocessed input ``[N, H, W, C]``.
       taps: names of intermediate activations to return (see :func:`tap_shapes`).
-      train: batch-norm in training mode; then the returned dict also holds ``"batch_stats"`` updates.
+      train: training mode (batch norm on batch statistics, dropout where ``rngs`` has a ``dropout`` key);
+        then, for batch-norm models, the returned dict also holds the updated ``"batch_stats"``.
+      rngs: random keys for training mode, e.g. ``{"dropout": key}``.
 
     Returns:
       logits ``[N, num_classes]`` and a dict of the requested taps, NHWC for conv layers.
     """
     variables = {k: v for k, v in variables.items() if k != TAPS}
     mutable = [TAPS] if taps else []
-    if train:
+    if train and "batch_stats" in variables:
         mutable.append("batch_stats")
     if not mutable:
-        return module.apply(variables, x, train=False), {}
-    logits, state = module.apply(variables, x, train=train, mutable=mutable)
+        return module.apply(variables, x, train=train, rngs=rngs), {}
+    logits, state = module.apply(variables, x, train=train, mutable=mutable, rngs=rngs)
     recorded = state.get(TAPS, {}).get(TAPS_VARIABLE, {})
     missing = [t for t in taps if t not in recorded]
     if missing:
@@ -138,7 +141,7 @@ def apply_model(module, variables: Variables, x: jax.Array, taps: Sequence[str] 
             f"{type(module).__name__} has no tap {missing[0]!r}; valid taps: {', '.join(recorded)}"
         )
     out = {t: recorded[t] for t in taps}
-    if train:
+    if "batch_stats" in mutable:
         out["batch_stats"] = state["batch_stats"]
     return logits, out
 

@@ -61,11 +61,17 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError depending on damage
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        text = str(err)
+        # Only "Unsupported global" means a well-formed pickle that names code to run; garbage bytes also
+        # fail the weights-only unpickler, with "Unsupported operand".
+        if "Unsupported global" in text:
+            culprit = text[text.index("Unsupported global"):].splitlines()[0].strip()
             raise XaiJaxError(f"{path}: refusing to load, the checkpoint needs code execution to unpickle "
-                              f"({first}); save its state_dict() instead") from None
-        raise XaiJaxError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+                              f"({culprit}); save its state_dict() instead") from None
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+        if "Unsupported operand" in text:
+            first = "not a PyTorch pickle"
+        raise XaiJaxError(f"{path}: not a readable PyTorch checkpoint ({first[:200]})") from None
     tensors = _find_state_dict(obj, path)
     return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
             for k, v in tensors.items()}
