@@ -67,8 +67,8 @@ def test_bf16_forward_is_close_to_float32():
 
 def test_apply_model_in_training_mode_with_and_without_batch_norm():
     key = jax.random.key(0)
-    vgg = models.get("vgg11")
-    module = vgg.build(10)
+    from xai_jax.models.vgg import VGG
+    module = VGG(convs_per_block=(1, 1, 2, 2, 2), num_classes=10, hidden=64)  # VGG-11, narrow head
     x = jnp.ones((2, 32, 32, 3))
     variables = module.init(key, x)
     logits, out = models.apply_model(module, variables, x, taps=("fc6",), train=True, rngs={"dropout": key})
