@@ -1,0 +1,108 @@
+"""Forward-pass throughput: the xai_jax engine vs the PyTorch evaluation loop a user would otherwise run.
+
+Same process, same images (the CIFAR-10 test set from ../shared/data, decoded once), same batch size.
+The JAX side is a full engine pass (`evaluation.confusion_counts`: one jitted step, padded batches,
+confusion counts accumulated on device); the PyTorch side is akamaster's ResNet in eval mode under
+`torch.no_grad()` with all CPU threads, looping over the same batches and counting correct predictions.
+A third row times the engine with JPEG decoding in the loop (the background batcher), as `xai-jax` runs it.
+
+    python experiments/bench_engine.py [--models cifar_resnet20,cifar_resnet56] [--repeats 3]
+
+Prints a Markdown table (median of the repeats after one warm-up) for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the faithful PyTorch reference models live with the parity tests
+
+from xai_jax import evaluation, models, weights  # noqa: E402
+from xai_jax.data import ArraySource, JpegNpzSource  # noqa: E402
+
+DATA = pathlib.Path(os.environ.get("XAI_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: compilation, caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def torch_pass(model, images: np.ndarray, labels: np.ndarray, batch_size: int, spec) -> int:
+    import torch
+    correct = 0
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float() / 255.0
+            logits = model((x - mean) / std)
+            correct += int((logits.argmax(1).numpy() == labels[start:start + batch_size]).sum())
+    return correct
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="cifar_resnet20,cifar_resnet56")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import torch
+    from torch_ref_resnet_vgg import cifar_resnet
+    torch.set_num_threads(os.cpu_count())
+
+    test_file = DATA / "cifar10" / "cifar10_test_jpeg.npz"
+    jpeg = JpegNpzSource(test_file)
+    images, labels = jpeg.all()
+    decoded = ArraySource(images, labels, jpeg.class_names)
+    n = len(labels)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}; torch {torch.__version__}; "
+          f"{n} CIFAR-10 test images, batch {args.batch_size}\n")
+    print("| model | PyTorch eval loop (img/s) | xai_jax engine (img/s) | ratio | engine + JPEG decode (img/s) | accuracy (both) |")
+    print("|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        depth = int(name.removeprefix("cifar_resnet"))
+        spec = models.get(name)
+        checkpoint = next((DATA / "cifar10_resnet").glob(f"resnet{depth}-*.th"))
+        variables = weights.load(spec, checkpoint)
+        reference = cifar_resnet(depth).eval()
+        reference.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+                                   weights.read_state_dict(checkpoint).items()})
+
+        counts = {}
+
+        def jax_pass(source=decoded):
+            counts["jax"] = evaluation.confusion_counts(name, variables, source, batch_size=args.batch_size,
+                                                        progress=False)
+
+        def reference_pass():
+            counts["torch"] = torch_pass(reference, images, labels, args.batch_size, spec)
+
+        t_torch = median_seconds(reference_pass, args.repeats)
+        t_jax = median_seconds(jax_pass, args.repeats)
+        t_jpeg = median_seconds(lambda: jax_pass(jpeg), args.repeats)
+        acc_jax = np.trace(counts["jax"]) / n
+        acc_torch = counts["torch"] / n
+        print(f"| {name} | {n / t_torch:,.0f} | {n / t_jax:,.0f} | {t_torch / t_jax:.2f}x | {n / t_jpeg:,.0f} | "
+              f"{acc_torch:.4f} / {acc_jax:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
