@@ -19,12 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xai_jax.models.common import batch_norm, tap
+from xai_jax.models.common import IMAGENET_MEAN, IMAGENET_STD, batch_norm, residual_stages, tap
 from xai_jax.models.registry import ModelSpec, register
 from xai_jax.weights.layout import StateDict
 
-CIFAR_MEAN = (0.485, 0.456, 0.406)
-CIFAR_STD = (0.229, 0.224, 0.225)
 _PAD1 = ((1, 1), (1, 1))
 
 
@@ -56,12 +54,7 @@ class CifarResNet(nn.Module):
         blocks = (self.depth - 2) // 6
         x = nn.Conv(16, (3, 3), 1, padding=_PAD1, use_bias=False, name="conv1")(x)
         x = tap(self, "stem", nn.relu(batch_norm(train, "bn1")(x)))
-        for stage, planes in enumerate((16, 32, 64), start=1):
-            for b in range(blocks):
-                stride = 2 if stage > 1 and b == 0 else 1
-                x = BasicBlock(planes, stride, name=f"layer{stage}_{b}")(x, train)
-                tap(self, f"layer{stage}.{b}", x)
-            tap(self, f"layer{stage}", x)
+        x = residual_stages(self, x, BasicBlock, (16, 32, 64), (blocks,) * 3, train)
         x = tap(self, "pool", jnp.mean(x, axis=(1, 2)))
         return tap(self, "logits", nn.Dense(self.num_classes, name="linear")(x))
 
@@ -94,8 +87,8 @@ for _depth in (20, 32, 44, 56):
         build=lambda num_classes, depth=_depth: CifarResNet(depth=depth, num_classes=num_classes),
         input_shape=(32, 32, 3),
         num_classes=10,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         convert=convert_cifar_resnet(_depth),
         description=f"CIFAR ResNet-{_depth}, option-A shortcuts (akamaster/pytorch_resnet_cifar10 layout)",
     ))

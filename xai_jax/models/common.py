@@ -6,6 +6,10 @@ import flax.linen as nn
 
 from xai_jax.models.registry import TAPS, TAPS_VARIABLE
 
+# torchvision's ImageNet normalisation, also used by akamaster's CIFAR ResNets.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def tap(module: nn.Module, name: str, x):
     """Records ``x`` as the tap ``name`` of ``module`` (a no-op unless the caller asked for taps).
@@ -21,3 +25,24 @@ def tap(module: nn.Module, name: str, x):
 def batch_norm(train: bool, name: str | None = None, epsilon: float = 1e-5, momentum: float = 0.9):
     """BatchNorm with PyTorch's defaults (eps 1e-5, running-average momentum 0.1 in PyTorch's sense)."""
     return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon, name=name)
+
+
+def residual_stages(module: nn.Module, x, make_block, stage_planes, blocks_per_stage, train: bool):
+    """The stages of a ResNet: block ``b`` of stage ``s`` is the submodule ``layer{s}_{b}``, with stride 2 on
+    the first block of every stage but the first, tapped as ``layer{s}.{b}`` and the stage as ``layer{s}``.
+
+    Args:
+      module: the backbone recording the taps.
+      x: the stem's output.
+      make_block: ``make_block(planes, stride, name=...)`` -> a module called as ``block(x, train)``.
+      stage_planes: width of each stage.
+      blocks_per_stage: number of blocks of each stage.
+      train: batch-norm mode.
+    """
+    for stage, (planes, blocks) in enumerate(zip(stage_planes, blocks_per_stage), start=1):
+        for b in range(blocks):
+            stride = 2 if stage > 1 and b == 0 else 1
+            x = make_block(planes, stride, name=f"layer{stage}_{b}")(x, train)
+            tap(module, f"layer{stage}.{b}", x)
+        tap(module, f"layer{stage}", x)
+    return x

@@ -19,12 +19,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from xai_jax.models.common import batch_norm, tap
+from xai_jax.models.common import IMAGENET_MEAN, IMAGENET_STD, batch_norm, tap
 from xai_jax.models.registry import ModelSpec, register
 from xai_jax.weights.layout import StateDict
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # (expansion t, output channels c, repeats n, first stride s) per stage
 INVERTED_RESIDUAL_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                               (6, 160, 3, 2), (6, 320, 1, 1))

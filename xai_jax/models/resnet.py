@@ -20,12 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xai_jax.models.common import batch_norm, tap
+from xai_jax.models.common import IMAGENET_MEAN, IMAGENET_STD, batch_norm, residual_stages, tap
 from xai_jax.models.registry import ModelSpec, register
 from xai_jax.weights.layout import StateDict
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _PAD1 = ((1, 1), (1, 1))
 _PAD3 = ((3, 3), (3, 3))
 _STAGE_PLANES = (64, 128, 256, 512)
@@ -109,12 +107,7 @@ class ResNet(nn.Module):
         x = nn.Conv(64, (7, 7), 2, padding=_PAD3, use_bias=False, name="conv1")(x)
         x = nn.relu(batch_norm(train, "bn1")(x))
         x = tap(self, "stem", max_pool_3x3_s2(x))
-        for stage, (planes, blocks) in enumerate(zip(_STAGE_PLANES, self.layers), start=1):
-            for b in range(blocks):
-                stride = 2 if stage > 1 and b == 0 else 1
-                x = block_cls(planes, stride, name=f"layer{stage}_{b}")(x, train)
-                tap(self, f"layer{stage}.{b}", x)
-            tap(self, f"layer{stage}", x)
+        x = residual_stages(self, x, block_cls, _STAGE_PLANES, self.layers, train)
         x = tap(self, "pool", jnp.mean(x, axis=(1, 2)))
         return tap(self, "logits", nn.Dense(self.num_classes, name="fc")(x))
 

@@ -19,12 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from xai_jax.errors import XaiJaxError
-from xai_jax.models.common import tap
+from xai_jax.models.common import IMAGENET_MEAN, IMAGENET_STD, tap
 from xai_jax.models.registry import ModelSpec, register
 from xai_jax.weights.layout import StateDict
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _PAD1 = ((1, 1), (1, 1))
 _BLOCK_WIDTHS = (64, 128, 256, 512, 512)
 _POOLED = 7  # torchvision's AdaptiveAvgPool2d((7, 7))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -13,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from xai_jax.errors import XaiJaxError
+from xai_jax.outputs import atomic_dir
 
 _META = "xai_jax_meta.json"
 _ITEM = "variables"
@@ -21,25 +20,15 @@ _ITEM = "variables"
 def save_variables(path: str | os.PathLike, variables: Any, meta: dict | None = None) -> None:
     """Writes ``variables`` (a pytree of arrays) and a JSON ``meta`` to the directory ``path``.
 
-    The checkpoint is written to a temporary sibling and renamed into place, so an interrupted save
-    never leaves a half-written directory behind; an existing directory at ``path`` is replaced.
+    The checkpoint is written aside and renamed into place (:func:`xai_jax.outputs.atomic_dir`), so an
+    interrupted save never leaves a half-written directory behind; an existing directory is replaced.
     """
-    path = os.path.abspath(os.fspath(path))
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    try:
-        host = jax.tree.map(np.asarray, variables)
+    host = jax.tree.map(np.asarray, variables)
+    with atomic_dir(path) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, _ITEM), host)
         with open(os.path.join(tmp, _META), "w") as f:
             json.dump(meta or {}, f, indent=2)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_variables(path: str | os.PathLike) -> tuple[Any, dict]:
