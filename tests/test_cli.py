@@ -89,7 +89,8 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, cifar, chang
     assert os.listdir(tmp_path) == []
 
 
-def test_demo_trains_explains_and_writes_report_summary_and_model(capsys, tmp_path):
+def test_demo_trains_explains_and_writes_report_summary_and_model(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("NLTK_DATA", str(shared_path("nltk_data")))
     out_dir = tmp_path / "demo"
     code, out, _ = run(capsys, "--quiet", "demo", "--out", str(out_dir))
     assert code == 0
@@ -97,7 +98,11 @@ def test_demo_trains_explains_and_writes_report_summary_and_model(capsys, tmp_pa
     assert summary["test_accuracy"] > 0.95
     assert summary["model"]["taps"]["conv2"] == [8, 8, 64]
     html = (out_dir / "report.html").read_text()
-    assert html.count("<img src=\"data:image/png;base64,") >= 3
+    assert html.count("<img src=\"data:image/png;base64,") >= 4
+    nma = summary["methods"]["nma"]
+    assert nma["counted_images"] == round(summary["test_accuracy"] * 360)  # every correct test digit counted
+    assert nma["explanation_of_8"].startswith("An 8 is part of the concept digit (")
+    assert "Near-miss analysis" in html
     variables = weights.load(models.get("small_cnn"), str(out_dir / "model"))
     counts = evaluation.confusion_counts("small_cnn", variables, DigitsSource("test"), progress=False)
     assert np.trace(counts) / counts.sum() == pytest.approx(summary["test_accuracy"])

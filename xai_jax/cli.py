@@ -53,6 +53,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, metavar="PATH", help="PyTorch (.pt/.pth/.th) or safetensors file")
     p.add_argument("--out", required=True, metavar="DIR")
 
+    p = sub.add_parser("nma", help="near-miss analysis: the concept hierarchy of a model's confusions",
+                       description="Fit: --model/--weights/--data or --from-probs, with --out. "
+                                   "Explain: `xai-jax nma explain --result DIR --label NAME | --image FILE`.")
+    p.add_argument("action", nargs="?", choices=["explain"], help="explain a label or an image with a result")
+    p.add_argument("--model", help="backbone name (fit from images, or explain --image)")
+    p.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
+    p.add_argument("--num-classes", type=int, help="outputs of the head if not the model's default")
+    p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16")
+    p.add_argument("--data", metavar="SPEC", help=DATA_HELP)
+    p.add_argument("--split")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--synsets", metavar="FILE", help="folder data: wnid order file")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--from-probs", metavar="FILE.npz", help="precomputed `probs` (or `logits`) and `labels`")
+    p.add_argument("--class-names", metavar="FILE", help="one class name a line (or a JSON list)")
+    p.add_argument("--dataset", choices=["cifar10", "cifar100", "mnist", "fashion_mnist", "imagenet"],
+                   help="names and WordNet synsets of a known label set")
+    p.add_argument("--synset-table", metavar="FILE.json", help="class name -> WordNet synset (or wnid)")
+    p.add_argument("--no-names", action="store_true", help="skip WordNet naming")
+    p.add_argument("--k", type=int, default=3, help="near misses among the top K (default 3)")
+    p.add_argument("--t", type=float, default=1e-6, help="probability cutoff (default 1e-6)")
+    p.add_argument("--min-confidence", type=float, default=0.0)
+    p.add_argument("--symmetrize", choices=["mean", "max"], default="mean")
+    p.add_argument("--edge-weight", choices=["probability", "summed", "count"], default="probability")
+    p.add_argument("--linkage", choices=["average", "single", "complete", "weighted", "ward"], default="average")
+    p.add_argument("--linkage-input", choices=["condensed", "rows"], default="condensed")
+    p.add_argument("--block-size", type=int, help="blocked Floyd-Warshall tile (large C)")
+    p.add_argument("--names", metavar="FILE.json", help="human overrides: cluster (ids or class names, "
+                   "comma-separated) -> name")
+    p.add_argument("--human", default="wordnet", metavar="REF",
+                   help="reference of the explanatory score: wordnet, cifar100-superclasses, or a JSON file "
+                        "{group name: [class names]}")
+    p.add_argument("--out", metavar="DIR", help="output folder (fit)")
+    p.add_argument("--result", metavar="DIR", help="a fitted result (explain)")
+    p.add_argument("--label", help="explain this label")
+    p.add_argument("--image", metavar="FILE", help="classify this image with the model and explain it")
+
     p = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and explain it")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
     p.add_argument("--epochs", type=int, default=30)
@@ -99,6 +136,10 @@ def cmd_info(args) -> None:
 def _load_model_and_data(args):
     from xai_jax import data, models, weights
     spec = models.get(args.model)
+    if not args.weights:
+        raise XaiJaxError(f"--weights is required with --model {args.model}")
+    if not args.data:
+        raise XaiJaxError("--data is required with --model")
     if args.batch_size < 1:
         raise XaiJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
     source = data.open_source(args.data, split=args.split, limit=args.limit, resize=spec.resize,
@@ -133,6 +174,14 @@ def cmd_convert(args) -> None:
     print(f"wrote {args.out}: {spec.name}, {count:,} values")
 
 
+def cmd_nma(args) -> None:
+    from xai_jax import nma_cli
+    if args.action == "explain":
+        nma_cli.explain(args)
+    else:
+        nma_cli.fit(args)
+
+
 def cmd_demo(args) -> None:
     from xai_jax.demo import run_demo
     summary = run_demo(args.out, epochs=args.epochs, seed=args.seed, progress=None if not args.quiet else False)
@@ -146,7 +195,7 @@ def cmd_setup(args) -> None:
     print(f"WordNet 3.0 is ready under {path}; nltk finds it there (or set NLTK_DATA={path})")
 
 
-COMMANDS = {"info": cmd_info, "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo, "setup": cmd_setup}
+COMMANDS = {"info": cmd_info, "predict": cmd_predict, "convert": cmd_convert, "nma": cmd_nma, "demo": cmd_demo, "setup": cmd_setup}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,218 @@
+"""Near-miss analysis: exact numbers on a hand-checked hierarchy, the reference computations, real CIFAR-10."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import scipy.cluster.hierarchy as sch
+from scipy.sparse.csgraph import floyd_warshall as scipy_floyd_warshall
+from scipy.spatial.distance import pdist, squareform
+
+from conftest import shared_path
+from xai_jax import XaiJaxError, cli
+from xai_jax.methods.nma import NearMissAnalysis, NMAConfig, NMAResult, classes_without_images
+
+NAMES = ["cat", "dog", "horse", "car", "truck", "airplane"]
+TABLE = {"cat": "cat.n.01", "dog": "dog.n.01", "horse": "horse.n.01", "car": "car.n.01", "truck": "truck.n.01",
+         "airplane": "airplane.n.01"}
+# class -> {near miss: probability}: cat and dog, car and truck confused most; horse and airplane less.
+NEAR = {0: {1: 0.2, 2: 0.05}, 1: {0: 0.2, 2: 0.04}, 2: {0: 0.03}, 3: {4: 0.2, 5: 0.05}, 4: {3: 0.2}, 5: {3: 0.04}}
+
+
+@pytest.fixture(autouse=True)
+def wordnet_data(monkeypatch):
+    monkeypatch.setenv("NLTK_DATA", str(shared_path("nltk_data")))
+
+
+def synthetic(per_class: int = 5):
+    rows, labels = [], []
+    for i, near in NEAR.items():
+        p = np.full(len(NAMES), 1e-9)
+        for j, v in near.items():
+            p[j] = v
+        p[i] = 0.0
+        p[i] = 1 - p.sum()
+        rows += [p] * per_class
+        labels += [i] * per_class
+    return np.asarray(rows), np.asarray(labels)
+
+
+def test_hand_checked_hierarchy_names_sentences_and_score():
+    probs, labels = synthetic()
+    result = NearMissAnalysis().fit_scores(probs, labels, NAMES, synsets=TABLE, progress=False)
+    # s(cat, dog) = 0.2 -> 0.8; horse: mean of 1 - 0.04 and 1 - 0.02; airplane: mean of 0.955 and the path
+    # airplane-car-truck 0.955 + 0.8; animals and vehicles are disconnected: 2 x the largest distance, 1.755.
+    heights = sorted(result.linkage[:, 2])
+    np.testing.assert_allclose(heights, [0.8, 0.8, 0.97, 1.355, 3.51], atol=1e-6)
+    named = {tuple(sorted(NAMES[i] for i in m)): result.name_of(m) for m in result.members()[6:]}
+    assert named == {("cat", "dog"): "carnivore", ("car", "truck"): "motor vehicle",
+                     ("cat", "dog", "horse"): "placental", ("airplane", "car", "truck"): "vehicle",
+                     tuple(sorted(NAMES)): "whole"}
+    assert result.explain("cat").text() == (
+        "A cat is part of the concept carnivore (cat, dog), which is part of the concept placental "
+        "(cat, dog, horse), which is part of the concept whole (cat, dog, horse, car, truck, airplane).")
+    assert result.explain("airplane").text().startswith("An airplane is part of the concept vehicle (car, truck, ")
+    phi, phi_m = result.score()
+    assert phi_m == 1.0 and np.all(phi == 1.0)  # the machine found WordNet's own tree on these labels
+
+
+def test_near_miss_matrix_distances_and_linkage_match_numpy_scipy():
+    rng = np.random.default_rng(0)
+    num, classes = 700, 9
+    logits = rng.normal(size=(num, classes)) * 3 + np.eye(classes)[rng.integers(0, classes, num)] * 4
+    labels = rng.integers(0, classes, num)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    config = NMAConfig(k=3, t=1e-3, min_confidence=0.3)
+    result = NearMissAnalysis(config).fit_scores(probs, labels, [f"c{i}" for i in range(classes)], names=False,
+                                                 progress=False)
+    # Reference: the definition, image by image.
+    sums, counts = np.zeros((classes, classes)), np.zeros(classes)
+    for x, y in zip(probs, labels):
+        if x.argmax() != y or x.max() < config.min_confidence:
+            continue
+        counts[y] += 1
+        for j in np.argsort(-x, kind="stable")[:config.k]:
+            if j != y and x[j] >= config.t:
+                sums[y, j] += x[j]
+    p = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
+    np.testing.assert_allclose(result.p, p, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(result.counts, counts)
+    s = (p + p.T) / 2
+    w = np.where(s >= config.t, 1 - s, np.inf)
+    np.fill_diagonal(w, 0)
+    d = scipy_floyd_warshall(w)
+    finite = d[np.isfinite(d) & ~np.eye(classes, dtype=bool)]
+    d[np.isinf(d)] = 2 * finite.max() if finite.size else 1.0
+    np.testing.assert_allclose(result.distances, d, rtol=1e-5)
+    expected = sch.linkage(squareform(d, checks=False), "average")
+    np.testing.assert_allclose(result.linkage, expected, rtol=1e-5)
+
+
+def test_rows_linkage_input_gives_the_papers_large_merge_heights():
+    probs, labels = synthetic()
+    condensed = NearMissAnalysis().fit_scores(probs, labels, NAMES, names=False, progress=False)
+    rows = NearMissAnalysis(NMAConfig(linkage_input="rows")).fit_scores(probs, labels, NAMES, names=False,
+                                                                        progress=False)
+    expected = sch.linkage(pdist(condensed.distances), "average")  # rows as Euclidean feature vectors
+    np.testing.assert_allclose(rows.linkage, expected, rtol=1e-6)
+    assert rows.linkage[-1, 2] > condensed.linkage[-1, 2]
+
+
+def test_save_load_overrides_and_the_class_without_images(tmp_path):
+    probs, labels = synthetic()
+    keep = labels != 2  # no image of horse is counted, but cat and dog images still near-miss it
+    result = NearMissAnalysis().fit_scores(probs[keep], labels[keep], NAMES, synsets=TABLE, progress=False)
+    assert classes_without_images(result) == ["horse"]
+    np.testing.assert_array_equal(result.p[2], 0.0)
+    assert {0, 1, 2} in [set(m) for m in result.members()]  # still joined to cat and dog by their near misses
+    isolated = probs.copy()
+    isolated[:, 2] = 1e-12  # and now nobody near-misses horse either: disconnected, it joins at the very top
+    isolated /= isolated.sum(1, keepdims=True)
+    alone = NearMissAnalysis().fit_scores(isolated[keep], labels[keep], NAMES, names=False, progress=False)
+    first_merge_of_horse = next(row for row in alone.linkage if 2 in {int(row[0]), int(row[1])})
+    assert first_merge_of_horse[2] == pytest.approx(2 * 1.755)  # 2 x the largest finite distance (airplane-truck)
+    result = result.with_overrides({"car,truck": "road vehicle", "0,1": "pets"})
+    assert result.explain("car").text().startswith("A car is part of the concept road vehicle (car, truck)")
+    with pytest.raises(XaiJaxError, match="no cluster has exactly the labels cat, car"):
+        result.with_overrides({"cat,car": "x"})
+    result.save(tmp_path / "r")
+    loaded = NMAResult.load(tmp_path / "r")
+    assert loaded.explain("cat").text() == result.explain("cat").text()
+    for field in ("p", "distances", "linkage", "counts", "events"):
+        np.testing.assert_array_equal(getattr(loaded, field), getattr(result, field))
+    assert loaded.config == result.config and loaded.overrides == result.overrides
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p, y: (p * 2, y), "summing to 1"),
+    (lambda p, y: (np.where(np.arange(p.shape[1]) == 0, np.nan, p), y), "NaN"),
+    (lambda p, y: (p, y + 6), "labels must lie in \\[0, 6\\)"),
+    (lambda p, y: (p[:, :5], y % 5), "6 class names for 5 columns"),
+])
+def test_bad_scores_are_one_clear_error(change, message):
+    probs, labels = synthetic()
+    probs, labels = change(probs, labels)
+    names = NAMES[: probs.shape[1]] if "class names" not in message else NAMES  # the last case: 6 names, 5 columns
+    with pytest.raises(XaiJaxError, match=message):
+        NearMissAnalysis().fit_scores(probs, labels, names, names=False, progress=False)
+
+
+def test_bad_configuration_and_missing_synset_are_clear():
+    probs, labels = synthetic()
+    with pytest.raises(XaiJaxError, match="K < C = 6"):
+        NearMissAnalysis(NMAConfig(k=6)).fit_scores(probs, labels, NAMES, names=False, progress=False)
+    with pytest.raises(XaiJaxError, match="linkage must be one of"):
+        NearMissAnalysis(NMAConfig(linkage="centroid")).fit_scores(probs, labels, NAMES, names=False)
+    with pytest.raises(XaiJaxError, match="horse"):
+        NearMissAnalysis().fit_scores(probs, labels, NAMES, synsets={k: v for k, v in TABLE.items() if k != "horse"},
+                                      progress=False)
+
+
+@pytest.fixture(scope="module")
+def resnet20_logits(tmp_path_factory):
+    """ResNet-20's logits on the CIFAR-10 test JPEGs, through `xai-jax predict`."""
+    out = tmp_path_factory.mktemp("nma") / "r20.npz"
+    code = cli.main(["--quiet", "predict", "--model", "cifar_resnet20", "--weights",
+                     str(shared_path("cifar10_resnet", "resnet20-12fca82f.th")), "--data",
+                     f"jpeg-npz:{shared_path('cifar10', 'cifar10_test_jpeg.npz')}", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+@pytest.mark.slow
+def test_resnet20_on_cifar10_separates_animals_from_vehicles(resnet20_logits, tmp_path, capsys):
+    code = cli.main(["--quiet", "nma", "--from-probs", str(resnet20_logits), "--out", str(tmp_path / "nma")])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "nma" / "nma.json").read_text())
+    arrays = np.load(tmp_path / "nma" / "nma.npz")
+    assert arrays["p"].shape == (10, 10) and arrays["distances"].shape == (10, 10)
+    assert arrays["linkage"].shape == (9, 4) and (tmp_path / "nma" / "dendrogram.png").stat().st_size > 10_000
+    assert sum(summary["counted_images"]) == 8103  # ResNet-20 classifies 81.03 % of these JPEGs correctly
+    result = NMAResult.load(tmp_path / "nma")
+    top = [sorted(result.class_names[i] for i in result.members()[int(n)]) for n in result.linkage[-1, :2]]
+    assert sorted(top) == [["airplane", "automobile", "ship", "truck"],
+                           ["bird", "cat", "deer", "dog", "frog", "horse"]]
+    assert ("cat", "dog") in [tuple(sorted((a, b))) for a, b, _ in result.merge_order(1)]
+    assert summary["score"]["phi_M"] > 0.8  # measured 0.867 against WordNet's tree of the 10 labels
+    capsys.readouterr()
+    assert cli.main(["nma", "explain", "--result", str(tmp_path / "nma"), "--label", "truck"]) == 0
+    assert "A truck is part of the concept motor vehicle (automobile, truck)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_streamed_fit_from_the_model_equals_fit_from_its_logits(resnet20_logits):
+    from xai_jax import models, weights
+    from xai_jax.data import JpegNpzSource
+    variables = weights.load(models.get("cifar_resnet20"), shared_path("cifar10_resnet", "resnet20-12fca82f.th"))
+    streamed = NearMissAnalysis().fit("cifar_resnet20", variables,
+                                      JpegNpzSource(shared_path("cifar10", "cifar10_test_jpeg.npz")),
+                                      dataset="cifar10", progress=False)
+    saved = np.load(resnet20_logits)
+    from_logits = NearMissAnalysis().fit_scores(saved["logits"], saved["labels"], streamed.class_names,
+                                                from_logits=True, dataset="cifar10", progress=False)
+    np.testing.assert_array_equal(streamed.counts, from_logits.counts)
+    np.testing.assert_allclose(streamed.p, from_logits.p, rtol=1e-4, atol=1e-6)
+    assert streamed.names == from_logits.names
+
+
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    probs, labels = synthetic()
+    np.savez(tmp_path / "s.npz", probs=probs, labels=labels + 3)
+    out = tmp_path / "out"
+    for argv, message in [
+        (["nma", "--from-probs", str(tmp_path / "s.npz"), "--dataset", "cifar10", "--out", str(out)],
+         "10 class names for 6 columns"),
+        (["nma", "--from-probs", str(tmp_path / "s.npz"), "--out", str(out)], "name the classes"),
+        (["nma", "--from-probs", str(tmp_path / "missing.npz"), "--out", str(out)], "scores file not found"),
+        (["nma", "explain", "--result", str(tmp_path), "--label", "cat"], "not a near-miss analysis result"),
+        (["nma", "--out", str(out)], "--from-probs"),
+    ]:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("xai-jax: error: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["s.npz"]
