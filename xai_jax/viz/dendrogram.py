@@ -27,7 +27,18 @@ def node_positions(linkage: np.ndarray, leaves_order: Sequence[int]) -> np.ndarr
 
 def dendrogram(linkage: np.ndarray, labels: Sequence[str], node_names: Sequence[str | None] = (),
                leaf_groups: Mapping[int, str] | None = None, title: str = "") -> bytes:
-    """Renders the dendrogram as PNG bytes.
+    """Renders :func:`draw_dendrogram` alone in a figure sized for the number of labels, as PNG bytes."""
+    num_leaves = len(labels)
+    horizontal = num_leaves > 24
+    size = (10, max(4, 0.22 * num_leaves)) if horizontal else (max(6, 0.6 * num_leaves), 5)
+    fig, ax = plt.subplots(figsize=size)
+    draw_dendrogram(ax, linkage, labels, node_names, leaf_groups, title)
+    return to_png(fig)
+
+
+def draw_dendrogram(ax, linkage: np.ndarray, labels: Sequence[str], node_names: Sequence[str | None] = (),
+                    leaf_groups: Mapping[int, str] | None = None, title: str = "") -> None:
+    """Draws the dendrogram on ``ax`` (more than 24 labels: sideways, labels down the side).
 
     Args:
       linkage: SciPy linkage matrix of C labels.
@@ -39,8 +50,6 @@ def dendrogram(linkage: np.ndarray, labels: Sequence[str], node_names: Sequence[
     """
     num_leaves = len(labels)
     horizontal = num_leaves > 24  # many labels read better down the side
-    size = (10, max(4, 0.22 * num_leaves)) if horizontal else (max(6, 0.6 * num_leaves), 5)
-    fig, ax = plt.subplots(figsize=size)
     tree = sch.dendrogram(linkage, labels=list(labels), ax=ax, orientation="right" if horizontal else "top",
                           color_threshold=0, above_threshold_color="#555555",
                           leaf_font_size=8 if horizontal else 9)
@@ -77,4 +86,3 @@ def dendrogram(linkage: np.ndarray, labels: Sequence[str], node_names: Sequence[
         ax.set_ylabel("merge height")
         ax.tick_params(axis="x", labelrotation=45)
     ax.set_title(title)
-    return to_png(fig)
