@@ -216,3 +216,26 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
         assert err.startswith("xai-jax: error: ") and message in err and err.count("\n") == 1, err
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["s.npz"]
+
+
+@pytest.mark.slow
+def test_cli_fit_from_the_model_with_overrides_and_a_user_grouping(tmp_path, capsys):
+    (tmp_path / "names.json").write_text(json.dumps({"cat,dog": "pets", "automobile,truck": "road vehicle"}))
+    (tmp_path / "groups.json").write_text(json.dumps({"animals": ["bird", "cat", "deer", "dog", "frog", "horse"],
+                                                      "machines": ["airplane", "automobile", "ship", "truck"]}))
+    out = tmp_path / "nma56"
+    code = cli.main(["--quiet", "nma", "--model", "cifar_resnet56", "--weights",
+                     str(shared_path("cifar10_resnet", "resnet56-4bfd9763.th")), "--data",
+                     f"jpeg-npz:{shared_path('cifar10', 'cifar10_test_jpeg.npz')}", "--names",
+                     str(tmp_path / "names.json"), "--human", str(tmp_path / "groups.json"), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "nma.json").read_text())
+    assert summary["score"] == {"reference": str(tmp_path / "groups.json"), "match": "members", "phi_M": 1.0,
+                                "phi": {n: 1.0 for n in summary["labels"]}}  # the root split is exactly the grouping
+    assert summary["overrides"] == {"3,5": "pets", "1,9": "road vehicle"}
+    assert summary["meta"]["model"] == "cifar_resnet56" and sum(summary["counted_images"]) == 8320
+    capsys.readouterr()
+    image = os.path.join(os.path.dirname(__import__("foolbox").__file__), "data", "cifar10_00_3.png")  # a cat
+    assert cli.main(["nma", "explain", "--result", str(out), "--image", image]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("classified as cat") and "A cat is part of the concept pets (cat, dog)" in printed
