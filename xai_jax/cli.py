@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-weight", choices=["probability", "summed", "count"], default="probability")
     p.add_argument("--linkage", choices=["average", "single", "complete", "weighted", "ward"], default="average")
     p.add_argument("--linkage-input", choices=["condensed", "rows"], default="condensed")
-    p.add_argument("--block-size", type=int, help="blocked Floyd-Warshall tile (large C)")
+    p.add_argument("--block-size", type=int, help="Floyd-Warshall tile size (default: blocked by 32 from 256 labels on, unblocked below)")
     p.add_argument("--names", metavar="FILE.json", help="human overrides: cluster (ids or class names, "
                    "comma-separated) -> name")
     p.add_argument("--human", default="wordnet", metavar="REF",

@@ -23,8 +23,9 @@ additions and minima in both forms below; they differ in memory traffic.
   broadcast sum, which XLA fuses (no ``[P, b, P]`` temporary; verified on CPU with
   ``compiled.memory_analysis()``); where the temporary would exceed ``PHASE3_CHUNK_BYTES`` if it were
   materialised, phase 3 runs over row chunks so that even an unfused temporary stays bounded. Memory:
-  the padded matrix (``P^2`` entries, twice while it is updated) plus at most ``PHASE3_CHUNK_BYTES``.
-  For ImageNet-21k (``C = 21,841``, float32) that is about 1.9 GB per copy.
+  the input, the padded working matrix (``P^2`` entries, updated in place) and the cropped output, plus at
+  most ``PHASE3_CHUNK_BYTES``. For ImageNet-21k (``C = 21,841``, float32) each is about 1.8 GiB (compiled
+  program: 1.78 GiB argument, 1.78 GiB output, 1.78 GiB temporaries).
 
 Measured on a 2-core CPU (``experiments/bench_nma.py``, BENCHMARKS.md): blocked with ``b = 32`` is several
 times faster than unblocked from a few hundred labels on, and slower below about 256 labels, which is the
@@ -39,8 +40,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-#: phase 3 is split into row chunks when a materialised [rows, b, P] temporary would exceed this
-PHASE3_CHUNK_BYTES = 1 << 28
+#: phase 3 is split into row chunks when a materialised [rows, b, P] temporary would exceed this. Only a
+#: safety net: XLA:CPU fuses the product (no temporary), and chunks cost an extra pass over the matrix per
+#: block (+25 % at C = 2,000 on CPU), so the budget is set where an unfused temporary still fits a GPU.
+PHASE3_CHUNK_BYTES = 1 << 30
 #: floyd_warshall_auto's choice, from the CPU measurements in BENCHMARKS.md
 AUTO_BLOCK_SIZE = 32
 AUTO_MIN_CLASSES = 256
