@@ -15,32 +15,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import platform
-import statistics
 import sys
-import time
 
 import jax
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from benchutil import DATA, REPO, median_seconds
+
 sys.path.insert(0, str(REPO / "tests"))  # the faithful PyTorch reference models live with the parity tests
 
 from xai_jax import evaluation, models, weights  # noqa: E402
 from xai_jax.data import ArraySource, JpegNpzSource  # noqa: E402
 
-DATA = pathlib.Path(os.environ.get("XAI_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: compilation, caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def torch_pass(model, images: np.ndarray, labels: np.ndarray, batch_size: int, spec) -> int:

@@ -21,7 +21,6 @@ import argparse
 import os
 import platform
 import resource
-import statistics
 import time
 
 import jax
@@ -32,6 +31,7 @@ from scipy.cluster import hierarchy
 from scipy.sparse import csgraph
 from scipy.spatial.distance import squareform
 
+from benchutil import median_seconds
 from xai_jax import engine
 from xai_jax.data import Batches
 from xai_jax.data.base import Source
@@ -41,15 +41,6 @@ from xai_jax.kernels.near_miss import near_miss_init, near_miss_update
 BLOCK = 32  # the block size the sweep below picks on this CPU
 
 
-def median_seconds(fn, repeats: int, warm_up: bool = True) -> float:
-    if warm_up:
-        fn()  # compilation, caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def near_miss_graph(n: int, seed: int = 0, neighbours: int = 10) -> np.ndarray:

@@ -16,7 +16,6 @@ import os
 import pathlib
 
 import matplotlib.pyplot as plt
-import numpy as np
 
 from xai_jax import models, weights
 from xai_jax.data import JpegNpzSource
