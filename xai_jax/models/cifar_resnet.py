@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from xai_jax.models.common import IMAGENET_MEAN, IMAGENET_STD, batch_norm, residual_stages, tap
+from xai_jax.models.common import (IMAGENET_MEAN, IMAGENET_STD, basic_residual_branch, batch_norm,
+                                   residual_stages, tap)
 from xai_jax.models.registry import ModelSpec, register
 from xai_jax.weights.layout import StateDict
 
@@ -31,10 +32,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        out = nn.Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False, name="conv1")(x)
-        out = nn.relu(batch_norm(train, "bn1")(out))
-        out = nn.Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False, name="conv2")(out)
-        out = batch_norm(train, "bn2")(out)
+        out = basic_residual_branch(x, self.planes, self.stride, train)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.planes:
             pad = self.planes // 4

@@ -46,3 +46,16 @@ def residual_stages(module: nn.Module, x, make_block, stage_planes, blocks_per_s
             tap(module, f"layer{stage}.{b}", x)
         tap(module, f"layer{stage}", x)
     return x
+
+
+def basic_residual_branch(x, planes: int, stride: int, train: bool):
+    """The residual branch of a ResNet basic block: conv3x3 (stride) - BN - ReLU - conv3x3 - BN.
+
+    Called inside a block's compact ``__call__``, so its submodules (``conv1``, ``bn1``, ``conv2``, ``bn2``)
+    belong to that block; the CIFAR and torchvision basic blocks differ only in their shortcut.
+    """
+    pad = ((1, 1), (1, 1))
+    out = nn.Conv(planes, (3, 3), stride, padding=pad, use_bias=False, name="conv1")(x)
+    out = nn.relu(batch_norm(train, "bn1")(out))
+    out = nn.Conv(planes, (3, 3), 1, padding=pad, use_bias=False, name="conv2")(out)
+    return batch_norm(train, "bn2")(out)
