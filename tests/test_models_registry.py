@@ -80,3 +80,35 @@ def test_apply_model_in_training_mode_with_and_without_batch_norm():
     variables = models.init_variables(resnet, key)
     _, out = models.apply_model(resnet.module(), variables, jnp.ones((2, 32, 32, 3)), train=True)
     assert set(out) == {"batch_stats"}
+
+
+@pytest.mark.parametrize("name,at", [("cifar_resnet20", "layer2"), ("small_cnn", "conv2"), ("vgg11", "block3")])
+def test_offset_gradient_at_a_tap_matches_finite_differences(name, at):
+    """d logit_c / d activation through a zero offset equals a central difference of the forward pass."""
+    spec = models.get(name)
+    variables = models.init_variables(spec, jax.random.key(1))
+    images = jax.random.uniform(jax.random.key(2), (3, *spec.input_shape[:2], 3 if spec.input_shape[2] == 3 else 1))
+    forward = models.make_forward(name, taps=(at,))
+    out = forward(images, variables)
+    zero = {at: jnp.zeros_like(out[at])}
+    classes = jnp.array([0, 3, 1])
+    logits, pullback = jax.vjp(lambda o: forward(images, variables, o)["logits"], zero)
+    np.testing.assert_allclose(logits, out["logits"], rtol=1e-6)
+    (grads,) = pullback(jax.nn.one_hot(classes, logits.shape[-1]))
+    direction = jax.random.normal(jax.random.key(3), out[at].shape)
+    eps = 1e-3  # small enough to cross few ReLU kinks, large enough for float32
+
+    def picked(offset):
+        return jnp.take_along_axis(forward(images, variables, {at: offset})["logits"], classes[:, None], 1).sum()
+
+    numeric = (picked(eps * direction) - picked(-eps * direction)) / (2 * eps)
+    analytic = jnp.sum(grads[at] * direction)
+    np.testing.assert_allclose(analytic, numeric, rtol=2e-2, atol=1e-3)
+
+
+def test_offset_for_an_unknown_tap_is_reported():
+    spec = models.get("small_cnn")
+    variables = models.init_variables(spec, jax.random.key(0))
+    forward = models.make_forward("small_cnn")
+    with pytest.raises(XaiJaxError, match="no tap 'nope'; valid taps: conv1"):
+        forward(jnp.zeros((1, 8, 8, 1)), variables, {"nope": jnp.zeros((1, 3))})

@@ -6,6 +6,7 @@ Bad input ends with one line, ``xai-jax: error: ...``, and exit status 2; output
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import json
 import os
@@ -17,7 +18,7 @@ DATA_HELP = ("data source KIND:PATH: idx:DIR (MNIST/Fashion-MNIST), jpeg-npz:FIL
              "class), npz:FILE (arrays images, labels), tfds:NAME[:SPLIT], digits")
 
 
-def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data", required=required, metavar="SPEC", help=DATA_HELP)
     p.add_argument("--split", help="split where the source has several (train/test; tfds split names)")
     p.add_argument("--limit", type=int, help="use only the first N images")
@@ -26,12 +27,18 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="global batch size (default 128)")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="backbone name (see `xai-jax info`)")
     p.add_argument("--weights", required=True, metavar="PATH",
                    help="PyTorch (.pt/.pth/.th), safetensors, or xai_jax checkpoint directory")
     p.add_argument("--num-classes", type=int, help="outputs of the head if not the model's default")
     p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16")
+
+
+# Method subcommands that live in their own modules. Each module has ``register(subparsers)``, which adds its
+# parser(s) with ``set_defaults(func=...)``; ``func(args)`` runs the command. Imports inside ``func`` stay lazy
+# so that ``xai-jax --help`` does not load JAX.
+METHOD_CLIS: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="list this model's taps")
 
     p = sub.add_parser("predict", help="logits, labels and chosen taps for every image, in dataset order")
-    _add_model_args(p)
-    _add_data_args(p)
+    add_model_args(p)
+    add_data_args(p)
     p.add_argument("--taps", default="", help="comma-separated tap names to save next to the logits")
     p.add_argument("--out", required=True, metavar="FILE.npz")
 
@@ -90,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="explain this label")
     p.add_argument("--image", metavar="FILE", help="classify this image with the model and explain it")
 
+    for module in METHOD_CLIS:
+        importlib.import_module(module).register(sub)
+
     p = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and explain it")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
     p.add_argument("--epochs", type=int, default=30)
@@ -133,7 +143,7 @@ def cmd_info(args) -> None:
     print(f"{'models':<20} {', '.join(models.names())}")
 
 
-def _load_model_and_data(args):
+def load_model_and_data(args):
     from xai_jax import data, models, weights
     spec = models.get(args.model)
     if not args.weights:
@@ -154,7 +164,7 @@ def cmd_predict(args) -> None:
         raise XaiJaxError(f"--out must name a .npz file, got {args.out}")
     taps = tuple(t.strip() for t in args.taps.split(",") if t.strip())
     evaluation.check_taps(args.model, taps, args.num_classes)
-    spec, variables, source = _load_model_and_data(args)
+    spec, variables, source = load_model_and_data(args)
     result = evaluation.predict(spec.name, variables, source, taps, num_classes=args.num_classes,
                                 batch_size=args.batch_size, compute_dtype="bfloat16" if args.bf16 else None,
                                 progress=None if not args.quiet else False)
@@ -204,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         os.environ["XAI_JAX_NO_PROGRESS"] = "1"
     try:
-        COMMANDS[args.command](args)
+        (getattr(args, "func", None) or COMMANDS[args.command])(args)
     except XaiJaxError as err:
         print(f"xai-jax: error: {err}", file=sys.stderr)
         return 2

@@ -116,8 +116,8 @@ def fit(args) -> None:
     else:
         if not args.model:
             raise XaiJaxError("give --model/--weights/--data, or --from-probs FILE.npz")
-        from xai_jax.cli import _load_model_and_data
-        spec, variables, source = _load_model_and_data(args)
+        from xai_jax.cli import load_model_and_data
+        spec, variables, source = load_model_and_data(args)
         class_names = _read_class_names(args.class_names) if args.class_names else list(source.class_names)
         if len(class_names) != (args.num_classes or spec.num_classes):
             raise XaiJaxError(f"{len(class_names)} class names for a model with "

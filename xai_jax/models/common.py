@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from xai_jax.models.registry import TAPS, TAPS_VARIABLE
+from xai_jax.models.registry import OFFSETS, TAPS, TAPS_VARIABLE
 
 # torchvision's ImageNet normalisation, also used by akamaster's CIFAR ResNets.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -16,8 +16,15 @@ def tap(module: nn.Module, name: str, x):
 
     Only the top-level backbone records taps, so the names are flat ("layer1", "layer2.0", "pool").
     All taps live in one sown dict because sown variables share a namespace with submodules, and a tap
-    is often best named like the layer it follows ("conv1"). Returns ``x`` so it can wrap an expression.
+    is often best named like the layer it follows ("conv1"). Returns ``x`` so it can wrap an expression;
+    callers must continue from the returned value, because an offset the caller passed for this tap
+    (``apply_model(..., offsets=...)``) is added here: the gradient with respect to a zero offset is the
+    gradient with respect to the activation, which is how attribution methods differentiate at a tap.
     """
+    if module.has_variable(OFFSETS, TAPS_VARIABLE):
+        offsets = module.get_variable(OFFSETS, TAPS_VARIABLE)
+        if name in offsets:
+            x = x + offsets[name].astype(x.dtype)
     module.sow(TAPS, TAPS_VARIABLE, {name: x}, init_fn=dict, reduce_fn=lambda taps, new: {**taps, **new})
     return x
 
@@ -43,8 +50,8 @@ def residual_stages(module: nn.Module, x, make_block, stage_planes, blocks_per_s
         for b in range(blocks):
             stride = 2 if stage > 1 and b == 0 else 1
             x = make_block(planes, stride, name=f"layer{stage}_{b}")(x, train)
-            tap(module, f"layer{stage}.{b}", x)
-        tap(module, f"layer{stage}", x)
+            x = tap(module, f"layer{stage}.{b}", x)
+        x = tap(module, f"layer{stage}", x)
     return x
 
 

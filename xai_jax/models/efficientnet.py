@@ -137,7 +137,7 @@ class EfficientNetLite0(nn.Module):
         x = tap(self, "stem", relu6(batch_norm(train, "bn0", epsilon=BN_EPSILON)(x)))
         for i, (_, out, expand, kernel, stride) in enumerate(block_configs()):
             x = MBConvBlock(out, expand, kernel, stride, name=f"blocks_{i}")(x, train)
-            tap(self, f"blocks.{i}", x)
+            x = tap(self, f"blocks.{i}", x)
         x = SameConv(HEAD_CHANNELS, name="conv_head")(x)
         x = tap(self, "head", relu6(batch_norm(train, "bn1", epsilon=BN_EPSILON)(x)))
         x = tap(self, "pool", jnp.mean(x, axis=(1, 2)))

@@ -87,13 +87,13 @@ class MobileNetV2(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = ConvBNReLU6(STEM_CHANNELS, stride=2, name="features_0")(x, train)
-        tap(self, "features.0", x)
+        x = tap(self, "features.0", x)
         for i, (_, out, stride, expand) in enumerate(block_configs(), start=1):
             x = InvertedResidual(out, stride, expand, name=f"features_{i}")(x, train)
-            tap(self, f"features.{i}", x)
+            x = tap(self, f"features.{i}", x)
         last = len(block_configs()) + 1
         x = ConvBNReLU6(LAST_CHANNELS, kernel=1, name=f"features_{last}")(x, train)
-        tap(self, f"features.{last}", x)
+        x = tap(self, f"features.{last}", x)
         x = tap(self, "pool", jnp.mean(x, axis=(1, 2)))
         x = nn.Dropout(DROPOUT, deterministic=not (train and self.has_rng("dropout")))(x)
         return tap(self, "logits", nn.Dense(self.num_classes, name="classifier")(x))

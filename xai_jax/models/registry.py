@@ -20,6 +20,7 @@ from xai_jax.errors import XaiJaxError
 Variables = Mapping[str, Any]
 TAPS = "taps"
 TAPS_VARIABLE = "__taps__"
+OFFSETS = "tap_offsets"  # {TAPS_VARIABLE: {tap name: array added to that tap}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +113,7 @@ def preprocess(spec: ModelSpec, images: jax.Array) -> jax.Array:
 
 
 def apply_model(module, variables: Variables, x: jax.Array, taps: Sequence[str] = (), train: bool = False,
-                rngs: dict | None = None):
+                rngs: dict | None = None, offsets: Mapping[str, jax.Array] | None = None):
     """Runs ``module`` and returns ``(logits, {tap name: activation})``.
 
     Args:
@@ -123,11 +124,18 @@ def apply_model(module, variables: Variables, x: jax.Array, taps: Sequence[str] 
       train: training mode (batch norm on batch statistics, dropout where ``rngs`` has a ``dropout`` key);
         then, for batch-norm models, the returned dict also holds the updated ``"batch_stats"``.
       rngs: random keys for training mode, e.g. ``{"dropout": key}``.
+      offsets: ``{tap name: array}`` added to those activations before the forward pass continues from
+        them. Differentiating with respect to a zero offset gives the gradient at the tap (Grad-CAM,
+        Taylor contributions); see :func:`make_forward`.
 
     Returns:
       logits ``[N, num_classes]`` and a dict of the requested taps, NHWC for conv layers.
     """
-    variables = {k: v for k, v in variables.items() if k != TAPS}
+    variables = {k: v for k, v in variables.items() if k not in (TAPS, OFFSETS)}
+    requested = tuple(taps)
+    if offsets:
+        variables[OFFSETS] = {TAPS_VARIABLE: dict(offsets)}
+        taps = tuple(taps) + tuple(t for t in offsets if t not in taps)  # so an unknown offset name is reported
     mutable = [TAPS] if taps else []
     if train and "batch_stats" in variables:
         mutable.append("batch_stats")
@@ -140,7 +148,7 @@ def apply_model(module, variables: Variables, x: jax.Array, taps: Sequence[str] 
         raise XaiJaxError(
             f"{type(module).__name__} has no tap {missing[0]!r}; valid taps: {', '.join(recorded)}"
         )
-    out = {t: recorded[t] for t in taps}
+    out = {t: recorded[t] for t in requested}
     if "batch_stats" in mutable:
         out["batch_stats"] = state["batch_stats"]
     return logits, out
@@ -180,7 +188,7 @@ def init_variables(spec: ModelSpec, key: jax.Array, num_classes: int | None = No
 @functools.lru_cache(maxsize=None)
 def make_forward(name: str, taps: tuple[str, ...] = (), num_classes: int | None = None,
                  compute_dtype: str | None = None):
-    """A cached pure function ``forward(images, variables) -> {"logits": ..., tap: ...}`` for model ``name``.
+    """A cached pure function ``forward(images, variables, offsets=None) -> {"logits": ..., tap: ...}``.
 
     Preprocessing is included, so ``images`` are raw (uint8 or [0, 1] floats). Cached on its arguments:
     every caller asking for the same model and taps shares one function, hence one compiled program.
@@ -191,18 +199,27 @@ def make_forward(name: str, taps: tuple[str, ...] = (), num_classes: int | None 
       num_classes: outputs of the head (default: the spec's).
       compute_dtype: ``"bfloat16"`` runs the backbone in bf16 (inputs and weights cast; outputs returned in
         float32); ``None`` keeps float32.
+
+    ``offsets`` (``{tap: array of the tap's batch shape}``) are added to those taps; the gradient of any
+    function of the outputs with respect to zero offsets is its gradient at the taps, for a whole batch in
+    one ``jax.vjp``::
+
+        forward = make_forward("cifar_resnet56", taps=("layer3",))
+        zero = {"layer3": jnp.zeros((n, 8, 8, 64))}
+        out, pullback = jax.vjp(lambda o: forward(images, variables, o)["logits"], zero)
+        (grads,) = pullback(jax.nn.one_hot(classes, 10))   # grads["layer3"]: d logit_c / d activation
     """
     spec = get(name)
     module = spec.module(num_classes)
     dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
 
-    def forward(images, variables):
+    def forward(images, variables, offsets=None):
         x = preprocess(spec, images)
         if dtype is not None:
             x = x.astype(dtype)
             variables = jax.tree.map(lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
                                      variables)
-        logits, out = apply_model(module, variables, x, taps)
+        logits, out = apply_model(module, variables, x, taps, offsets=offsets)
         out = {"logits": logits, **out}
         return jax.tree.map(lambda a: a.astype(jnp.float32), out)
 

@@ -2,11 +2,13 @@
 
 Runs on a 2-core CPU in well under two minutes, needs nothing but the package's dependencies, and writes
 ``report.html`` (figures inlined), ``summary.json`` and the trained model (orbax) to the output folder.
-Each method added to the library adds its section here.
+Each method adds a section: a module ``xai_jax.demo.<method>`` with ``section(report, context) -> dict`` (see
+:class:`DemoContext`), listed in :data:`SECTIONS`. A section should take at most ~15 s on a 2-core CPU.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -17,14 +19,17 @@ import numpy as np
 import optax
 
 from xai_jax import __version__, evaluation, models, train
-from xai_jax.errors import XaiJaxError
 from xai_jax.data import DigitsSource
+from xai_jax.demo.context import DemoContext
 from xai_jax.outputs import atomic_dir
 from xai_jax.viz import figures
 from xai_jax.viz.report import Report
 from xai_jax.weights import save_variables
 
-MODEL = "small_cnn"
+MODEL = DemoContext.model
+
+# (summary key, module under xai_jax.demo), in report order.
+SECTIONS: tuple[tuple[str, str], ...] = (("nma", "near_miss"),)
 
 
 def train_digits_model(epochs: int = 30, seed: int = 0, progress: bool | None = None):
@@ -45,45 +50,6 @@ def train_digits_model(epochs: int = 30, seed: int = 0, progress: bool | None = 
                                {"images": images, "labels": labels}, batch_size=64, epochs=epochs,
                                key=jax.random.key(seed + 1), evaluate=evaluate, progress=progress, desc="demo CNN")
     return train.variables_of(state), history, time.perf_counter() - start
-
-
-def _near_miss_section(report: Report, variables, test_set, progress) -> dict:
-    """Near-miss analysis of the demo CNN on the test digits: dendrogram, names, an explanation, phi(M)."""
-    from xai_jax.methods.nma import NearMissAnalysis
-    from xai_jax.naming.wordnet import load_wordnet
-    from xai_jax.viz.dendrogram import dendrogram
-    try:
-        load_wordnet()
-        named = True
-    except XaiJaxError as err:
-        named, reason = False, str(err)
-    start = time.perf_counter()
-    result = NearMissAnalysis().fit(MODEL, variables, test_set, dataset="mnist", names=named, progress=progress)
-    seconds = time.perf_counter() - start
-    section = {"seconds": round(seconds, 2), "counted_images": int(result.counts.sum()),
-               "first_merges": [f"{a} + {b}" for a, b, _ in result.merge_order(3)]}
-    report.heading("Near-miss analysis")
-    nodes = result.members()[result.num_classes:]
-    report.figure(dendrogram(result.linkage, result.class_names, [result.name_of(m) for m in nodes],
-                             title="which digits the CNN nearly confuses"),
-                  "average linkage of the shortest-path metric of near misses (K = 3, t = 1e-6)")
-    report.table([{"merge": i + 1, "left": a, "right": b, "height": h}
-                  for i, (a, b, h) in enumerate(result.merge_order(5))])
-    if named:
-        phi, phi_m = result.score()
-        section["phi_M"] = None if np.isnan(phi_m) else float(phi_m)
-        section["explanation_of_8"] = result.explain("8").text()
-        report.paragraph(f"Explanation of a prediction of 8: {section['explanation_of_8']}")
-        if np.isnan(phi_m):
-            report.paragraph("The explanatory score phi(M) is not defined here: WordNet puts all ten digits "
-                             "directly under 'digit', so no label has a concept between it and the root to match. "
-                             "Score digits against a grouping of your own (xai-jax nma --human FILE.json).")
-        else:
-            report.paragraph(f"Explanatory score against the WordNet hierarchy of the digits: phi(M) = {phi_m:.3f}.")
-    else:
-        section["note"] = "no WordNet: clusters unnamed (xai-jax setup wordnet)"
-        report.paragraph(f"Concept names need WordNet ({reason})")
-    return section
 
 
 def run_demo(out: str, epochs: int = 30, seed: int = 0, progress: bool | None = None) -> dict:
@@ -125,7 +91,10 @@ def run_demo(out: str, epochs: int = 30, seed: int = 0, progress: bool | None = 
                   "test digits, true -> predicted (mistakes in red first)")
     report.heading("Model taps")
     report.table([{"tap": k, "shape": " x ".join(map(str, v))} for k, v in models.tap_shapes(MODEL).items()])
-    summary["methods"]["nma"] = _near_miss_section(report, variables, test_set, progress)
+    context = DemoContext(variables=variables, train_set=DigitsSource("train"), test_set=test_set, seed=seed,
+                          progress=progress)
+    for key, module in SECTIONS:
+        summary["methods"][key] = importlib.import_module(f"xai_jax.demo.{module}").section(report, context)
 
     summary["seconds"] = round(time.perf_counter() - started, 2)
     with atomic_dir(out) as tmp:
