@@ -3,7 +3,7 @@
 Same process, same images (the CIFAR-10 test set from ../shared/data, decoded once), same batch size.
 The JAX side is a full engine pass (`evaluation.confusion_counts`: one jitted step, padded batches,
 confusion counts accumulated on device); the PyTorch side is akamaster's ResNet in eval mode under
-`torch.no_grad()` with all CPU threads, looping over the same batches and counting correct predictions.
+`torch.no_grad()` with all CPU threads (or on CUDA when there is a GPU), looping over the same batches and counting correct predictions.
 A third row times the engine with JPEG decoding in the loop (the background batcher), as `xai-jax` runs it.
 
     python experiments/bench_engine.py [--models cifar_resnet20,cifar_resnet56] [--repeats 3]
@@ -32,17 +32,18 @@ from xai_jax.data import ArraySource, JpegNpzSource  # noqa: E402
 
 
 
-def torch_pass(model, images: np.ndarray, labels: np.ndarray, batch_size: int, spec) -> int:
+def torch_pass(model, images: np.ndarray, labels: np.ndarray, batch_size: int, spec, device: str) -> int:
+    """The evaluation loop of the reference repository: host batches moved to ``device``, correct counts summed."""
     import torch
-    correct = 0
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float() / 255.0
-            logits = model((x - mean) / std)
-            correct += int((logits.argmax(1).numpy() == labels[start:start + batch_size]).sum())
-    return correct
+            x = torch.from_numpy(images[start:start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
+            y = torch.from_numpy(labels[start:start + batch_size].astype(np.int64)).to(device)
+            correct += (model((x - mean) / std).argmax(1) == y).sum()
+    return int(correct)  # blocks until the device is done
 
 
 def main() -> None:
@@ -55,6 +56,7 @@ def main() -> None:
     import torch
     from torch_ref_resnet_vgg import cifar_resnet
     torch.set_num_threads(os.cpu_count())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
 
     test_file = DATA / "cifar10" / "cifar10_test_jpeg.npz"
     jpeg = JpegNpzSource(test_file)
@@ -62,7 +64,7 @@ def main() -> None:
     decoded = ArraySource(images, labels, jpeg.class_names)
     n = len(labels)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}; torch {torch.__version__}; "
+          f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} on {device}; "
           f"{n} CIFAR-10 test images, batch {args.batch_size}\n")
     print("| model | PyTorch eval loop (img/s) | xai_jax engine (img/s) | ratio | engine + JPEG decode (img/s) | accuracy (both) |")
     print("|---|---|---|---|---|---|")
@@ -71,8 +73,8 @@ def main() -> None:
         spec = models.get(name)
         checkpoint = next((DATA / "cifar10_resnet").glob(f"resnet{depth}-*.th"))
         variables = weights.load(spec, checkpoint)
-        reference = cifar_resnet(depth).eval()
-        reference.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+        reference = cifar_resnet(depth).eval().to(device)
+        reference.load_state_dict({k: torch.from_numpy(np.array(v)).to(device) for k, v in
                                    weights.read_state_dict(checkpoint).items()})
 
         counts = {}
@@ -82,7 +84,7 @@ def main() -> None:
                                                         progress=False)
 
         def reference_pass():
-            counts["torch"] = torch_pass(reference, images, labels, args.batch_size, spec)
+            counts["torch"] = torch_pass(reference, images, labels, args.batch_size, spec, device)
 
         t_torch = median_seconds(reference_pass, args.repeats)
         t_jax = median_seconds(jax_pass, args.repeats)
