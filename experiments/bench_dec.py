@@ -1,0 +1,162 @@
+"""DEC's two clustering phases, xai_jax against what users run today, same data, same steps, one process.
+
+1. Initialisation: :func:`xai_jax.kernels.clustering.kmeans` (k-means++, 20 restarts in one vmap, Lloyd to
+   scikit-learn's tolerance) against scikit-learn's ``KMeans(n_clusters=k, n_init=20, init="k-means++")``.
+2. Refinement: :func:`xai_jax.methods.dec.dec_refine` against a faithful PyTorch DEC (the loop of DEC's
+   reference code and of pt-dec: Student-t soft assignment, target ``p = q^2 / f`` recomputed over the whole data
+   every T steps, ``kl_div(log q, p, "batchmean")``, SGD with momentum 0.9 on encoder and centroids). Both run
+   the same number of steps (tolerance 0) from the same encoder weights and centroids, on the same synthetic
+   embeddings: a mixture of k Gaussian blobs in e = 20 dimensions, N from 10,000 to 1,000,000, through a
+   linear 20 -> 20 encoder projected on the radius-8 sphere (the clustering phase's cost without an
+   autoencoder's, which is the same dense layers in both frameworks).
+
+    python experiments/bench_dec.py --quick      # N = 10k, 100k
+    python experiments/bench_dec.py              # N = 10k, 100k, 300k; k = 15, 50
+    python experiments/bench_dec.py --full       # adds N = 1M
+
+Prints Markdown tables (median of repeats after a warm-up, blocking on results) and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from benchutil import median_seconds  # noqa: E402
+
+from xai_jax.kernels.clustering import kmeans  # noqa: E402
+from xai_jax.methods.dec import DECConfig, MLP, dec_refine  # noqa: E402
+
+E = 20
+
+
+def mixture(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 1.0, (k, E))
+    labels = rng.integers(0, k, n)
+    return (means[labels] + rng.normal(0, 0.5, (n, E))).astype(np.float32), labels
+
+
+def bench_kmeans(x: np.ndarray, k: int, repeats: int) -> tuple[float, float, float, float]:
+    from sklearn.cluster import KMeans
+    key = jax.random.key(0)
+    xj = jnp.asarray(x)
+    jax_time = median_seconds(lambda: jax.block_until_ready(kmeans(xj, k, key, n_init=20)), repeats)
+    sk_time = median_seconds(lambda: KMeans(k, n_init=20, init="k-means++", random_state=0).fit(x), repeats)
+    _, _, jax_inertia = kmeans(xj, k, key, n_init=20)
+    sk_inertia = KMeans(k, n_init=20, init="k-means++", random_state=0).fit(x).inertia_
+    return jax_time, sk_time, float(jax_inertia), float(sk_inertia)
+
+
+def torch_dec(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, centroids: np.ndarray, config: DECConfig,
+              seed: int = 0) -> tuple[np.ndarray, float]:
+    """DEC's clustering phase in PyTorch, as DEC's reference code and pt-dec run it (float32, CPU)."""
+    import torch
+    torch.manual_seed(seed)
+    encoder = torch.nn.Linear(E, E)
+    with torch.no_grad():
+        encoder.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight.T)))  # flax kernels are [in, out]
+        encoder.bias.copy_(torch.from_numpy(bias))
+    mu = torch.nn.Parameter(torch.from_numpy(centroids.copy()))
+    optimizer = torch.optim.SGD(list(encoder.parameters()) + [mu], lr=config.dec_learning_rate, momentum=0.9)
+    data = torch.from_numpy(x)
+    alpha, radius = config.alpha, config.radius
+
+    def embed(v):
+        return torch.nn.functional.normalize(encoder(v), dim=1) * radius
+
+    def log_q(z):
+        # pt-dec's ClusterAssignment: squared distances from the broadcast difference
+        logits = -(alpha + 1) / 2 * torch.log1p(torch.sum((z.unsqueeze(1) - mu) ** 2, 2) / alpha)
+        return torch.log_softmax(logits, dim=1)
+
+    n, steps, loss = len(x), 0, torch.tensor(0.0)
+    generator = torch.Generator().manual_seed(seed)
+    while steps < config.max_dec_steps:
+        with torch.no_grad():  # the target over the whole data, every T steps
+            q = torch.cat([log_q(embed(data[s:s + 65536])).exp() for s in range(0, n, 65536)])
+            weight_q = q.square() / q.sum(0)
+            p = weight_q / weight_q.sum(1, keepdim=True)
+        for _ in range(config.update_interval):
+            idx = torch.randint(0, n, (min(config.batch_size, n),), generator=generator)
+            loss = torch.nn.functional.kl_div(log_q(embed(data[idx])), p[idx], reduction="batchmean")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        steps += config.update_interval
+        with torch.no_grad():
+            assigned = torch.cat([log_q(embed(data[s:s + 65536])).argmax(1) for s in range(0, n, 65536)])
+    return assigned.numpy(), float(loss.detach())
+
+
+def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int) -> tuple[float, float, float]:
+    config = DECConfig(taps=("x",), hidden=(), embedding_size=E, clusters=k, tolerance=0.0,
+                       update_interval=140, max_dec_steps=140 * refreshes, batch_size=256)
+    params = MLP((E,)).init(jax.random.key(1), jnp.zeros((1, E)))["params"]
+    layer = {"encoder": params, "norm": {"mean": jnp.zeros(E), "scale": jnp.ones(())}}
+    from xai_jax.methods.dec import _blocked_rows, _embed_block
+    z = _blocked_rows(lambda b: _embed_block((), E, 8.0)(layer, b), x)
+    centroids, _, _ = kmeans(jnp.asarray(z), k, jax.random.key(2), n_init=5)
+    centroids = np.asarray(centroids)
+
+    def run_jax():
+        out = dec_refine(config, layer, x, z, centroids, jax.random.key(3))
+        jax.block_until_ready(out[1])
+        return out
+
+    jax_time = median_seconds(run_jax, repeats)
+    weight, bias = np.asarray(params["dense0"]["kernel"]), np.asarray(params["dense0"]["bias"])
+    torch_time = median_seconds(lambda: torch_dec(x, weight, bias, centroids, config), repeats)
+    # agreement of the two final clusterings (same start, same number of steps; different minibatch draws)
+    from sklearn.metrics import adjusted_rand_score
+    _, z_final, mu_final, _ = run_jax()
+    a = np.asarray(jnp.argmin(jnp.sum((z_final[:, None] - mu_final[None]) ** 2, -1), -1))
+    b, _ = torch_dec(x, weight, bias, centroids, config)
+    return jax_time, torch_time, adjusted_rand_score(a, b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N = 10k and 100k, k = 15 only")
+    parser.add_argument("--full", action="store_true", help="add N = 1,000,000")
+    parser.add_argument("--refreshes", type=int, default=5, help="target refreshes (T = 140 steps each)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="PyTorch intra-op threads (default 1: on a shared 2-core CPU two threads spin and run "
+                             "several times slower)")
+    args = parser.parse_args()
+    import torch
+    torch.set_num_threads(args.torch_threads)
+    sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 300_000] + ([1_000_000] if args.full else [])
+    ks = [15] if args.quick else [15, 50]
+    repeats = 3 if args.quick else 2
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, JAX {jax.__version__} on "
+          f"{jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} threads); load average "
+          f"{os.getloadavg()[0]:.1f} at the start (other processes share these cores)\n")
+    print("k-means initialisation (20 restarts, k-means++), e = 20\n")
+    print("| N | k | xai_jax s | scikit-learn s | speed-up | inertia xai_jax / sklearn |")
+    print("|---|---|---|---|---|---|")
+    for k in ks:
+        for n in sizes:
+            x, _ = mixture(n, k)
+            jt, st, ji, si = bench_kmeans(x, k, repeats)
+            print(f"| {n:,} | {k} | {jt:.3f} | {st:.3f} | {st / jt:.2f}x | {ji / si:.4f} |", flush=True)
+    print(f"\nDEC refinement ({args.refreshes} x T = 140 steps of batch 256, target over all N before each T), "
+          "e = 20\n")
+    print("| N | k | xai_jax s | PyTorch s | speed-up | ARI between the two results |")
+    print("|---|---|---|---|---|---|")
+    for k in ks:
+        for n in sizes:
+            x, _ = mixture(n, k)
+            jt, tt, ari = bench_refine(x, k, 1 if n >= 300_000 else repeats, args.refreshes)
+            print(f"| {n:,} | {k} | {jt:.3f} | {tt:.3f} | {tt / jt:.2f}x | {ari:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

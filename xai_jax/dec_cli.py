@@ -1,0 +1,233 @@
+"""``xai-jax dec``: fit the activation clustering surrogate, find similar training images, show a layer's concepts.
+
+    xai-jax dec fit --model cifar_resnet56 --weights resnet56.th --data jpeg-npz:train.npz \\
+        --eval-data jpeg-npz:test.npz --taps stem,layer1,layer2,layer3 --out dec-out
+    xai-jax dec similar --result dec-out --image query.png --weights resnet56.th --out similar.png
+    xai-jax dec concepts --result dec-out --tap layer3 --out concepts.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+
+import numpy as np
+
+from xai_jax.errors import XaiJaxError
+
+
+def register(subparsers) -> None:
+    from xai_jax.cli import add_data_args, add_model_args
+    p = subparsers.add_parser("dec", help="activation clustering surrogate (DEC per layer): fit, similar, concepts")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    f = actions.add_parser("fit", help="cluster the taps of a training set, fit the surrogate, report fidelity")
+    add_model_args(f)
+    add_data_args(f)
+    f.add_argument("--eval-data", metavar="SPEC", help="held-out data to report accuracy and fidelity on")
+    f.add_argument("--eval-split", help="split of --eval-data")
+    f.add_argument("--eval-limit", type=int, help="use only the first N held-out images")
+    f.add_argument("--taps", required=True, help="comma-separated taps to cluster, in forward order")
+    f.add_argument("--clusters", type=int, default=15, help="clusters per layer (default 15)")
+    f.add_argument("--embedding-size", type=int, default=20, help="embedding size e (default 20)")
+    f.add_argument("--alpha", type=float, default=100.0, help="Student-t degrees of freedom (default 100)")
+    f.add_argument("--radius", type=float, default=8.0, help="hypersphere radius (default 8)")
+    f.add_argument("--layer-weights", help="comma-separated weight per tap (default equal)")
+    f.add_argument("--hidden", default="500,500,2000", help="autoencoder hidden widths (default 500,500,2000)")
+    f.add_argument("--pretrain-epochs", type=int, default=20, help="autoencoder epochs (default 20)")
+    f.add_argument("--update-interval", type=int, default=140, help="DEC steps between target updates (T)")
+    f.add_argument("--max-dec-steps", type=int, default=2000)
+    f.add_argument("--tolerance", type=float, default=0.001, help="stop below this fraction of changed assignments")
+    f.add_argument("--posterior", choices=("labels", "predictions"), default="labels",
+                   help="p(y | cluster) from training labels (the paper) or the model's predictions")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", required=True, metavar="DIR")
+    f.set_defaults(func=fit)
+
+    s = actions.add_parser("similar", help="the most similar training images of an image (paper figure 3)")
+    _add_result_args(s)
+    s.add_argument("--image", required=True, metavar="FILE", help="query image file")
+    s.add_argument("--m", type=int, default=10, help="similar images per weighting (default 10)")
+    s.add_argument("--layer-weights", help="comma-separated weight per tap (default: equal, low- and high-layer rows)")
+    s.add_argument("--out", metavar="FILE.png", help="write the figure here")
+    s.set_defaults(func=similar)
+
+    c = actions.add_parser("concepts", help="the training images nearest each cluster's centroid (figures 4, 5)")
+    _add_result_args(c)
+    c.add_argument("--tap", required=True, help="which clustered layer")
+    c.add_argument("--per-cluster", type=int, default=8)
+    c.add_argument("--out", required=True, metavar="FILE.png")
+    c.set_defaults(func=concepts)
+
+
+def _add_result_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--result", required=True, metavar="DIR", help="output folder of `xai-jax dec fit`")
+    p.add_argument("--weights", metavar="PATH", help="model weights (default: those the surrogate was fitted with)")
+    p.add_argument("--data", metavar="SPEC", help="the training data (default: what the surrogate was fitted on)")
+    p.add_argument("--split", help="split of --data")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--batch-size", type=int, default=128)
+
+
+def _floats(text: str | None, what: str):
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise XaiJaxError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise XaiJaxError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def layer_emphasis(num_layers: int, which: str) -> tuple[float, ...]:
+    """The paper's low-/high-layer weightings (figure 12: 2, 1, 0, 0 and 0, 0, 1, 2) for any number of layers."""
+    half = -(-num_layers // 2)
+    low = tuple(float(max(half - j, 0)) for j in range(num_layers))
+    return low if which == "low" else tuple(reversed(low))
+
+
+def fit(args) -> None:
+    from xai_jax import data
+    from xai_jax.cli import load_model_and_data
+    from xai_jax.methods.dec import ActivationClusteringSurrogate, DECConfig
+    from xai_jax.viz.dec import concept_grid
+    from xai_jax.viz.report import Report
+    taps = tuple(t.strip() for t in args.taps.split(",") if t.strip())
+    config = DECConfig(taps=taps, embedding_size=args.embedding_size, clusters=args.clusters, alpha=args.alpha,
+                       radius=args.radius, layer_weights=_floats(args.layer_weights, "--layer-weights"),
+                       hidden=_ints(args.hidden, "--hidden"), pretrain_epochs=args.pretrain_epochs,
+                       batch_size=256, update_interval=args.update_interval, tolerance=args.tolerance,
+                       max_dec_steps=args.max_dec_steps, posterior=args.posterior, seed=args.seed)
+    config.validate()
+    from xai_jax.evaluation import check_taps
+    check_taps(args.model, taps, args.num_classes)
+    spec, variables, source = load_model_and_data(args)
+    progress = False if args.quiet else None
+    method = ActivationClusteringSurrogate(spec.name, variables, config, num_classes=args.num_classes,
+                                           batch_size=args.batch_size,
+                                           compute_dtype="bfloat16" if args.bf16 else None, progress=progress)
+    meta = {"weights": os.path.abspath(args.weights), "data": args.data, "split": args.split, "limit": args.limit}
+    result = method.fit(source, meta=meta)
+    if args.eval_data:
+        held_out = data.open_source(args.eval_data, split=args.eval_split, limit=args.eval_limit)
+        result.metrics["eval"] = method.evaluate(result, held_out)
+    shown = result.metrics.get("eval", result.metrics["train"])
+    summary = {"evaluated_on": "eval" if args.eval_data else "train",
+               "baseline_accuracy": shown["baseline_accuracy"], "surrogate_accuracy": shown["surrogate_accuracy"],
+               "fidelity": shown["fidelity"], "layers": shown["layers"], "train": result.metrics["train"],
+               "samples": shown["samples"], "config": json.loads(json.dumps(result.config.__dict__)),
+               "seconds_per_layer": {t: h["seconds"] for t, h in result.history.items()}}
+    report = Report(f"Activation clustering surrogate of {spec.name}")
+    report.paragraph(f"{len(source)} training images, taps {', '.join(taps)}, {config.clusters} clusters each, "
+                     f"embedding {config.embedding_size}. Evaluated on {summary['evaluated_on']} "
+                     f"({shown['samples']} images): baseline accuracy {shown['baseline_accuracy']:.4f}, surrogate "
+                     f"accuracy {shown['surrogate_accuracy']:.4f}, fidelity {shown['fidelity']:.4f}.")
+    report.table([{"layer": t, **v} for t, v in shown["layers"].items()])
+    figures = {}
+    for tap in taps:
+        rows, _ = result.concepts(tap, 8)
+        images, _ = source.read(result.train_indices[rows.ravel()])
+        png = concept_grid(images.reshape(rows.shape + images.shape[1:]), _cluster_titles(result, tap),
+                           title=f"concepts of {tap}")
+        figures[f"concepts_{tap}.png"] = png
+        report.figure(png, f"training images nearest each centroid of {tap}")
+    report_html = report.render().encode()
+    # One atomic folder: the result, then the summary, figures and report beside it.
+    result.save(args.out, extra_files={"summary.json": json.dumps(summary, indent=2).encode(),
+                                       "report.html": report_html, **figures})
+    print(f"wrote {args.out}: surrogate accuracy {shown['surrogate_accuracy']:.4f}, fidelity {shown['fidelity']:.4f}, "
+          f"baseline accuracy {shown['baseline_accuracy']:.4f} ({summary['evaluated_on']}, {shown['samples']} images)")
+
+
+def _cluster_titles(result, tap) -> list[str]:
+    j = result.layer_index(tap)
+    sizes = result.cluster_sizes()[j]
+    top = result.posteriors[j].argmax(-1)
+    return [f"{k}: n={sizes[k]}\n{result.posteriors[j][k, top[k]]:.0%} {result.class_names[top[k]]}"
+            for k in range(len(sizes))]
+
+
+def _open_result(args):
+    from xai_jax import data, models, weights
+    from xai_jax.methods.dec import ActivationClusteringSurrogate, DECResult
+    result = DECResult.load(args.result)
+    spec = models.get(result.model)
+    weights_path = args.weights or result.meta.get("weights")
+    if not weights_path:
+        raise XaiJaxError("the model's weights are needed: --weights PATH")
+    data_spec = args.data or result.meta.get("data")
+    if not data_spec:
+        raise XaiJaxError("the training data are needed: --data SPEC")
+    train = data.open_source(data_spec, split=args.split if args.data else result.meta.get("split"),
+                             limit=args.limit if args.data else result.meta.get("limit"))
+    if len(train) <= int(result.train_indices.max()):
+        raise XaiJaxError(f"{data_spec} has {len(train)} images; the surrogate was fitted on at least "
+                          f"{int(result.train_indices.max()) + 1}")
+    method = ActivationClusteringSurrogate(result.model, weights.load(spec, weights_path), result.config,
+                                           batch_size=args.batch_size, progress=False if args.quiet else None)
+    return result, method, train, spec
+
+
+def similar(args) -> None:
+    from xai_jax.data import ArraySource
+    from xai_jax.data.sources import load_folder_image
+    from xai_jax.viz.dec import similar_samples
+    if not os.path.isfile(args.image):
+        raise XaiJaxError(f"image not found: {args.image}")
+    result, method, train, spec = _open_result(args)
+    image = load_folder_image(pathlib.Path(args.image), spec.resize, spec.input_shape[:2] if spec.resize else None)
+    if spec.input_shape[-1] == 1:  # grey-scale models (digits): the decoded RGB's mean
+        image = np.round(image.mean(-1, keepdims=True)).astype(np.uint8)
+    if image.shape != tuple(spec.input_shape):
+        raise XaiJaxError(f"{args.image}: image of shape {image.shape}, {result.model} takes {tuple(spec.input_shape)}")
+    query = method.embed(result, ArraySource(image[None], np.zeros(1, np.int32), result.class_names))
+    prediction = int(query["predictions"][0])
+    probabilities = result.predict_proba(query["embeddings"])[0]
+    weightings = ([("given", _floats(args.layer_weights, "--layer-weights"))] if args.layer_weights else
+                  [("equal", None), ("low layers", layer_emphasis(len(result.taps), "low")),
+                   ("high layers", layer_emphasis(len(result.taps), "high"))])
+    rows = []
+    print(f"model predicts {result.class_names[prediction]}; surrogate predicts "
+          f"{result.class_names[int(probabilities.argmax())]} (p = {probabilities.max():.3f})")
+    for name, weights in weightings:
+        bank_rows, distances = result.similar(query["embeddings"], args.m, weights)
+        indices = result.train_indices[bank_rows[0]]
+        images, labels = train.read(indices)
+        captions = [result.class_names[int(y)] for y in labels]
+        rows.append((name, images, captions))
+        print(f"{name}: " + ", ".join(f"#{i} {c} ({d:.2f})" for i, c, d in zip(indices, captions, distances[0])))
+    if args.out:
+        png = similar_samples(image, f"model: {result.class_names[prediction]}", rows,
+                              title="most similar training images")
+        _write(args.out, png)
+        print(f"wrote {args.out}")
+
+
+def concepts(args) -> None:
+    from xai_jax.viz.dec import concept_grid
+    result, _, train, _ = _open_result(args)
+    rows, _ = result.concepts(args.tap, args.per_cluster)
+    images, _ = train.read(result.train_indices[rows.ravel()])
+    png = concept_grid(images.reshape(rows.shape + images.shape[1:]), _cluster_titles(result, args.tap),
+                       title=f"concepts of {args.tap}")
+    _write(args.out, png)
+    for line in _cluster_titles(result, args.tap):
+        print("  " + line.replace("\n", " "))
+    print(f"wrote {args.out}")
+
+
+def _write(path: str, data: bytes) -> None:
+    target = os.path.abspath(path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = target + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, target)
