@@ -1,0 +1,169 @@
+"""XNN benchmarks: C one-vs-all explainers trained at once with vmap vs one at a time vs a faithful PyTorch
+SRAE (same architecture, loss, optimiser, minibatches and step count), and heatmaps per second (c-MWP on the
+digits CNN, Grad-CAM on ResNet-56) for a batch vs one image at a time.
+
+    python experiments/bench_xnn.py [--quick]
+
+Inputs are real: ResNet-56 `pool` features of CIFAR-10 training images (one backbone pass, not timed) and
+scikit-learn digits. Warm-up first (compilation excluded), block_until_ready, median of repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from benchutil import DATA, median_seconds  # noqa: E402
+
+from xai_jax import data, evaluation, models, weights  # noqa: E402
+from xai_jax.methods import xnn  # noqa: E402
+from xai_jax.methods.xnn import XNNConfig  # noqa: E402
+
+
+def jax_trainer(config, z, targets, w, classes):
+    """A closure that trains the explainers of ``classes`` once (compiled on first call)."""
+    solver = xnn.XNN(config)
+    batch = min(config.batch_size, len(z))
+    key = jax.random.key(config.seed)
+    init_key, order_key = jax.random.split(key)
+    params = jax.vmap(lambda c: xnn.init_explainer(jax.random.fold_in(init_key, c), z.shape[1], config))(
+        jnp.asarray(classes))
+    optimizer, train = xnn._trainer(config, z.shape[1], len(z), batch)
+    opt_state = optimizer.init(params)
+    zj, tj, wj = jnp.asarray(z), jnp.asarray(targets[:, classes]), jnp.asarray(w[:, classes])
+    keys = jax.random.split(order_key, config.epochs)
+    del solver
+
+    def run():
+        out = train(params, opt_state, zj, tj, wj, keys)
+        jax.block_until_ready(out)
+        return out
+    return run
+
+
+def torch_srae(config, z, targets, w, classes, threads):
+    """The same SRAE in PyTorch: one model per class, Adam, the same minibatch schedule and loss."""
+    import torch
+    torch.set_num_threads(threads)
+    s = z.shape[1]
+    widths = (s, *config.hidden, config.num_x_features)
+    steps = len(z) // config.batch_size
+    zt, tt, wt = torch.from_numpy(z), torch.from_numpy(targets), torch.from_numpy(w)
+    rng = np.random.default_rng(0)
+    orders = [torch.from_numpy(rng.permutation(len(z))[: steps * config.batch_size].reshape(steps, -1))
+              for _ in range(config.epochs)]
+
+    def mlp(sizes, last_relu):
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+            layers.append(torch.nn.Linear(a, b))
+            if i < len(sizes) - 2 or last_relu:
+                layers.append(torch.nn.ReLU())
+        return torch.nn.Sequential(*layers)
+
+    def loss_fn(enc, head, dec, zb, yb, wb):
+        e = enc(zb)
+        faith = torch.sum(wb / wb.sum() * (head(e)[:, 0] - yb) ** 2)
+        q_k = torch.mean((dec(e) - zb) ** 2, dim=0)
+        sparse = torch.mean(torch.log1p(config.q * q_k))
+        norms = torch.linalg.norm(e, dim=0).clamp_min(1e-12)
+        cos = (e.T @ e) / (norms[:, None] * norms[None, :])
+        n = e.shape[1]
+        pull = (torch.sum(cos ** 2) - torch.sum(torch.diagonal(cos) ** 2)) / (n * (n - 1))
+        return faith + config.beta * sparse + config.eta * pull
+
+    def run():
+        for c in classes:
+            enc, head, dec = mlp(widths, False), torch.nn.Linear(config.num_x_features, 1), mlp(widths[::-1], False)
+            parameters = [*enc.parameters(), *head.parameters(), *dec.parameters()]
+            optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
+            for order in orders:
+                for idx in order:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_fn(enc, head, dec, zt[idx], tt[idx, c], wt[idx, c])
+                    loss.backward()
+                    optimizer.step()
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
+                        help="PyTorch intra-op threads (default: all CPUs; use 1 on a busy machine, where "
+                        "OpenMP spin-waiting inflates PyTorch's time)")
+    args = parser.parse_args()
+    images = 1024 if args.quick else 4096
+    epochs = 2 if args.quick else 5
+    repeats = 1 if args.quick else 3
+    spec = models.get("cifar_resnet56")
+    variables = weights.load(spec, DATA / "cifar10_resnet" / "resnet56-4bfd9763.th")
+    source = data.JpegNpzSource(DATA / "cifar10" / "cifar10_train_jpeg.npz")
+    subset = data.Subset(source, np.sort(np.random.default_rng(0).permutation(len(source))[:images]))
+    feats = evaluation.predict(spec.name, variables, subset, ("pool",), batch_size=256, progress=False)
+    z = ((feats["pool"] - feats["pool"].mean(0)) / feats["pool"].std()).astype(np.float32)
+    logits, labels = feats["logits"], feats["labels"]
+    classes = np.arange(10)
+    w = xnn._class_weights(labels, classes, None)
+    config = XNNConfig(epochs=epochs, batch_size=256)
+    steps = epochs * (len(z) // 256)
+    threads = args.torch_threads
+
+    vmapped = jax_trainer(config, z, logits, w, classes)
+    singles = [jax_trainer(config, z, logits, w, [c]) for c in classes]
+    t_vmap = median_seconds(vmapped, repeats)
+    t_single = median_seconds(lambda: [f() for f in singles], repeats)
+    t_torch = median_seconds(torch_srae(config, z, logits, w, classes, threads), repeats, warm_up=False)
+    device = jax.devices()[0]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, JAX {jax.__version__} "
+          f"on {device.platform} ({device.device_kind}); torch threads {threads}\n")
+    print(f"### Training 10 one-vs-all SRAE explainers (64-800-100-5, decoder mirrored), {len(z)} ResNet-56 "
+          f"pool features, batch 256, {steps} Adam steps each\n")
+    print("| path | seconds | ratio vs JAX vmap |")
+    print("|---|---|---|")
+    for name, t in [("JAX, 10 classes at once (vmap)", t_vmap), ("JAX, one class at a time", t_single),
+                    ("PyTorch, one class at a time", t_torch)]:
+        print(f"| {name} | {t:.3f} | {t / t_vmap:.2f}x |")
+
+    # Heatmaps: c-MWP through the digits CNN + an explainer, Grad-CAM through ResNet-56 + an explainer.
+    digits = data.DigitsSource("train")
+    d_images, d_labels = digits.read(np.arange(256))
+    cnn = models.init_variables(models.get("small_cnn"), jax.random.key(0))
+    d_feats = evaluation.predict("small_cnn", cnn, digits, ("pool",), progress=False)
+    small = xnn.XNN(XNNConfig(hidden=(128, 32), epochs=1)).fit_features(
+        d_feats["pool"], d_feats["logits"], d_feats["labels"], classes=[3])
+    r_small = xnn.XNN(XNNConfig(epochs=1)).fit_features(feats["pool"], logits, labels, classes=[3])
+    r_small.meta["heatmap_tap"] = "layer3"
+    rows = []
+    for name, result, model, variables_, imgs, method, batch in [
+            ("c-MWP, digits CNN (8x8), 5 x-features + 1-heatmap", small, "small_cnn", cnn, d_images, "cmwp", 256),
+            ("Grad-CAM at layer3, ResNet-56 (32x32), 5 x-features + 1-heatmap", r_small, spec.name, variables,
+             subset.read(np.arange(128))[0], "gradcam", 128)]:
+        one_count = 16 if args.quick else 32
+
+        def batched():
+            jax.block_until_ready(xnn.XNN.explain(result, model, variables_, imgs[:batch], 3, method=method).heatmaps)
+
+        def one_at_a_time():
+            for i in range(one_count):
+                xnn.XNN.explain(result, model, variables_, imgs[i:i + 1], 3, method=method)
+
+        t_b = median_seconds(batched, repeats)
+        t_o = median_seconds(one_at_a_time, repeats)
+        rows.append((name, batch * 6 / t_b, one_count * 6 / t_o))
+    print("\n### Heatmaps per second (maps = images x (5 x-features + 1-heatmap)), explain() end to end\n")
+    print("| method | batch maps/s | one image at a time maps/s | ratio |")
+    print("|---|---|---|---|")
+    for name, b, o in rows:
+        print(f"| {name} | {b:.0f} | {o:.0f} | {b / o:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""XNN / SRAE: vmap training equals one-at-a-time, real ResNet-56 faithfulness and orthogonality, locality,
+save/load, the CLI and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import shared_path
+from xai_jax import cli, models
+from xai_jax.errors import XaiJaxError
+from xai_jax.methods import xnn
+from xai_jax.methods.xnn import XNN, XNNConfig, XNNResult
+
+
+def synthetic(m=97, s=13, k=4, seed=0):
+    """Features whose logits are a noisy linear function of them (awkward sizes)."""
+    rng = np.random.default_rng(seed)
+    z = np.maximum(rng.normal(size=(m, s)), 0).astype(np.float32)
+    logits = (z @ rng.normal(size=(s, k)) + 0.1 * rng.normal(size=(m, k))).astype(np.float32)
+    return z, logits, logits.argmax(1)
+
+
+SMALL = dict(hidden=(11, 7), num_x_features=3, epochs=3, batch_size=16)
+
+
+@pytest.mark.parametrize("variant", ["srae", "cae"])
+def test_vmap_trained_explainers_equal_one_at_a_time_and_compile_once(variant):
+    z, logits, labels = synthetic()
+    config = XNNConfig(variant=variant, **SMALL)
+    together = XNN(config).fit_features(z, logits, labels, classes=[0, 2, 3])
+    for position, c in enumerate([0, 2, 3]):
+        alone = XNN(config).fit_features(z, logits, labels, classes=[c])
+        for a, b in zip(jax.tree.leaves(together.params), jax.tree.leaves(alone.params)):
+            np.testing.assert_allclose(np.asarray(a)[position], np.asarray(b)[0], rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(together.history[:, position], alone.history[:, 0], rtol=2e-4)
+        assert together.metrics[str(c)]["f_reg_train"] == pytest.approx(alone.metrics[str(c)]["f_reg_train"], rel=1e-3)
+    # One program per shape: 3 classes at once and 1 class; new values of the same shapes reuse them.
+    _, train = xnn._trainer(config, z.shape[1], len(z), 16)
+    compiled = train._cache_size()
+    XNN(config).fit_features(z * 2, logits + 1, labels, classes=[1, 2, 3])
+    assert train._cache_size() == compiled == 2
+
+
+def test_contributions_sum_to_the_approximation_and_lasso_selects_n_units():
+    z, logits, labels = synthetic(seed=2)  # the shapes of the test above: its compiled trainer is reused
+    result = XNN(XNNConfig(**SMALL)).fit_features(z, logits, labels, classes=[0, 1, 3])
+    contributions = np.asarray(result.contributions(z))
+    np.testing.assert_allclose(contributions.sum(2) + np.asarray(result.params["head"]["b"]),
+                               np.asarray(result.approximate(z)), rtol=1e-4, atol=1e-4)
+    # Logits that depend on 3 of the 13 units: Lasso must pick exactly those as its 3 x-features.
+    sparse_logits = z[:, [2, 11, 5]] @ np.array([[2.0, -1.5], [1.0, 2.5], [-3.0, 1.0]], np.float32)
+    lasso = XNN(XNNConfig(variant="lasso", num_x_features=3)).fit_features(z, sparse_logits, sparse_logits.argmax(1))
+    assert lasso.params["select"].shape == (2, 3)
+    for c in range(2):
+        assert set(np.asarray(lasso.params["select"][c]).tolist()) == {2, 11, 5}
+    approx = np.asarray(lasso.approximate(z))
+    assert np.mean(np.abs(approx - sparse_logits)) < 0.5 * np.mean(np.abs(sparse_logits - sparse_logits.mean(0)))
+
+
+@pytest.fixture(scope="module")
+def resnet56_features():
+    from xai_jax import data, weights
+    checkpoint = shared_path("cifar10_resnet", "resnet56-4bfd9763.th")
+    spec = models.get("cifar_resnet56")
+    variables = weights.load(spec, checkpoint)
+    rng = np.random.default_rng(0)  # the npz files are sorted by class: sample across classes
+    train = data.Subset(data.JpegNpzSource(shared_path("cifar10", "cifar10_train_jpeg.npz")),
+                        np.sort(rng.permutation(50000)[:1500]))
+    test = data.Subset(data.JpegNpzSource(shared_path("cifar10", "cifar10_test_jpeg.npz")),
+                       np.sort(rng.permutation(10000)[:500]))
+    features = xnn.extract_features(spec.name, variables, train, "pool", batch_size=250, progress=False)
+    test_features = xnn.extract_features(spec.name, variables, test, "pool", batch_size=250, progress=False)
+    return spec.name, variables, train, test, features, test_features
+
+
+@pytest.mark.slow
+def test_srae_on_resnet56_cifar10_is_faithful_and_more_orthogonal_than_nn(resnet56_features):
+    model, variables, train, test, features, test_features = resnet56_features
+    results = {}
+    for variant in ("srae", "nn"):
+        config = XNNConfig(variant=variant, epochs=15)
+        results[variant] = XNN(config).fit(model, variables, train, test_source=test, classes=[0, 3, 8],
+                                           orthogonality_images=100, progress=False, features=features,
+                                           test_features=test_features, batch_size=100)
+    srae = results["srae"]
+    assert srae.orthogonality_basis == "heatmaps" and srae.meta["heatmap_tap"] == "layer3"
+    for position, name in enumerate(["airplane", "cat", "ship"]):
+        m = srae.metrics[name]
+        logit = test_features["logits"][:, srae.classes[position]]
+        spread = np.mean(np.abs(logit - logit.mean()))  # F_reg of the best constant-ish explainer
+        assert m["f_cls_test"] >= 0.9, (name, m)
+        assert m["f_reg_test"] < 0.5 * spread, (name, m, spread)
+    mean = {v: {k: np.mean([m[k] for m in r.metrics.values()]) for k in ("o1", "o2")} for v, r in results.items()}
+    assert mean["srae"]["o1"] < mean["nn"]["o1"], mean
+    # Explaining images: contributions plus bias reproduce the approximation; heatmaps at image size.
+    images, _ = test.read(np.arange(3))
+    explanation = XNN.explain(srae, model, variables, images, "cat")
+    assert explanation.heatmaps.shape == (3, 5, 32, 32) and explanation.baseline.shape == (3, 32, 32)
+    np.testing.assert_allclose(explanation.contributions.sum(1) + np.asarray(srae.params["head"]["b"][1]),
+                               explanation.approximation, rtol=1e-4, atol=1e-4)
+    with pytest.raises(XaiJaxError, match="Grad-CAM"):
+        XNN.explain(srae, model, variables, images, "cat", method="cmwp")
+
+
+def test_locality_on_synthetic_part_layouts():
+    # 4 parts at the corners of a 9x11 grid; x-feature 0 fires on part 0 only, x-feature 1 on parts 0-1,
+    # x-feature 2 everywhere: their localities must order 0 < 1 < 2, the first exactly 0.
+    height, width, n_images = 9, 11, 5
+    rng = np.random.default_rng(3)
+    keypoints = np.tile(np.array([[1, 1], [9, 1], [1, 7], [9, 7]], np.float32), (n_images, 1, 1))
+    keypoints += rng.integers(-1, 2, size=keypoints.shape)
+    rows, cols = np.mgrid[:height, :width]
+    heatmaps = np.zeros((n_images, 3, height, width), np.float32)
+    for i in range(n_images):
+        (x0, y0), (x1, y1) = keypoints[i, 0], keypoints[i, 1]
+        heatmaps[i, 0] = (rows == y0) & (cols == x0)
+        heatmaps[i, 1] = ((rows == y0) & (cols == x0)) + ((rows == y1) & (cols == x1))
+        heatmaps[i, 2] = rng.random((height, width)) + 0.5
+    locality = xnn.part_locality(heatmaps, keypoints)
+    assert locality[0] == pytest.approx(0.0, abs=1e-6)
+    assert locality[1] == pytest.approx(np.log(2), abs=1e-5)
+    assert locality[0] < locality[1] < locality[2] <= np.log(4) + 1e-6
+    masks = np.zeros((n_images, 2, height, width), bool)
+    masks[:, 0, :, : width // 2] = True
+    masks[:, 1, :, width // 2:] = True
+    by_mask = xnn.part_locality(heatmaps[:, :1], masks=masks)
+    assert by_mask[0] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(XaiJaxError, match="keypoints"):
+        xnn.part_locality(heatmaps)
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    from xai_jax.weights import save_variables
+    variables = models.init_variables(models.get("small_cnn"), jax.random.key(0))
+    path = tmp_path_factory.mktemp("w") / "small_cnn"
+    save_variables(path, variables, {"model": "small_cnn"})
+    return variables, str(path)
+
+
+def test_save_load_round_trip_and_cmwp_explanation(tmp_path, digits_model):
+    from xai_jax.data import DigitsSource
+    variables, _ = digits_model
+    source = DigitsSource("test")
+    config = XNNConfig(hidden=(16, 8), num_x_features=4, epochs=2, batch_size=64)
+    result = XNN(config).fit("small_cnn", variables, source, classes=[1, 7], orthogonality_images=40,
+                             progress=False)
+    result.save(tmp_path / "r")
+    loaded = XNNResult.load(tmp_path / "r")
+    assert loaded.config == config and loaded.metrics == result.metrics and list(loaded.classes) == [1, 7]
+    for a, b in zip(jax.tree.leaves(result.params), jax.tree.leaves(loaded.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    images, _ = source.read(np.arange(5))
+    for method in ("gradcam", "cmwp"):
+        before = XNN.explain(result, "small_cnn", variables, images, 7, method=method)
+        after = XNN.explain(loaded, "small_cnn", variables, images, "7", method=method)
+        np.testing.assert_allclose(before.heatmaps, after.heatmaps, atol=1e-6)
+        assert before.heatmaps.shape == (5, 4, 8, 8)
+        assert np.all(before.heatmaps >= 0) and np.all(before.heatmaps <= 1)
+    with pytest.raises(XaiJaxError, match="explained classes: 1, 7"):
+        loaded.class_position(3)
+    with pytest.raises(XaiJaxError, match="not an XNN result"):
+        XNNResult.load(tmp_path)
+
+
+def test_cli_fit_from_features_and_from_model_then_explain(tmp_path, digits_model, capsys):
+    from PIL import Image
+
+    from xai_jax.data import DigitsSource
+    _, weights_dir = digits_model
+    z, logits, labels = synthetic(m=120, s=9, k=3, seed=4)
+    np.savez(tmp_path / "z.npz", features=z, logits=logits, labels=labels)
+    np.savez(tmp_path / "zt.npz", features=z[:40], logits=logits[:40], labels=labels[:40])
+    assert cli.main(["--quiet", "xnn", "fit", "--features", str(tmp_path / "z.npz"), "--test-features",
+                     str(tmp_path / "zt.npz"), "--variants", "srae,lasso", "--hidden", "8,4", "--x-features",
+                     "2", "--epochs", "2", "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary["methods"]) == {"srae", "lasso"}
+    for variant in summary["methods"].values():
+        assert set(variant) == {"0", "1", "2"}
+        assert {"f_reg_train", "f_cls_train", "f_reg_test", "f_cls_test", "o1", "o2"} <= set(variant["0"])
+    assert summary["orthogonality_basis"] == "x-features"
+
+    assert cli.main(["--quiet", "xnn", "fit", "--model", "small_cnn", "--weights", weights_dir, "--data", "digits",
+                     "--limit", "200", "--test-split", "test", "--test-limit", "60", "--hidden", "8,4",
+                     "--epochs", "2", "--classes", "2,5", "--orthogonality-images", "30",
+                     "--out", str(tmp_path / "m")]) == 0
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert summary["orthogonality_basis"] == "heatmaps" and set(summary["methods"]["srae"]) == {"2", "5"}
+    image, _ = DigitsSource("test").read(np.arange(1))
+    Image.fromarray(image[0, :, :, 0]).save(tmp_path / "digit.png")
+    assert cli.main(["--quiet", "xnn", "explain", "--result", str(tmp_path / "m"), "--image",
+                     str(tmp_path / "digit.png"), "--label", "5", "--heatmap", "cmwp",
+                     "--out", str(tmp_path / "e")]) == 0
+    record = json.loads((tmp_path / "e" / "explanation.json").read_text())
+    assert record["class_index"] == 5 and len(record["contributions"]) == 5
+    assert (tmp_path / "e" / "xfeatures.png").stat().st_size > 1000
+    # Explaining from a result fitted on saved features needs the model.
+    assert cli.main(["xnn", "explain", "--result", str(tmp_path / "out"), "--image", str(tmp_path / "digit.png"),
+                     "--out", str(tmp_path / "e2")]) == 2
+    assert "needs the model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "srae,bogus"], "unknown XNN variant 'bogus'"),
+    (["--x-features", "0"], "num_x_features must be >= 1"),
+    (["--classes", "0,7"], "classes must lie in [0, 3)"),
+    (["--hidden", "8,x"], "--hidden must be comma-separated integers"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, message):
+    z, logits, labels = synthetic(m=30, s=5, k=3)
+    np.savez(tmp_path / "z.npz", features=z, logits=logits, labels=labels)
+    assert cli.main(["xnn", "fit", "--features", str(tmp_path / "z.npz"), "--epochs", "1", "--out",
+                     str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_bad_features_and_taps(tmp_path, capsys, digits_model):
+    z, logits, labels = synthetic(m=30, s=5, k=3)
+    with pytest.raises(XaiJaxError, match="NaN"):
+        XNN().fit_features(np.where(z > 1, np.nan, z), logits, labels)
+    with pytest.raises(XaiJaxError, match="labels must lie in"):
+        XNN().fit_features(z, logits, labels + 3)
+    with pytest.raises(XaiJaxError, match="30 feature rows but 29 logit rows"):
+        XNN().fit_features(z, logits[:29], labels)
+    np.savez(tmp_path / "bad.npz", feats=z)
+    assert cli.main(["xnn", "fit", "--features", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "o")]) == 2
+    assert "must hold `features` and `logits`" in capsys.readouterr().err
+    variables, weights_dir = digits_model
+    assert cli.main(["xnn", "fit", "--model", "small_cnn", "--weights", weights_dir, "--data", "digits",
+                     "--tap", "nope", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "conv3" in err

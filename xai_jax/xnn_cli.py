@@ -1,0 +1,219 @@
+"""``xai-jax xnn``: fit explanation networks (SRAE and baselines) and explain images with their x-features."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from xai_jax.cli import DATA_HELP
+from xai_jax.errors import XaiJaxError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("xnn", help="explanation networks (SRAE): a few x-features that reproduce a logit")
+    sub = p.add_subparsers(dest="xnn_command", required=True, metavar="ACTION")
+
+    f = sub.add_parser("fit", help="train one-vs-all explainers for every class (or --classes)")
+    f.add_argument("--model", help="backbone name (see `xai-jax info`)")
+    f.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
+    f.add_argument("--num-classes", type=int, help="outputs of the head if not the model's default")
+    f.add_argument("--data", metavar="SPEC", help=DATA_HELP + " (training set)")
+    f.add_argument("--split", default="train", help="split of --data (default train)")
+    f.add_argument("--limit", type=int, help="use only the first N training images")
+    f.add_argument("--test-split", help="held-out split of --data for the _test metrics (e.g. test)")
+    f.add_argument("--test-limit", type=int, help="use only the first N held-out images")
+    f.add_argument("--synsets", metavar="FILE", help="folder data: wnid order file")
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--features", metavar="Z.npz", help="precomputed arrays `features`, `logits`, `labels` "
+                   "(optional `class_names`) instead of --model/--data")
+    f.add_argument("--test-features", metavar="Z.npz", help="held-out arrays like --features")
+    f.add_argument("--tap", default="pool", help="the explained layer (default pool)")
+    f.add_argument("--heatmap-tap", help="convolutional tap for Grad-CAM heatmaps (default: the last one "
+                   "at or before --tap)")
+    f.add_argument("--variants", default="srae", help="comma-separated: srae, nn, sae, cae, lasso (default srae)")
+    f.add_argument("--classes", help="comma-separated class indices to explain (default all)")
+    f.add_argument("--x-features", type=int, default=5, help="x-features per explainer (default 5)")
+    f.add_argument("--hidden", default="800,100", help="encoder widths before the x-layer (default 800,100)")
+    f.add_argument("--x-activation", choices=["linear", "relu"], default="linear")
+    f.add_argument("--q", type=float, default=100.0)
+    f.add_argument("--beta", type=float, default=10.0)
+    f.add_argument("--eta", type=float, default=10.0)
+    f.add_argument("--positive-weight", type=float, help="weight of a positive (default #neg/#pos)")
+    f.add_argument("--epochs", type=int, default=30)
+    f.add_argument("--train-batch-size", type=int, default=256, help="explainer minibatch (default 256)")
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--orthogonality-images", type=int, default=512,
+                   help="images whose heatmaps give O1/O2 (with --model; default 512)")
+    f.add_argument("--out", required=True, metavar="DIR")
+    f.set_defaults(func=fit)
+
+    e = sub.add_parser("explain", help="x-features, contributions and heatmaps of one image (figure 8)")
+    e.add_argument("--result", required=True, metavar="DIR", help="output of `xai-jax xnn fit` (or one variant in it)")
+    e.add_argument("--variant", help="which variant of a multi-variant result (default srae, else the first)")
+    e.add_argument("--image", required=True, metavar="FILE")
+    e.add_argument("--model", help="backbone (default: the one the result was fitted on)")
+    e.add_argument("--weights", metavar="PATH", help="checkpoint (default: the one the result was fitted with)")
+    e.add_argument("--num-classes", type=int)
+    e.add_argument("--label", help="explained class (name or index; default the predicted one)")
+    e.add_argument("--heatmap", choices=["gradcam", "cmwp"], default="gradcam",
+                   help="gradcam (any backbone) or cmwp (sequential backbones: small_cnn)")
+    e.add_argument("--out", required=True, metavar="DIR")
+    e.set_defaults(func=explain)
+
+
+def _ints(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise XaiJaxError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _read_features(path: str, what: str) -> dict:
+    if not os.path.isfile(path):
+        raise XaiJaxError(f"{what} file not found: {path}")
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise XaiJaxError(f"{path}: not a readable .npz ({err})") from None
+    missing = [k for k in ("features", "logits") if k not in arrays]
+    if missing:
+        raise XaiJaxError(f"{path} must hold `features` and `logits` (and `labels`); it holds "
+                          f"{', '.join(arrays.files)}")
+    return {k: arrays[k] for k in arrays.files}
+
+
+def _config(args, variant: str):
+    from xai_jax.methods.xnn import XNNConfig
+    config = XNNConfig(tap=args.tap, num_x_features=args.x_features, hidden=tuple(_ints(args.hidden, "--hidden")),
+                       variant=variant, q=args.q, beta=args.beta, eta=args.eta,
+                       positive_weight=args.positive_weight, learning_rate=args.lr, epochs=args.epochs,
+                       batch_size=args.train_batch_size, seed=args.seed, heatmap_tap=args.heatmap_tap,
+                       x_activation=args.x_activation)
+    config.validate()
+    return config
+
+
+def fit(args) -> None:
+    from xai_jax.methods.xnn import XNN, extract_features, metrics_table
+    from xai_jax.outputs import atomic_dir
+    from xai_jax.viz.report import Report
+    from xai_jax.viz.xnn import metrics_bars
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    configs = {v: _config(args, v) for v in variants}  # validates every variant before any work
+    classes = _ints(args.classes, "--classes")
+    progress = False if args.quiet else None
+    results = {}
+    if args.features:
+        if args.model or args.data:
+            raise XaiJaxError("give either --features or --model/--weights/--data, not both")
+        train = _read_features(args.features, "features")
+        test = _read_features(args.test_features, "test features") if args.test_features else None
+        names = [str(c) for c in train["class_names"]] if "class_names" in train else None
+        for variant, config in configs.items():
+            results[variant] = XNN(config).fit_features(
+                train["features"], train["logits"], train.get("labels"), classes=classes, class_names=names,
+                test=test, meta={"features": os.path.abspath(args.features)})
+    else:
+        if not args.model:
+            raise XaiJaxError("give --model/--weights/--data, or --features Z.npz")
+        from xai_jax import data, evaluation, models, weights
+        if not args.weights or not args.data:
+            raise XaiJaxError("--model needs --weights and --data")
+        evaluation.check_taps(args.model, (args.tap,), args.num_classes)
+        spec = models.get(args.model)
+        crop = spec.input_shape[:2] if spec.resize else None
+        source = data.open_source(args.data, split=args.split, limit=args.limit, resize=spec.resize, crop=crop,
+                                  synsets=args.synsets)
+        test_source = None if not args.test_split else data.open_source(
+            args.data, split=args.test_split, limit=args.test_limit, resize=spec.resize, crop=crop,
+            synsets=args.synsets)
+        variables = weights.load(spec, args.weights)
+        features = extract_features(spec.name, variables, source, args.tap, num_classes=args.num_classes,
+                                    batch_size=args.batch_size, progress=progress)
+        test_features = None if test_source is None else extract_features(
+            spec.name, variables, test_source, args.tap, num_classes=args.num_classes, batch_size=args.batch_size,
+            progress=progress)
+        for variant, config in configs.items():
+            results[variant] = XNN(config).fit(
+                spec.name, variables, source, test_source=test_source, classes=classes, num_classes=args.num_classes,
+                batch_size=args.batch_size, orthogonality_images=args.orthogonality_images, progress=progress,
+                meta={"weights": os.path.abspath(args.weights), "data": args.data}, features=features,
+                test_features=test_features)
+    table = metrics_table(results)
+    summary = {"methods": {v: r.metrics for v, r in results.items()}, "mean": table,
+               "orthogonality_basis": next(iter(results.values())).orthogonality_basis}
+    report = Report("XNN: explanation networks")
+    report.paragraph(f"One-vs-all explainers of {len(next(iter(results.values())).classes)} classes from tap "
+                     f"{args.tap}; O1/O2 from the correlation of {summary['orthogonality_basis']}.")
+    report.table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in table])
+    report.figure(metrics_bars(table), "mean over classes")
+    with atomic_dir(args.out) as tmp:
+        for variant, result in results.items():
+            result.save(os.path.join(tmp, variant))
+        with open(os.path.join(tmp, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        with open(os.path.join(tmp, "report.html"), "w") as f:
+            f.write(report.render())
+    print(f"wrote {args.out}: summary.json, report.html, {', '.join(v + '/' for v in results)}")
+    for row in table:
+        print("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+
+
+def _result_dir(path: str, variant: str | None) -> str:
+    if os.path.isfile(os.path.join(path, "xnn.json")):
+        return path
+    if not os.path.isdir(path):
+        raise XaiJaxError(f"result folder not found: {path}")
+    found = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "xnn.json")))
+    if not found:
+        raise XaiJaxError(f"{path}: no XNN result in it (write one with `xai-jax xnn fit --out`)")
+    chosen = variant or ("srae" if "srae" in found else found[0])
+    if chosen not in found:
+        raise XaiJaxError(f"{path} has no variant {chosen!r}; it has {', '.join(found)}")
+    return os.path.join(path, chosen)
+
+
+def explain(args) -> None:
+    import pathlib
+
+    from xai_jax import models, weights
+    from xai_jax.data.sources import load_folder_image
+    from xai_jax.methods.xnn import XNN, XNNResult
+    from xai_jax.outputs import atomic_dir
+    from xai_jax.viz.xnn import explanation_figure
+    result = XNNResult.load(_result_dir(args.result, args.variant))
+    model = args.model or result.meta.get("model")
+    weights_path = args.weights or result.meta.get("weights")
+    if not model or not weights_path:
+        raise XaiJaxError("explaining an image needs the model: --model NAME --weights PATH "
+                          "(this result was fitted from saved features)")
+    if not os.path.isfile(args.image):
+        raise XaiJaxError(f"image not found: {args.image}")
+    spec = models.get(model)
+    image = load_folder_image(pathlib.Path(args.image), spec.resize, spec.input_shape[:2] if spec.resize else None)
+    variables = weights.load(spec, weights_path)
+    label = args.label
+    if label is None:
+        logits = models.make_forward(spec.name, (), args.num_classes)(image[None], variables)["logits"]
+        label = int(np.argmax(logits[0]))
+    explanation = XNN.explain(result, spec.name, variables, image[None], label, method=args.heatmap,
+                              num_classes=args.num_classes)
+    name = result.class_names[explanation.class_index]
+    record = {"class": name, "class_index": explanation.class_index, "logit": float(explanation.logit[0]),
+              "approximation": float(explanation.approximation[0]), "heatmap": args.heatmap,
+              "x_features": explanation.x_features[0].tolist(), "contributions": explanation.contributions[0].tolist()}
+    with atomic_dir(args.out) as tmp:
+        with open(os.path.join(tmp, "explanation.json"), "w") as f:
+            json.dump(record, f, indent=2)
+        np.savez(os.path.join(tmp, "heatmaps.npz"), heatmaps=explanation.heatmaps[0], baseline=explanation.baseline[0])
+        with open(os.path.join(tmp, "xfeatures.png"), "wb") as f:
+            f.write(explanation_figure(image[None], explanation, name))
+    print(f"wrote {args.out}: explanation.json, heatmaps.npz, xfeatures.png")
+    print(f"  {name}: logit {record['logit']:.3f}, approximation {record['approximation']:.3f}")
+    for i in np.argsort(-explanation.contributions[0]):
+        print(f"  x{i + 1}: E = {explanation.x_features[0, i]:.3f}, v*E = {explanation.contributions[0, i]:+.3f}")
