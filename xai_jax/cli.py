@@ -38,7 +38,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 # Method subcommands that live in their own modules. Each module has ``register(subparsers)``, which adds its
 # parser(s) with ``set_defaults(func=...)``; ``func(args)`` runs the command. Imports inside ``func`` stay lazy
 # so that ``xai-jax --help`` does not load JAX.
-METHOD_CLIS: tuple[str, ...] = ()
+METHOD_CLIS: tuple[str, ...] = ("xai_jax.cladec_cli", "xai_jax.dec_cli", "xai_jax.www_cli", "xai_jax.xnn_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,8 @@ from xai_jax.weights import save_variables
 MODEL = DemoContext.model
 
 # (summary key, module under xai_jax.demo), in report order.
-SECTIONS: tuple[tuple[str, str], ...] = (("nma", "near_miss"),)
+SECTIONS: tuple[tuple[str, str], ...] = (("nma", "near_miss"), ("dec", "dec"), ("xnn", "xnn"), ("www", "www"),
+                                          ("cladec", "cladec"))
 
 
 def train_digits_model(epochs: int = 30, seed: int = 0, progress: bool | None = None):

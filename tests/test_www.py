@@ -1,0 +1,311 @@
+"""WWW on the real ResNet-56 and CIFAR-10 JPEGs, concept discovery on planted embeddings, save/load, CLI, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import shared_path
+from PIL import Image
+
+from xai_jax import cli, engine, models, weights
+from xai_jax.data import JpegNpzSource, Subset
+from xai_jax.errors import XaiJaxError
+from xai_jax.methods import www as www_method
+from xai_jax.methods.www import WWW, WWWConfig, WWWExplanation, WWWResult, concept_metrics, rejection_analysis
+
+MODEL = "cifar_resnet56"
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    path = shared_path("cifar10_resnet", "resnet56-4bfd9763.th")
+    train = JpegNpzSource(shared_path("cifar10", "cifar10_train_jpeg.npz"))
+    test = JpegNpzSource(shared_path("cifar10", "cifar10_test_jpeg.npz"))
+    rng = np.random.default_rng(0)
+    # the files are sorted by class: random subsets cover every class
+    train_sub = Subset(train, np.sort(rng.choice(len(train), 320, replace=False)))
+    test_sub = Subset(test, np.sort(rng.choice(len(test), 640, replace=False)))
+    return weights.load(models.get(MODEL), path), train_sub, test_sub
+
+
+@pytest.fixture(scope="module")
+def fitted(resnet):
+    variables, train, _ = resnet
+    method = WWW(MODEL, variables, tap="pool")
+    method.fit_class_contributions(train, batch_size=64, progress=False)
+    return method
+
+
+def _pool_reference(variables, source, mode="signed"):
+    forward = jax.jit(models.make_forward(MODEL, ("pool",)))
+    images, labels = source.all()
+    feats = np.asarray(forward(images, variables)["pool"], np.float64)
+    kernel = np.asarray(variables["params"]["linear"]["kernel"], np.float64)     # [64, 10]
+    w = kernel[:, labels].T * feats                                              # linear head: W_c * a exactly
+    w = np.abs(w) if mode == "abs" else w
+    means = np.stack([w[labels == c].mean(0) for c in range(10)])
+    return means, np.bincount(labels, minlength=10)
+
+
+@pytest.mark.slow
+def test_class_contributions_at_pool_equal_linear_head(resnet, fitted):
+    variables, train, _ = resnet
+    assert fitted.map_tap == "layer3"
+    expected, counts = _pool_reference(variables, train)
+    np.testing.assert_array_equal(fitted.result.class_counts, counts)
+    np.testing.assert_allclose(fitted.result.class_contributions, expected, rtol=1e-4, atol=1e-5)
+    # the class's own output weights make its top neurons: each class's top-3 contributions are positive
+    assert np.all(np.sort(fitted.result.class_contributions, axis=1)[:, -3:] > 0)
+    # the step compiled once for the several batches (and the padded last one)
+    step = www_method._class_step(MODEL, "pool", None, "signed", "label", (64,))
+    assert engine._jitted_fold(step, engine._default_mesh())._cache_size() == 1
+
+
+@pytest.mark.slow
+def test_layer3_contributions_equal_pool_and_abs_mode(resnet, fitted):
+    """Summed over space, a * grad at layer3 equals W_c * mean(a) (mean pool and linear head are linear)."""
+    variables, train, _ = resnet
+    images, labels = train.read(np.arange(24))
+    at_pool = fitted.sample_contributions(images, labels)
+    at_layer3 = WWW(MODEL, variables, tap="layer3").sample_contributions(images, labels)
+    np.testing.assert_allclose(at_layer3, at_pool, rtol=1e-3, atol=1e-4)
+    abs_method = WWW(MODEL, variables, tap="pool", config=WWWConfig(contribution="abs"))
+    np.testing.assert_allclose(abs_method.sample_contributions(images, labels), np.abs(at_pool), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_explain_matches_numpy_and_trust_is_informative(resnet, fitted):
+    variables, _, test = resnet
+    images, labels = test.read(np.arange(6))
+    e = fitted.explain(images)
+    forward = jax.jit(models.make_forward(MODEL, ("pool", "layer3")))
+    out = forward(images, variables)
+    predicted = np.asarray(out["logits"]).argmax(-1)
+    np.testing.assert_array_equal(e.predicted, predicted)
+    kernel = np.asarray(variables["params"]["linear"]["kernel"])
+    w = kernel[:, predicted].T * np.asarray(out["pool"])
+    np.testing.assert_array_equal(e.sample_neurons, np.argsort(-w, axis=1)[:, :3])
+    np.testing.assert_array_equal(e.class_neurons,
+                                  np.argsort(-fitted.result.class_contributions[predicted], axis=1)[:, :3])
+    maps = np.asarray(out["layer3"])                                             # [B, 8, 8, 64]
+    for i in range(len(images)):
+        top = e.sample_neurons[i]
+        share = w[i, top] / w[i, top].sum()
+        low = np.einsum("k,hwk->hw", share, maps[i][..., top])
+        up = np.asarray(jax.image.resize(low, (32, 32), "bilinear"))
+        np.testing.assert_allclose(e.sample_heatmap[i], up, rtol=1e-4, atol=1e-5)
+        c_top = e.class_neurons[i]
+        c_w = fitted.result.class_contributions[predicted[i], c_top]
+        c_up = np.asarray(jax.image.resize(np.einsum("k,hwk->hw", c_w / c_w.sum(), maps[i][..., c_top]), (32, 32),
+                                           "bilinear"))
+        cos = np.sum(up * c_up) / np.linalg.norm(up) / np.linalg.norm(c_up)
+        assert e.trust[i] == pytest.approx(cos, rel=1e-4, abs=1e-5)
+    assert e.sample_regions.shape == (6, 3, 32, 32)
+    assert abs(e.sample_regions.mean() - 0.3) < 0.03                              # 70th percentile thresholds
+    # trust over 640 test images: MSP must catch mispredictions well above chance (the pass is wired to labels),
+    # and the heatmap similarity must carry signal too (random scores give 0.5)
+    scores = fitted.trust_scores(test, batch_size=128, progress=False)
+    wrong = scores["predicted"] != scores["labels"]
+    assert 0.7 < 1 - wrong.mean() < 0.9                                          # ResNet-56 on these JPEGs
+    analysis = rejection_analysis(scores["trust"], scores["msp"], wrong)
+    assert analysis["auroc_msp"] > 0.75
+    assert analysis["auroc_similarity"] > 0.55
+    assert analysis["caught_msp"][-1] == wrong.sum()
+
+
+def _planted(rng, probe=180, units=7, concepts=23, dim=16):
+    """Embeddings where neuron u fires on images that show concept 3u+1 (plus noise and the template)."""
+    words = [f"concept{j}" for j in range(concepts)]
+    texts = rng.normal(size=(concepts, dim)).astype(np.float32)
+    template = rng.normal(size=dim).astype(np.float32)
+    shown = rng.integers(0, concepts, size=probe)
+    images = texts[shown] + 0.4 * rng.normal(size=(probe, dim)) + 0.5 * template
+    activations = rng.normal(size=(probe, units)).astype(np.float32) * 0.1
+    for u in range(units):
+        activations[shown == 3 * u + 1, u] += 5
+    return words, texts, template, images.astype(np.float32), activations
+
+
+def test_concepts_from_embeddings_find_planted_concepts():
+    rng = np.random.default_rng(0)
+    words, texts, template, images, acts = _planted(rng)
+    config = WWWConfig(n_examples=5)
+    result = WWW(config=config).fit_concepts_from_embeddings(words, texts, template, image_embeddings=images,
+                                                             activations=acts)
+    entries = result.concepts()
+    assert len(entries) == 7 and "minor" not in entries[0]
+    for u, entry in enumerate(entries):
+        assert entry["major"][0]["concept"] == f"concept{3 * u + 1}"
+        assert all(c["score"] >= 0.95 * entry["major"][0]["score"] for c in entry["major"])
+    # minor concepts from crop embeddings: crops show concept 3u+2
+    crops = np.stack([texts[3 * u + 2] + 0.3 * rng.normal(size=(5, 16)) for u in range(7)]).astype(np.float32)
+    result = WWW(config=config).fit_concepts_from_embeddings(words, texts, template, image_embeddings=images,
+                                                             activations=acts, crop_embeddings=crops)
+    assert [e["minor"][0]["concept"] for e in result.concepts()] == [f"concept{3 * u + 2}" for u in range(7)]
+    # the metric against the planted truth: every neuron hits
+    selected = [[c["concept"] for c in e["major"]] for e in result.concepts()]
+    metrics = concept_metrics(selected, [[f"concept{3 * u + 1}"] for u in range(7)],
+                              text_encoder=lambda ws: texts[[words.index(w) for w in ws]])
+    assert metrics["hit"] == 1.0 and metrics["recall"] == 1.0
+    assert metrics["clip_cos"] > 0.9
+
+
+def test_clip_dissect_baseline_finds_planted_concepts():
+    rng = np.random.default_rng(1)
+    words, texts, template, images, acts = _planted(rng, probe=400)
+    scores = www_method.clip_dissect(acts, images, texts, top_k=20)
+    assert scores.shape == (7, 23)
+    np.testing.assert_array_equal(scores.argmax(1), 3 * np.arange(7) + 1)
+
+
+def test_fit_concepts_with_tiny_clip_on_digits():
+    """The image path end to end with the tiny (random-weight) CLIP: probe, embed, crops, minor concepts."""
+    from xai_jax.data import DigitsSource
+    from xai_jax.models import clip
+    variables = models.init_variables(models.get("small_cnn"), jax.random.key(0))
+    probe = Subset(DigitsSource("test"), np.arange(60))
+    method = WWW("small_cnn", variables, tap="pool", config=WWWConfig(n_examples=4, max_concepts=3))
+    assert method.map_tap == "conv3"
+    model = clip.tiny(jax.random.key(0))
+    result = method.fit_concepts(probe, model, ["zero", "one", "two", "three", "seven"], batch_size=32,
+                                 progress=False)
+    assert result.topn_indices.shape == (4, 64)
+    acts = np.asarray(models.make_forward("small_cnn", ("pool",))(probe.all()[0], variables)["pool"])
+    np.testing.assert_array_equal(result.topn_indices[0], acts.argmax(0))
+    assert result.major["indices"].shape == (64, 3) and result.minor["indices"].shape == (64, 3)
+    assert all(len(e["major"]) >= 1 and len(e["minor"]) >= 1 for e in result.concepts())
+    # the major scores are eq. 1 on the top-n images' CLIP embeddings
+    u = 5
+    images = np.repeat(probe.read(result.topn_indices[:, u])[0], 3, axis=-1)
+    v = model.encode_images(images)
+    t = model.encode_texts(["A photo of a " + w for w in ["zero", "one", "two", "three", "seven"]])
+    tt = model.encode_texts(["A photo of a"])[0]
+    n = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    expected = (n(v) @ n(t).T - (n(v) @ n(tt))[:, None]).mean(0)
+    np.testing.assert_allclose(result.major["scores"][u], np.sort(expected)[::-1][:3], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_save_load_roundtrip(tmp_path, fitted):
+    rng = np.random.default_rng(2)
+    words, texts, template, _, _ = _planted(rng, units=64, concepts=23)
+    images = rng.normal(size=(90, 16)).astype(np.float32)
+    acts = rng.normal(size=(90, 64)).astype(np.float32)
+    fitted.fit_concepts_from_embeddings(words, texts, template, image_embeddings=images, activations=acts)
+    fitted.result.save(tmp_path / "r")
+    loaded = WWWResult.load(tmp_path / "r")
+    assert loaded.concepts() == fitted.result.concepts()
+    np.testing.assert_array_equal(loaded.class_contributions, fitted.result.class_contributions)
+    assert (loaded.model, loaded.tap, loaded.map_tap, loaded.config) == (MODEL, "pool", "layer3", fitted.config)
+    assert json.loads((tmp_path / "r" / "concepts.json").read_text()) == fitted.result.concepts()
+    e = fitted.explain(np.zeros((1, 32, 32, 3), np.uint8) + 100)
+    assert e.sample_concepts[0][0] == fitted.result.concept_label(int(e.sample_neurons[0, 0]))
+    e.save(tmp_path / "e.npz")
+    back = WWWExplanation.load(tmp_path / "e.npz")
+    np.testing.assert_array_equal(back.sample_heatmap, e.sample_heatmap)
+    assert back.class_concepts == e.class_concepts
+
+
+def test_bad_input(resnet):
+    variables = resnet[0]
+    with pytest.raises(XaiJaxError, match="valid taps: .*layer3"):
+        WWW(MODEL, variables, tap="layer9")
+    with pytest.raises(XaiJaxError, match="must be a spatial tap with 64 channels"):
+        WWW(MODEL, variables, tap="pool", map_tap="layer2")
+    with pytest.raises(XaiJaxError, match="contribution must be one of"):
+        WWW(MODEL, variables, tap="pool", config=WWWConfig(contribution="both"))
+    method = WWW(MODEL, variables, tap="pool")
+    with pytest.raises(XaiJaxError, match="no class contributions"):
+        method.explain(np.zeros((1, 32, 32, 3), np.uint8))
+    with pytest.raises(XaiJaxError, match=r"takes images of shape \[N, 32, 32, 3\]"):
+        method.sample_contributions(np.zeros((2, 28, 28, 3), np.uint8))
+    rng = np.random.default_rng(3)
+    words, texts, template, images, acts = _planted(rng)
+    with pytest.raises(XaiJaxError, match="concept embeddings must be"):
+        WWW().fit_concepts_from_embeddings(words[:-1], texts, template, image_embeddings=images, activations=acts)
+    with pytest.raises(XaiJaxError, match="NaN"):
+        WWW().fit_concepts_from_embeddings(words, texts, template, image_embeddings=images * np.nan, activations=acts)
+    with pytest.raises(XaiJaxError, match="one row per image embedding"):
+        WWW().fit_concepts_from_embeddings(words, texts, template, image_embeddings=images, activations=acts[:-1])
+    with pytest.raises(XaiJaxError, match="template embedding must have 16"):
+        WWW().fit_concepts_from_embeddings(words, texts, template[:3], image_embeddings=images, activations=acts)
+    with pytest.raises(XaiJaxError, match="at least n_examples = 40"):
+        WWW().fit_concepts_from_embeddings(words, texts, template, image_embeddings=images[:30], activations=acts[:30])
+
+
+def _write_embeddings(tmp_path):
+    rng = np.random.default_rng(4)
+    words, texts, template, images, acts = _planted(rng, probe=300)
+    np.savez(tmp_path / "A.npz", activations=acts)
+    np.savez(tmp_path / "V.npz", embeddings=images)
+    np.savez(tmp_path / "T.npz", embeddings=texts)
+    np.save(tmp_path / "TT.npy", template)
+    (tmp_path / "WORDS.txt").write_text("\n".join(words) + "\n")
+    return [str(tmp_path / n) for n in ("A.npz", "V.npz", "T.npz", "WORDS.txt", "TT.npy")]
+
+
+def test_cli_concepts_from_embeddings(tmp_path, capsys):
+    a, v, t, words, tt = _write_embeddings(tmp_path)
+    out = tmp_path / "out"
+    assert cli.main(["--quiet", "www", "concepts", "--activations", a, "--image-embeddings", v,
+                     "--concept-embeddings", t, "--concepts", words, "--template-embedding", tt,
+                     "--n-examples", "10", "--out", str(out)]) == 0
+    entries = json.loads((out / "concepts.json").read_text())
+    assert len(entries) == 7
+    assert [e["major"][0]["concept"] for e in entries] == [f"concept{3 * u + 1}" for u in range(7)]
+    assert set(entries[0]["major"][0]) == {"concept", "score"} and "minor" not in entries[0]
+    assert "wrote" in capsys.readouterr().out
+    # bad input: one error line, exit 2, nothing written
+    np.savez(tmp_path / "bad.npz", acts=np.zeros((3, 3)))
+    assert cli.main(["www", "concepts", "--activations", str(tmp_path / "bad.npz"), "--image-embeddings", v,
+                     "--concept-embeddings", t, "--concepts", words, "--template-embedding", tt,
+                     "--out", str(tmp_path / "no")]) == 2
+    assert "must hold `activations`" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    assert cli.main(["www", "concepts", "--model", MODEL, "--weights", "x.th", "--data", "digits", "--tap", "pool",
+                     "--concepts", words, "--out", str(tmp_path / "no")]) == 2
+    assert "No CLIP weights ship with xai_jax" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_contributions_and_explain(tmp_path, capsys, resnet):
+    path = str(shared_path("cifar10_resnet", "resnet56-4bfd9763.th"))
+    data = "jpeg-npz:" + str(shared_path("cifar10", "cifar10_test_jpeg.npz"))
+    out = tmp_path / "contrib"
+    assert cli.main(["--quiet", "www", "contributions", "--model", MODEL, "--weights", path, "--data", data,
+                     "--limit", "48", "--batch-size", "24", "--tap", "pool", "--out", str(out)]) == 0
+    arrays = np.load(out / "contributions.npz")
+    assert arrays["class_contributions"].shape == (10, 64)
+    assert arrays["class_counts"].sum() == 48
+    images, _ = resnet[2].read(np.arange(1))
+    Image.fromarray(images[0]).save(tmp_path / "img.png")
+    assert cli.main(["www", "explain", "--result", str(out), "--image", str(tmp_path / "img.png"),
+                     "--out", str(tmp_path / "exp")]) == 0
+    record = json.loads((tmp_path / "exp" / "explanation.json").read_text())
+    assert len(record["sample_neurons"]) == 3 and -1 <= record["trust"] <= 1
+    assert (tmp_path / "exp" / "panel.png").stat().st_size > 1000
+    assert "heatmap similarity" in capsys.readouterr().out
+    assert cli.main(["www", "contributions", "--model", MODEL, "--weights", path, "--data", data, "--limit", "8",
+                     "--tap", "layer9", "--out", str(tmp_path / "no")]) == 2
+    assert "valid taps" in capsys.readouterr().err
+
+
+def test_rejection_analysis_shapes():
+    trust = np.array([0.9, 0.1, 0.8, 0.2])
+    msp = np.array([0.99, 0.9, 0.5, 0.95])
+    wrong = np.array([False, True, False, True])
+    a = rejection_analysis(trust, msp, wrong)
+    assert a["auroc_similarity"] == 1.0 and a["auroc_msp"] == 0.5
+    np.testing.assert_array_equal(a["caught_similarity"], [0, 1, 2, 2, 2])
+    with pytest.raises(XaiJaxError):
+        rejection_analysis(trust, msp[:3], wrong)
+
+
+def test_config_replace_validates():
+    with pytest.raises(XaiJaxError, match="prompt must contain"):
+        WWWConfig(prompt="a photo").validate()
+    assert dataclasses.replace(WWWConfig(), top_k=5).top_k == 5

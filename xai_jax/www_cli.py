@@ -1,0 +1,227 @@
+"""``xai-jax www``: concepts (what), class contributions (why), and explanations of images (where, why, trust).
+
+    xai-jax www concepts --activations A.npz --image-embeddings V.npz --concept-embeddings T.npz \\
+        --concepts WORDS.txt --template-embedding TT.npy --out DIR            # embeddings you already have
+    xai-jax www concepts --model M --weights W --data SPEC --tap pool --clip CLIP.pt --concepts WORDS.txt --out DIR
+    xai-jax www contributions --model M --weights W --data SPEC --tap pool --out DIR
+    xai-jax www explain --result DIR --image FILE [--out DIR2]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+
+import numpy as np
+
+from xai_jax.errors import XaiJaxError
+
+NO_CLIP = ("concept discovery from images needs CLIP weights: --clip PATH (an OpenAI .pt file or a Hugging Face "
+           "CLIPModel folder). No CLIP weights ship with xai_jax and none can be downloaded here; with embeddings "
+           "you already have, use --activations/--image-embeddings/--concept-embeddings/--template-embedding")
+
+
+def register(subparsers) -> None:
+    from xai_jax.cli import add_data_args
+    p = subparsers.add_parser("www", help="WWW: what neurons mean (CLIP concepts), where they fire, why the "
+                                          "prediction, and whether to trust it",
+                              description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="www_command", required=True, metavar="ACTION")
+
+    def model_args(q):
+        q.add_argument("--model", help="backbone name (see `xai-jax info`)")
+        q.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
+        q.add_argument("--num-classes", type=int, help="outputs of the head if not the model's default")
+        q.add_argument("--tap", help="the explained layer, e.g. pool (see `xai-jax info --model NAME`)")
+        q.add_argument("--map-tap", help="spatial layer giving the neuron activation maps (default: the tap, or "
+                                         "the last spatial tap before it with as many channels)")
+
+    q = sub.add_parser("concepts", help="each neuron's major (and minor) concepts -> concepts.json")
+    model_args(q)
+    add_data_args(q, required=False)
+    q.add_argument("--clip", metavar="PATH", help="CLIP weights (OpenAI .pt or Hugging Face folder)")
+    q.add_argument("--concepts", metavar="WORDS.txt", help="the concept set, one word or phrase a line")
+    q.add_argument("--activations", metavar="A.npz", help="`activations` [images, neurons] of the probe images")
+    q.add_argument("--image-embeddings", metavar="V.npz", help="`embeddings` [images, D], one row per probe image")
+    q.add_argument("--concept-embeddings", metavar="T.npz", help="`embeddings` [concepts, D] of the prompted concepts")
+    q.add_argument("--template-embedding", metavar="TT.npy", help="[D] embedding of the bare template")
+    q.add_argument("--crop-embeddings", metavar="C.npz", help="`embeddings` [neurons, crops, D] for minor concepts")
+    q.add_argument("--n-examples", type=int, default=40, help="top-n images per neuron (default 40)")
+    q.add_argument("--alpha-major", type=float, default=0.95)
+    q.add_argument("--alpha-minor", type=float, default=0.90)
+    q.add_argument("--max-concepts", type=int, default=20, help="selected concepts listed per neuron (default 20)")
+    q.add_argument("--no-minor", action="store_true", help="skip minor concepts (no crops)")
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.set_defaults(func=concepts)
+
+    q = sub.add_parser("contributions", help="class-wise mean Taylor-Shapley contributions -> contributions.npz")
+    model_args(q)
+    add_data_args(q, required=False)
+    q.add_argument("--contribution", choices=["signed", "abs"], default="signed",
+                   help="a * grad as in the authors' code (default) or its absolute value (eq. 3)")
+    q.add_argument("--class-by", choices=["label", "prediction"], default="label")
+    q.add_argument("--result", metavar="DIR", help="add the contributions to this result (e.g. with concepts)")
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.set_defaults(func=contributions)
+
+    q = sub.add_parser("explain", help="explain an image: top neurons, concepts, heatmaps, trust")
+    q.add_argument("--result", required=True, metavar="DIR", help="a result with contributions.npz")
+    q.add_argument("--image", required=True, metavar="FILE")
+    q.add_argument("--model", help="default: the result's")
+    q.add_argument("--weights", metavar="PATH", help="default: the result's")
+    q.add_argument("--num-classes", type=int)
+    q.add_argument("--top-k", type=int, default=3)
+    q.add_argument("--out", metavar="DIR", help="write explanation.json and panel.png here")
+    q.set_defaults(func=explain)
+
+
+def _npz_array(path: str, key: str, what: str) -> np.ndarray:
+    if not path:
+        raise XaiJaxError(f"missing {what}")
+    if not os.path.isfile(path):
+        raise XaiJaxError(f"{what} file not found: {path}")
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise XaiJaxError(f"{path}: not a NumPy file ({err})") from None
+    if isinstance(arrays, np.ndarray):
+        return arrays
+    if key not in arrays.files:
+        raise XaiJaxError(f"{path} must hold `{key}`; it holds {', '.join(arrays.files) or 'nothing'}")
+    return arrays[key]
+
+
+def _read_words(path: str) -> list[str]:
+    if not path:
+        raise XaiJaxError("--concepts WORDS.txt is required (one concept a line)")
+    if not os.path.isfile(path):
+        raise XaiJaxError(f"concepts file not found: {path}")
+    words = [line.strip() for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    if not words:
+        raise XaiJaxError(f"{path} lists no concepts")
+    return words
+
+
+def _method(args, config, result=None):
+    from xai_jax.cli import load_model_and_data
+    from xai_jax.methods.www import WWW
+    if not args.model:
+        raise XaiJaxError("--model, --weights, --data and --tap are required")
+    if not args.tap:
+        raise XaiJaxError("--tap is required (see `xai-jax info --model NAME` for the taps)")
+    spec, variables, source = load_model_and_data(args)
+    www = WWW(spec.name, variables, tap=args.tap, map_tap=args.map_tap, config=config,
+              num_classes=args.num_classes, result=result)
+    www.result.meta.update({"weights": os.path.abspath(args.weights), "data": args.data})
+    return www, source
+
+
+def concepts(args) -> None:
+    from xai_jax.methods.www import WWW, WWWConfig
+    config = WWWConfig(n_examples=args.n_examples, alpha_major=args.alpha_major, alpha_minor=args.alpha_minor,
+                       max_concepts=args.max_concepts)
+    progress = False if args.quiet else None
+    embeddings_form = any([args.activations, args.image_embeddings, args.concept_embeddings, args.template_embedding])
+    if embeddings_form:
+        if args.model or args.data:
+            raise XaiJaxError("give either embeddings (--activations ...) or --model/--data with --clip, not both")
+        words = _read_words(args.concepts)
+        activations = _npz_array(args.activations, "activations", "--activations A.npz")
+        images = _npz_array(args.image_embeddings, "embeddings", "--image-embeddings V.npz")
+        texts = _npz_array(args.concept_embeddings, "embeddings", "--concept-embeddings T.npz")
+        template = _npz_array(args.template_embedding, "embedding", "--template-embedding TT.npy")
+        crops = (_npz_array(args.crop_embeddings, "embeddings", "--crop-embeddings C.npz")
+                 if args.crop_embeddings else None)
+        if len(words) != len(texts):
+            raise XaiJaxError(f"{len(words)} concepts in {args.concepts} but {len(texts)} concept embeddings")
+        if np.ndim(template) == 2 and len(template) == 1:
+            template = template[0]
+        result = WWW(config=config).fit_concepts_from_embeddings(
+            words, texts, template, image_embeddings=images, activations=activations, crop_embeddings=crops)
+        result.meta.update({"activations": os.path.abspath(args.activations)})
+    else:
+        if not args.clip:
+            raise XaiJaxError(NO_CLIP)
+        if not os.path.exists(args.clip):
+            raise XaiJaxError(f"CLIP weights not found: {args.clip}. " + NO_CLIP.split(". ", 1)[1])
+        words = _read_words(args.concepts)
+        www, source = _method(args, config)
+        from xai_jax.models import clip
+        model = clip.load(args.clip)
+        result = www.fit_concepts(source, model, words, minor=not args.no_minor, batch_size=args.batch_size,
+                                  progress=progress)
+        result.meta["clip"] = os.path.abspath(args.clip)
+    result.save(args.out)
+    counts = [len(entry["major"]) for entry in result.concepts()]
+    print(f"wrote {args.out}: concepts.json ({result.num_neurons} neurons, {len(result.concept_names)} concepts, "
+          f"{np.mean(counts):.2f} major concepts per neuron" + (", minor from crops" if result.minor is not None
+                                                                   else "") + ")")
+    for u, entry in enumerate(result.concepts()[:5]):
+        print(f"  neuron {u}: " + ", ".join(c["concept"] for c in entry["major"][:5]))
+
+
+def contributions(args) -> None:
+    from xai_jax.methods.www import WWWConfig, WWWResult
+    result = WWWResult.load(args.result) if args.result else None
+    config = WWWConfig(contribution=args.contribution, class_by=args.class_by)
+    www, source = _method(args, config, result)
+    result = www.fit_class_contributions(source, batch_size=args.batch_size, progress=False if args.quiet else None)
+    result.config = dataclasses.replace(result.config, contribution=config.contribution, class_by=config.class_by)
+    result.save(args.out)
+    top = np.argsort(-result.class_contributions, axis=1)[:, :3]
+    names = result.class_names or [str(c) for c in range(len(top))]
+    print(f"wrote {args.out}: contributions.npz (class_contributions {result.class_contributions.shape[0]} classes "
+          f"x {result.class_contributions.shape[1]} neurons of {args.tap}, {int(result.class_counts.sum())} images)")
+    for c in range(min(len(top), 10)):
+        print(f"  {names[c]}: top neurons " + ", ".join(f"{u} ({result.concept_label(int(u))})" if result.major
+                                                         is not None else str(u) for u in top[c]))
+
+
+def explain(args) -> None:
+    from xai_jax import models, weights
+    from xai_jax.data.sources import load_folder_image
+    from xai_jax.methods.www import WWW, WWWResult
+    result = WWWResult.load(args.result)
+    if result.class_contributions is None:
+        raise XaiJaxError(f"{args.result} has no contributions.npz; run `xai-jax www contributions ... --result "
+                          f"{args.result} --out DIR` first")
+    model = args.model or result.model
+    weights_path = args.weights or result.meta.get("weights")
+    if not model or not weights_path:
+        raise XaiJaxError("explaining an image needs the model: --model NAME --weights PATH")
+    if not os.path.isfile(args.image):
+        raise XaiJaxError(f"image not found: {args.image}")
+    spec = models.get(model)
+    image = load_folder_image(pathlib.Path(args.image), spec.resize, spec.input_shape[:2] if spec.resize else None)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] != spec.input_shape[-1]:
+        grey = spec.input_shape[-1] == 1
+        image = image.mean(-1, keepdims=True).astype(image.dtype) if grey else np.repeat(image, 3, -1)
+    if tuple(image.shape) != tuple(spec.input_shape):
+        raise XaiJaxError(f"{model} takes {' x '.join(map(str, spec.input_shape))} images; {args.image} is "
+                          f"{' x '.join(map(str, image.shape))}")
+    config = dataclasses.replace(result.config, top_k=args.top_k)
+    www = WWW(model, weights.load(spec, weights_path), tap=result.tap, map_tap=result.map_tap, config=config,
+              num_classes=args.num_classes, result=result)
+    explanation = www.explain(image[None])
+    record = explanation.summary(result.class_names)[0]
+    print(f"classified as {record['predicted']} (p = {record['probability']:.3f}); heatmap similarity (trust) "
+          f"{record['trust']:.3f}")
+    for side in ("class", "sample"):
+        print(f"  {side} explanation:")
+        for n in record[f"{side}_neurons"]:
+            print(f"    neuron {n['neuron']}: contribution {n['contribution']:.4g}  {n['concepts']}")
+    if args.out:
+        from xai_jax.outputs import atomic_dir
+        from xai_jax.viz.www import explanation_panel
+        png = explanation_panel(explanation, 0, result.class_names)
+        with atomic_dir(args.out) as tmp:
+            with open(os.path.join(tmp, "explanation.json"), "w") as f:
+                json.dump(record, f, indent=2)
+            with open(os.path.join(tmp, "panel.png"), "wb") as f:
+                f.write(png)
+            explanation.save(os.path.join(tmp, "explanation.npz"))
+        print(f"wrote {args.out}: explanation.json, panel.png, explanation.npz")
