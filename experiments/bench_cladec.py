@@ -1,0 +1,179 @@
+"""ClaDec throughput: decoder training steps/s and occlusion analysis images/s, JAX vs a faithful PyTorch port.
+
+Both sides run the same models (the paper's VGG-style classifier, the authors' decoder: dense 512 -> transposed
+convolutions 4x4/2 of 512, 256, 128, 64 channels -> 1, sigmoid) and the same loss (eq. 1, alpha 0.001 as the
+authors' code) on the same real Fashion-MNIST batch, in one process. The PyTorch occlusion analysis loops over the
+16 occlusions (each a batch of images) as a straightforward port would; JAX runs them in one ``vmap``.
+
+    python experiments/bench_cladec.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(__file__))
+from benchutil import DATA, median_seconds  # noqa: E402
+
+from xai_jax import data, models, train  # noqa: E402
+from xai_jax.kernels import cladec as K  # noqa: E402
+from xai_jax.methods.cladec import occlusion_step, to_unit  # noqa: E402
+from xai_jax.models.cladec import Decoder  # noqa: E402
+
+MODEL, TAP, ALPHA = "cladec_vgg", "block8", 0.001
+
+
+def torch_models():
+    import torch
+    from torch import nn
+
+    class VGG(nn.Module):
+        def __init__(self):
+            super().__init__()
+            chans, strides, layers, cin = (32, 64, 128, 128, 256, 256, 512, 512), (2, 2, 1, 2, 1, 2, 1, 2), [], 1
+            for c, s in zip(chans, strides):
+                layers += [nn.Conv2d(cin, c, 3, s, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+                cin = c
+            self.features = nn.Sequential(*layers)
+            self.fc = nn.Linear(512, 10)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            code = self.features((x - 0.5) / 0.5)
+            return self.fc(self.drop(code.flatten(1))), code
+
+    class Dec(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Sequential(nn.Linear(512, 512), nn.ReLU())
+            layers, cin = [], 512
+            for c in (512, 256, 128, 64):
+                layers += [nn.ConvTranspose2d(cin, c, 4, 2, 1), nn.ReLU()]
+                cin = c
+            layers += [nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Sigmoid()]
+            self.deconv = nn.Sequential(*layers)
+
+        def forward(self, code):
+            return self.deconv(self.fc(code.flatten(1))[:, :, None, None])
+
+    torch.manual_seed(0)
+    return VGG().eval(), Dec()
+
+
+def bench_torch(x, y, code, masks, fill, repeats):
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    clf, dec = torch_models()
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(dec.parameters(), lr=3e-4, weight_decay=1e-5)
+    xt, yt = torch.tensor(x.transpose(0, 3, 1, 2)), torch.tensor(y, dtype=torch.long)
+    ct = torch.tensor(code.transpose(0, 3, 1, 2))
+
+    def step():
+        opt.zero_grad()
+        xhat = dec(ct)
+        rec = ((xhat - xt) ** 2).flatten(1).sum(1).mean()
+        loss = (1 - ALPHA) * rec + ALPHA * torch.nn.functional.cross_entropy(clf(xhat)[0], yt)
+        loss.backward()
+        opt.step()
+
+    step_s = median_seconds(step, repeats)
+    mt = torch.tensor(masks)
+
+    def occlusion():
+        with torch.enable_grad():
+            xg = xt.clone().requires_grad_(True)  # the classifier is frozen: grads flow from the input
+            logits, code = clf(xg)
+            code.retain_grad()
+            logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+            cam = torch.relu((code.grad.mean((2, 3), keepdim=True) * code).sum(1, keepdim=True))
+            cam = torch.nn.functional.interpolate(cam, size=(32, 32), mode="bilinear")[:, 0]
+            lo, hi = cam.amin((1, 2), keepdim=True), cam.amax((1, 2), keepdim=True)
+            cam = torch.where(hi > lo, (cam - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(cam))
+        with torch.no_grad():
+            xhat = dec(clf(xt)[1])
+            rel_c, rel_g, correct = [], [], []
+            for m in range(len(mt)):  # the loop a straightforward port has
+                xo = torch.where(mt[m], torch.tensor(float(fill[0])), xt)
+                lo_, co = clf(xo)
+                rel_c.append((((dec(co) - xhat) ** 2).sum(1) * mt[m]).sum((1, 2)))
+                rel_g.append((cam * mt[m]).sum((1, 2)))
+                correct.append(lo_.argmax(1) == yt)
+            return torch.stack(rel_c, 1).argmax(1), torch.stack(rel_g, 1).argmax(1), torch.stack(correct, 1)
+
+    occ_s = median_seconds(occlusion, repeats)
+    return step_s, occ_s
+
+
+def bench_jax(x, y, code, images_uint8, repeats):
+    spec = models.get(MODEL)
+    variables = models.init_variables(spec, jax.random.key(0))
+    forward = models.make_forward(MODEL)
+    decoder = Decoder(1, 32)
+    params = decoder.init(jax.random.key(1), jnp.asarray(code[:1]))["params"]
+
+    def loss_fn(p, model_state, batch, key):
+        xhat = decoder.apply({"params": p}, batch["code"])
+        loss, metrics = K.cladec_loss(batch["x"], xhat, forward(xhat, variables)["logits"], batch["labels"], ALPHA)
+        return loss, (model_state, metrics)
+
+    optimizer = optax.chain(optax.add_decayed_weights(1e-5), optax.adam(3e-4))
+    step = jax.jit(train.make_train_step(loss_fn, optimizer), donate_argnums=0)
+    batch = jax.device_put({"code": code, "x": x, "labels": y.astype(np.int32)})
+    holder = {"state": train.init_state(params, optimizer)}
+    key = jax.random.key(2)
+
+    def run_step():
+        holder["state"], m = step(holder["state"], batch, key)
+        jax.block_until_ready(m)
+
+    step_s = median_seconds(run_step, repeats)
+    inner = occlusion_step(MODEL, TAP, None, decoder)
+    dec_vars = {"params": holder["state"].params}
+    occ = jax.jit(lambda b, p: inner(b, {**p, "decoder_module_apply": lambda c: decoder.apply(p["decoder"], c)}))
+    occ_params = {"classifier": variables, "decoder": dec_vars, "fill": jnp.asarray([float(x.mean())]),
+                  "key": jax.random.key(3)}
+    occ_batch = jax.device_put({"images": images_uint8, "labels": y.astype(np.int32),
+                                "index": np.arange(len(y), dtype=np.int32)})
+    occ_s = median_seconds(lambda: jax.block_until_ready(occ(occ_batch, occ_params)), repeats)
+    return step_s, occ_s, variables
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="batch 64, 3 repeats")
+    args = p.parse_args()
+    if args.quick:
+        args.batch_size, args.repeats = 64, 3
+    source = data.open_source(f"idx:{DATA / 'fashion_mnist'}", split="test", limit=args.batch_size)
+    images, labels = source.all()
+    spec = models.get(MODEL)
+    x = np.asarray(to_unit(spec, images))
+    variables = models.init_variables(spec, jax.random.key(0))
+    code = np.asarray(models.make_forward(MODEL, (TAP,))(images, variables)[TAP])
+    masks = K.occlusion_masks(32, 32)
+    jax_step, jax_occ, _ = bench_jax(x, labels, code, images, args.repeats)
+    torch_step, torch_occ = bench_torch(x, labels, code, masks, [float(x.mean())], args.repeats)
+    n = args.batch_size
+    print(f"ClaDec on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, JAX {jax.__version__} "
+          f"({jax.devices()[0].platform}), batch {n}, layer -2 ({TAP}), alpha {ALPHA}, real Fashion-MNIST\n")
+    print("| pass | JAX | PyTorch | JAX / PyTorch |")
+    print("|---|---|---|---|")
+    print(f"| decoder training (steps/s) | {1 / jax_step:.2f} | {1 / torch_step:.2f} | {torch_step / jax_step:.2f}x |")
+    print(f"| occlusion analysis, 16 occlusions + Grad-CAM (images/s) | {n / jax_occ:.1f} | {n / torch_occ:.1f} | "
+          f"{torch_occ / jax_occ:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""``xai-jax cladec``: train ClaDec + RefAE for a layer, explain an image, run the occlusion analysis.
+
+    xai-jax cladec train --model cladec_vgg --classifier-epochs 8 --data idx:DIR --limit 5000 --layer -2 --out DIR
+    xai-jax cladec explain --result DIR --image FILE.png --out FILE.png
+    xai-jax cladec occlusion --result DIR --data idx:DIR --limit 500 --out DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from xai_jax.errors import XaiJaxError
+
+DATA_HELP = ("data source KIND:PATH (idx:DIR for MNIST/Fashion-MNIST, jpeg-npz:FILE, npz:FILE, folder:DIR, "
+             "digits); for idx and digits the train/test splits are taken from it")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("cladec", help="ClaDec: decode a layer's activations into images, compared with RefAE",
+                              description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    t = sub.add_parser("train", help="train ClaDec's decoder and RefAE for one layer; write summary.json")
+    t.add_argument("--model", required=True, help="cladec_vgg, cladec_resnet10 (grey 32x32) or their _rgb variants")
+    t.add_argument("--weights", metavar="PATH", help="the classifier to explain (xai_jax checkpoint directory)")
+    t.add_argument("--classifier-epochs", type=int, default=0,
+                   help="without --weights: train the classifier first for this many epochs (saved to OUT/classifier)")
+    t.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
+    t.add_argument("--test-data", metavar="SPEC", help="test set where --data has no test split")
+    t.add_argument("--limit", type=int, help="use only the first N training images")
+    t.add_argument("--test-limit", type=int, help="use only the first N test images")
+    t.add_argument("--layer", default="-2", help="-1 .. -5 from the output, or a tap name (default -2)")
+    t.add_argument("--neurons", metavar="START:STOP", help="explain only this channel range of the layer")
+    t.add_argument("--alpha", type=float, default=0.0, help="classification-loss weight of eq. (1) (default 0)")
+    t.add_argument("--epochs", type=int, default=64, help="decoder and RefAE epochs (default 64)")
+    t.add_argument("--eval-epochs", type=int, default=64,
+                   help="evaluation classifier epochs (0: skip the fidelity evaluation)")
+    t.add_argument("--decoder-base", type=int, default=64, help="channels of the last hidden deconvolution")
+    t.add_argument("--decoder-widths", metavar="W1,W2,...", help="explicit hidden deconvolution widths")
+    t.add_argument("--reduction", choices=["sum", "mean"], default="sum", help="of the reconstruction loss")
+    t.add_argument("--no-refae", action="store_true", help="skip RefAE (no dRec, dAcc)")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, metavar="DIR")
+    t.set_defaults(func=train_cmd)
+
+    e = sub.add_parser("explain", help="reconstruct one image with a trained result: original/RefAE/ClaDec/difference")
+    e.add_argument("--result", required=True, metavar="DIR", help="output of `xai-jax cladec train`")
+    e.add_argument("--image", required=True, metavar="FILE")
+    e.add_argument("--weights", metavar="PATH", help="classifier weights (default: the ones the result names)")
+    e.add_argument("--out", required=True, metavar="FILE.png")
+    e.set_defaults(func=explain_cmd)
+
+    o = sub.add_parser("occlusion", help="section 6.6: accuracy when the least/most relevant square is occluded")
+    o.add_argument("--result", required=True, metavar="DIR", help="output of `xai-jax cladec train`")
+    o.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
+    o.add_argument("--split", help="split of --data (default test for idx)")
+    o.add_argument("--limit", type=int, help="use only the first N images")
+    o.add_argument("--weights", metavar="PATH", help="classifier weights (default: the ones the result names)")
+    o.add_argument("--batch-size", type=int, default=64)
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--out", required=True, metavar="DIR")
+    o.set_defaults(func=occlusion_cmd)
+
+
+def _split_default(spec: str, split: str) -> str | None:
+    return split if spec.split(":", 1)[0] in ("idx", "digits") else None
+
+
+def _neurons(text: str | None):
+    if not text:
+        return None
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise XaiJaxError(f"--neurons must be START:STOP (e.g. 0:64), got {text!r}") from None
+    return start, stop
+
+
+def _layer(text: str):
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _progress(args):
+    return False if getattr(args, "quiet", False) else None
+
+
+def train_cmd(args) -> None:
+    import jax
+    import numpy as np
+
+    from xai_jax import data, models, weights
+    from xai_jax.methods.cladec import ClaDec, ClaDecConfig, train_classifier
+    from xai_jax.models.cladec import architecture
+    from xai_jax.viz.cladec import layer_rows
+    architecture(args.model)  # a ClaDec classifier, or a clear error
+    spec = models.get(args.model)
+    widths = tuple(int(w) for w in args.decoder_widths.split(",")) if args.decoder_widths else None
+    config = ClaDecConfig(layer=_layer(args.layer), neurons=_neurons(args.neurons), alpha=args.alpha,
+                          decoder_base=args.decoder_base, decoder_widths=widths, epochs=args.epochs,
+                          batch_size=args.batch_size, reduction=args.reduction, refae=not args.no_refae,
+                          eval_epochs=args.eval_epochs if not args.no_refae else 0, seed=args.seed)
+    method = ClaDec(config)  # validates before any data is read
+    if not args.weights and args.classifier_epochs < 1:
+        raise XaiJaxError("give the classifier to explain (--weights DIR) or train one (--classifier-epochs N)")
+    train_set = data.open_source(args.data, split=_split_default(args.data, "train"), limit=args.limit)
+    if args.test_data:
+        test_set = data.open_source(args.test_data, split=_split_default(args.test_data, "test"), limit=args.test_limit)
+    elif _split_default(args.data, "test"):
+        test_set = data.open_source(args.data, split="test", limit=args.test_limit)
+    else:
+        raise XaiJaxError(f"{args.data} has no test split; pass --test-data SPEC")
+    out = os.path.abspath(args.out)
+    progress = _progress(args)
+    classifier_info = None
+    if args.weights:
+        variables = weights.load(spec, args.weights)
+        weights_path = os.path.abspath(args.weights)
+    else:
+        images, labels = train_set.all()
+        variables, classifier_info = train_classifier(args.model, images, labels, epochs=args.classifier_epochs,
+                                                      key=jax.random.key(args.seed + 100), progress=progress)
+        weights_path = os.path.join(out, "classifier")
+    result = method.fit(args.model, variables, train_set, test_set, progress=progress,
+                        meta={"weights": weights_path, "data": args.data, "test_data": args.test_data})
+    shown_images, shown_labels = test_set.read(np.arange(min(6, len(test_set))))
+    rec = result.reconstruct(variables, shown_images)
+    names = list(getattr(test_set, "class_names", ()) or ())
+    titles = [names[int(y)] if names else str(int(y)) for y in shown_labels]
+    png = layer_rows(rec["x"], [rec.get("refae")], [rec["cladec"]], [str(config.layer)], titles)
+    summary = {"model": args.model, "layer": config.layer, "tap": result.tap, "alpha": config.alpha,
+               "neurons": config.neurons, **result.metrics}
+    if classifier_info:
+        summary["classifier_train_accuracy"] = classifier_info["train_accuracy"]
+    extra = {"summary.json": json.dumps(summary, indent=2).encode(), "reconstructions.png": png}
+    if classifier_info:
+        # The classifier goes inside the atomically written folder: save it aside, then copy its files in.
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            weights.save_variables(os.path.join(tmp, "classifier"), variables, {"model": args.model})
+            for path in pathlib.Path(tmp, "classifier").rglob("*"):
+                if path.is_file():
+                    extra[str(path.relative_to(tmp))] = path.read_bytes()
+    _save_with_subdirs(result, out, extra)
+    shown = {k: summary[k] for k in ("rec_loss_cladec", "rec_loss_refae", "d_rec", "acc_eval_cladec",
+                                     "acc_eval_refae", "d_acc") if k in summary}
+    print(f"wrote {out}: summary.json, reconstructions.png, decoder/, refae/ ({result.tap})")
+    print(json.dumps(shown))
+
+
+def _save_with_subdirs(result, out: str, extra: dict) -> None:
+    """``result.save`` with extra files that may live in sub-folders (the classifier checkpoint)."""
+    flat = {k: v for k, v in extra.items() if "/" not in k}
+    nested = {k: v for k, v in extra.items() if "/" in k}
+    if not nested:
+        result.save(out, flat)
+        return
+    from xai_jax.outputs import atomic_dir
+    import shutil
+    import tempfile
+    with tempfile.TemporaryDirectory() as staging:
+        result.save(os.path.join(staging, "r"), flat)
+        for name, data in nested.items():
+            target = os.path.join(staging, "r", name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as f:
+                f.write(data)
+        with atomic_dir(out) as tmp:
+            shutil.rmtree(tmp)
+            shutil.copytree(os.path.join(staging, "r"), tmp)
+
+
+def _result_and_weights(args):
+    from xai_jax import models, weights
+    from xai_jax.methods.cladec import ClaDecResult
+    result = ClaDecResult.load(args.result)
+    path = args.weights or result.meta.get("weights")
+    if not path:
+        raise XaiJaxError("the result names no classifier weights; pass --weights PATH")
+    return result, weights.load(models.get(result.model), path)
+
+
+def explain_cmd(args) -> None:
+    import numpy as np
+
+    from xai_jax.data.sources import load_folder_image
+    from xai_jax.viz.cladec import layer_rows
+    if not args.out.endswith(".png"):
+        raise XaiJaxError(f"--out must name a .png file, got {args.out}")
+    if not os.path.isfile(args.image):
+        raise XaiJaxError(f"image not found: {args.image}")
+    result, variables = _result_and_weights(args)
+    image = load_folder_image(pathlib.Path(args.image), None, None)
+    rec = result.reconstruct(variables, image[None])
+    predicted = int(np.argmax(rec["logits"][0]))
+    png = layer_rows(rec["x"], [rec.get("refae")], [rec["cladec"]], [str(result.config.layer)], [f"pred {predicted}"])
+    tmp = args.out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(png)
+    os.replace(tmp, args.out)
+    err = float(np.mean(np.square(rec["x"] - rec["cladec"])))
+    line = f"wrote {args.out}: class {predicted}, ClaDec reconstruction MSE {err:.4f}"
+    if "refae" in rec:
+        line += f", RefAE {float(np.mean(np.square(rec['x'] - rec['refae']))):.4f}"
+    print(line)
+
+
+def occlusion_cmd(args) -> None:
+    import jax
+    import numpy as np
+
+    from xai_jax import data
+    from xai_jax.kernels.cladec import occlusion_masks
+    from xai_jax.methods.cladec import occlusion_analysis
+    from xai_jax.viz.cladec import occlusion_rows
+    if args.batch_size < 1:
+        raise XaiJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
+    result, variables = _result_and_weights(args)
+    source = data.open_source(args.data, split=args.split or _split_default(args.data, "test"), limit=args.limit)
+    occ = occlusion_analysis(result, variables, source, key=jax.random.key(args.seed), batch_size=args.batch_size,
+                             progress=_progress(args))
+    n = min(6, len(source))
+    images, _ = source.read(np.arange(n))
+    rec = result.reconstruct(variables, images)
+    masks = occlusion_masks(*rec["x"].shape[1:3])
+    rows = np.arange(n)
+
+    def occluded(which):
+        m = masks[which][..., None]
+        return np.where(m, result.fill, rec["x"])
+
+    x_min, x_max = occluded(occ.min_cladec[:n]), occluded(occ.max_cladec[:n])
+    png = occlusion_rows(rec["x"], rec["cladec"], x_min, result.reconstruct(variables, x_min)["cladec"],
+                         x_max, result.reconstruct(variables, x_max)["cladec"],
+                         [f"y={int(y)}" for y in occ.labels[rows]])
+    occ.save(args.out, {"occlusion.png": png})
+    acc = occ.accuracy
+    print(f"wrote {args.out}: occlusion.json, occlusion.npz, occlusion.png ({len(occ.labels)} images, {result.tap})")
+    print(json.dumps({k: round(v, 4) for k, v in acc.items()}))
