@@ -43,3 +43,11 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def write_files(directory: str | os.PathLike, files: Mapping[str, bytes] | None) -> None:
+    """Writes ``{file name: bytes}`` into ``directory`` (the extra files, e.g. a CLI's summary and figures, that a
+    result's ``save`` puts beside its own inside the same atomic directory)."""
+    for name, data in (files or {}).items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)

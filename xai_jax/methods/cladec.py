@@ -38,7 +38,7 @@ from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import cladec as K
 from xai_jax.kernels.attribution import grad_cam, normalise_maps, upsample_maps
 from xai_jax.models.cladec import Decoder, layer_tap, refae_apply
-from xai_jax.outputs import atomic_dir, save_npz
+from xai_jax.outputs import atomic_dir, save_npz, write_files
 from xai_jax.weights import load_variables, save_variables
 
 REDUCTIONS = ("sum", "mean")
@@ -263,9 +263,7 @@ class ClaDecResult:
             save_variables(os.path.join(tmp, "decoder"), self.decoder, {"model": self.model, "tap": self.tap})
             if self.refae is not None:
                 save_variables(os.path.join(tmp, "refae"), self.refae, {"model": self.model, "tap": self.tap})
-            for name, data in (extra_files or {}).items():
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(data)
+            write_files(tmp, extra_files)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "ClaDecResult":
@@ -516,9 +514,7 @@ class OcclusionResult:
             save_npz(os.path.join(tmp, "occlusion.npz"), arrays)
             with open(os.path.join(tmp, "occlusion.json"), "w") as f:
                 json.dump({"accuracy": self.accuracy, "meta": self.meta}, f, indent=2)
-            for name, data in (extra_files or {}).items():
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(data)
+            write_files(tmp, extra_files)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "OcclusionResult":

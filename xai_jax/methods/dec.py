@@ -46,7 +46,7 @@ from xai_jax.errors import XaiJaxError
 from xai_jax.kernels.clustering import (cluster_frequencies, kl_divergence_log, kmeans, log_soft_assignment,
                                         nearest_neighbours, project_to_sphere, target_distribution,
                                         validate_layer_weights)
-from xai_jax.outputs import atomic_dir, save_npz
+from xai_jax.outputs import atomic_dir, save_npz, write_files
 
 POSTERIORS = ("labels", "predictions")
 
@@ -358,9 +358,7 @@ class DECResult:
                 "train_labels": self.train_labels, "train_predictions": self.train_predictions,
                 "train_indices": self.train_indices})
             save_variables(os.path.join(tmp, "encoders"), self.layers, {"taps": list(self.taps)})
-            for name, data in (extra_files or {}).items():
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(data)
+            write_files(tmp, extra_files)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "DECResult":

@@ -38,7 +38,7 @@ from xai_jax import engine
 from xai_jax.data.base import ArraySource, Source
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import www as K
-from xai_jax.outputs import atomic_dir, save_npz
+from xai_jax.outputs import atomic_dir, save_npz, write_files
 
 CONTRIBUTION_MODES = ("signed", "abs")
 CLASS_BY = ("label", "prediction")
@@ -175,9 +175,7 @@ class WWWResult:
             if self.class_contributions is not None:
                 save_npz(os.path.join(tmp, "contributions.npz"),
                          {"class_contributions": self.class_contributions, "class_counts": self.class_counts})
-            for name, data in (extra_files or {}).items():
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(data)
+            write_files(tmp, extra_files)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "WWWResult":

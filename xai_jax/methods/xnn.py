@@ -43,7 +43,7 @@ import optax
 
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import attribution, srae, xnn_metrics
-from xai_jax.outputs import atomic_dir
+from xai_jax.outputs import atomic_dir, save_npz, write_files
 
 VARIANTS = srae.VARIANTS + ("lasso",)
 
@@ -337,7 +337,6 @@ class XNNResult:
 
     def save(self, directory: str | os.PathLike, extra_files: Mapping[str, bytes] | None = None) -> None:
         """Writes ``xnn.json``, ``history.npz`` and the explainers (orbax, ``explainers/``) atomically."""
-        from xai_jax.outputs import save_npz
         from xai_jax.weights import save_variables
         with atomic_dir(directory) as tmp:
             save_variables(os.path.join(tmp, "explainers"),
@@ -346,9 +345,7 @@ class XNNResult:
             save_npz(os.path.join(tmp, "history.npz"), {"history": np.asarray(self.history, np.float32)})
             with open(os.path.join(tmp, "xnn.json"), "w") as f:
                 json.dump(self.summary(), f, indent=2)
-            for name, content in (extra_files or {}).items():
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(content)
+            write_files(tmp, extra_files)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "XNNResult":
