@@ -104,11 +104,10 @@ def test_cifar10_reduction_same_on_1_and_8_devices(tmp_path):
     results = {}
     for devices in (1, 8):
         out = tmp_path / f"reduce{devices}.npz"
-        # On a loaded 2-core machine the 8 simulated devices' threads can take longer than XLA's default 40 s to
-        # meet at an all-reduce, and XLA then aborts the process; the long timeouts keep the test about the sums.
+        # Single-threaded Eigen: with the intra-op pool, an all-reduce can run inside a pool worker and wait there
+        # for devices whose work is queued behind it on the same 2-core pool (XLA then aborts after its timeout).
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                   "--xla_cpu_collective_call_terminate_timeout_seconds=900 "
-                   "--xla_cpu_collective_timeout_seconds=900",
+                   "--xla_cpu_multi_thread_eigen=false",
                    JAX_PLATFORMS="cpu")
         # A fresh process per device count: XLA reads the flag once, at start-up.
         subprocess.run([sys.executable, __file__, test_npz, weights, str(out)], env=env, check=True,
