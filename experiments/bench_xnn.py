@@ -1,11 +1,13 @@
 """XNN benchmarks: C one-vs-all explainers trained at once with vmap vs one at a time vs a faithful PyTorch
 SRAE (same architecture, loss, optimiser, minibatches and step count), and heatmaps per second (c-MWP on the
-digits CNN, Grad-CAM on ResNet-56) for a batch vs one image at a time.
+digits CNN, Grad-CAM on ResNet-56; with ``--vgg`` also c-MWP through VGG-11 at 224x224) for a batch vs one image
+at a time.
 
-    python experiments/bench_xnn.py [--quick]
+    python experiments/bench_xnn.py [--quick] [--vgg]
 
 Inputs are real: ResNet-56 `pool` features of CIFAR-10 training images (one backbone pass, not timed) and
-scikit-learn digits. Warm-up first (compilation excluded), block_until_ready, median of repeats.
+scikit-learn digits. VGG-11 has randomly initialised weights (no ImageNet checkpoint in the shared data; the
+cost does not depend on the values) on CIFAR-10 images resized to 224x224. Warm-up first (compilation excluded), block_until_ready, median of repeats.
 """
 
 from __future__ import annotations
@@ -93,9 +95,22 @@ def torch_srae(config, z, targets, w, classes, threads):
     return run
 
 
+def vgg_cmwp_case(images: np.ndarray, labels: np.ndarray):
+    """(result, variables) for c-MWP through VGG-11: an SRAE explainer of class 3 on the ``fc7`` features of
+    ``images`` (random backbone weights, CIFAR-10 labels as the one-vs-all targets)."""
+    variables = models.init_variables(models.get("vgg11"), jax.random.key(0))
+    source = data.ArraySource(images, labels, [str(i) for i in range(10)])
+    feats = evaluation.predict("vgg11", variables, source, ("fc7",), batch_size=16, progress=False)
+    result = xnn.XNN(XNNConfig(tap="fc7", hidden=(128, 32), epochs=1, batch_size=16)).fit_features(
+        feats["fc7"], feats["logits"], labels, classes=[3])
+    return result, variables
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--vgg", action="store_true",
+                        help="also time c-MWP through VGG-11 at 224x224 (slow on a CPU)")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
                         help="PyTorch intra-op threads (default: all CPUs; use 1 on a busy machine, where "
                         "OpenMP spin-waiting inflates PyTorch's time)")
@@ -142,11 +157,16 @@ def main() -> None:
     r_small = xnn.XNN(XNNConfig(epochs=1)).fit_features(feats["pool"], logits, labels, classes=[3])
     r_small.meta["heatmap_tap"] = "layer3"
     rows = []
-    for name, result, model, variables_, imgs, method, batch in [
-            ("c-MWP, digits CNN (8x8), 5 x-features + 1-heatmap", small, "small_cnn", cnn, d_images, "cmwp", 256),
-            ("Grad-CAM at layer3, ResNet-56 (32x32), 5 x-features + 1-heatmap", r_small, spec.name, variables,
-             subset.read(np.arange(128))[0], "gradcam", 128)]:
-        one_count = 16 if args.quick else 32
+    cases = [("c-MWP, digits CNN (8x8), 5 x-features + 1-heatmap", small, "small_cnn", cnn, d_images, "cmwp", 256),
+             ("Grad-CAM at layer3, ResNet-56 (32x32), 5 x-features + 1-heatmap", r_small, spec.name, variables,
+              subset.read(np.arange(128))[0], "gradcam", 128)]
+    if args.vgg:
+        v_images, v_labels = subset.read(np.arange(64))
+        r_vgg, vgg_variables = vgg_cmwp_case(v_images, v_labels)
+        cases.append(("c-MWP, VGG-11 (224x224, random weights), fc7 explainer, 5 x-features + 1-heatmap", r_vgg,
+                      "vgg11", vgg_variables, v_images, "cmwp", 4 if args.quick else 8))
+    for name, result, model, variables_, imgs, method, batch in cases:
+        one_count = min(batch, 16 if args.quick else 32)
 
         def batched():
             jax.block_until_ready(xnn.XNN.explain(result, model, variables_, imgs[:batch], 3, method=method).heatmaps)

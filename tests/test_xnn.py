@@ -238,3 +238,48 @@ def test_bad_features_and_taps(tmp_path, capsys, digits_model):
                      "--tap", "nope", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "conv3" in err
+
+
+@pytest.mark.slow
+def test_cmwp_explains_an_xnn_fitted_on_a_vgg_tap():
+    """c-MWP through VGG-11 (random weights, at its 224x224 input) and an explainer on ``fc7``: the maps are
+    the kernel's c-MWP of the backbone's layer list cut at the tap plus the explainer's layers, of the
+    explained class's explainer (the second of two), and the baseline the kernel's c-MWP of the logit."""
+    from tests.test_kernels_attribution import random_variables
+    from xai_jax.kernels import attribution
+    spec = models.get("vgg11")
+    variables = random_variables(spec.module(5), spec.input_shape, seed=11)
+    rng = np.random.default_rng(11)
+    z = np.maximum(rng.normal(size=(60, 4096)), 0).astype(np.float32)
+    logits = (z[:, :40] @ rng.normal(size=(40, 5))).astype(np.float32)
+    config = XNNConfig(tap="fc7", hidden=(8,), num_x_features=3, epochs=2, batch_size=32)
+    result = XNN(config).fit_features(z, logits, logits.argmax(1), classes=[1, 3])
+    images = rng.integers(0, 256, size=(1, 40, 40, 3), dtype=np.uint8)  # resized to 224 by the preprocessing
+    e = XNN.explain(result, "vgg11", variables, images, 3, method="cmwp", num_classes=5)
+    assert e.heatmaps.shape == (1, 3, 224, 224) and e.baseline.shape == (1, 224, 224)
+    # Each map is normalised to [0, 1]; one whose target unit reads only dead explainer units has no
+    # contrastive mass left (all 0), as in the kernel's NumPy tests.
+    peaks = e.heatmaps.max((2, 3))[0]
+    assert np.all(e.heatmaps >= 0) and set(np.round(peaks, 5)) <= {0.0, 1.0} and np.sum(peaks == 1) >= 2
+
+    x = models.preprocess(spec, images)
+    params = jax.tree.map(lambda a: np.asarray(a)[1], result.params)  # class 3's explainer
+
+    @jax.jit  # weights as arguments: as closed-over constants XLA would spend a minute folding them
+    def direct(variables, params, mean, x):
+        layers, fc7 = models.sequential_layers("vgg11", variables, "fc7")
+        chain = layers[:fc7] + attribution.explainer_layers(params, mean, result.input_scale)
+        maps = jax.vmap(lambda u: attribution.contrastive_mwp(chain, x, u))(np.arange(3)).sum(-1)  # [3, N, H, W]
+        baseline = attribution.contrastive_mwp(layers, x, 3).sum(-1)
+        return (attribution.normalise_maps(maps.swapaxes(0, 1)), attribution.normalise_maps(baseline),
+                attribution.layer_inputs(layers[:fc7], x)[-1], attribution.layer_inputs(layers, x)[-1])
+
+    maps, baseline, features, logits = direct(variables, params, result.input_mean, x)
+    # c-MWP is what is left of target minus dual mass after both are spread over the pixels: a small remainder
+    # of large cancelling sums, so float32 rounding in two differently fused programs moves the maps a little.
+    np.testing.assert_allclose(e.heatmaps, maps, atol=2e-3)  # measured 6e-4
+    np.testing.assert_allclose(e.baseline, baseline, atol=1e-5)
+    live = np.flatnonzero(peaks == 1)
+    assert np.abs(e.heatmaps[0, live[0]] - e.heatmaps[0, live[1]]).max() > 0.05  # x-features differ
+    np.testing.assert_allclose(e.approximation, np.asarray(result.approximate(features))[:, 1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(e.logit, logits[:, 3], rtol=1e-4, atol=1e-4)

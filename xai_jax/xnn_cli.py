@@ -59,7 +59,8 @@ def register(subparsers) -> None:
     e.add_argument("--num-classes", type=int)
     e.add_argument("--label", help="explained class (name or index; default the predicted one)")
     e.add_argument("--heatmap", choices=["gradcam", "cmwp"], default="gradcam",
-                   help="gradcam (any backbone) or cmwp (sequential backbones: small_cnn)")
+                   help="gradcam (any backbone) or cmwp (sequential backbones: small_cnn, vgg11/16/19, "
+                        "cladec_vgg(_rgb))")
     e.add_argument("--out", required=True, metavar="DIR")
     e.set_defaults(func=explain)
 

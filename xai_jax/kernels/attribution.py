@@ -47,13 +47,17 @@ def upsample_maps(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
 #   {"kind": "relu"}                                   "stride": (s, s), "padding": ((p, p), (p, p))}
 #   {"kind": "maxpool", "window": (k, k), "stride": (s, s)}   {"kind": "avgpool", "window": ..., "stride": ...}
 #   {"kind": "mean"}  (global average pool NHWC -> NC)  {"kind": "flatten"}
+#   {"kind": "pool_matrix", "rows": [h, H], "cols": [w, W]}  ([N, H, W, C] -> [N, h, w, C], out[i, j] =
+#     sum_yx rows[i, y] cols[j, x] in[y, x]; non-negative matrices, e.g. PyTorch's adaptive average pool)
 #   {"kind": "batchnorm", "scale", "bias", "mean", "var", "eps"}  (folded into the linear layer before it)
-# Residual networks are not sequential: for them use Grad-CAM (:func:`grad_cam`). The explainer's own
-# dense layers are appended to a backbone's list, so an x-feature's map runs through both.
+# Backbones declare their list next to their definition (``ModelSpec.sequential``, read with
+# :func:`xai_jax.models.sequential_layers`); this module knows no model. Residual networks are not
+# sequential: for them use Grad-CAM (:func:`grad_cam`). The explainer's own dense layers are appended to a
+# backbone's list, so an x-feature's map runs through both.
 #
 # Rules (P_out: probabilities of a layer's outputs, a: its non-negative inputs):
-#   linear (dense, conv, average pools): P_in = a * J+^T (P_out / (J+ a)), J+ the layer with its weights
-#     clipped at 0 and no bias, i.e. P(a_i | a_j) = a_i w+_ij / sum_i' a_i' w+_i'j. J+^T is one jax.vjp
+#   linear (dense, conv, average pools, pool matrices): P_in = a * J+^T (P_out / (J+ a)), J+ the layer
+#     with its weights clipped at 0 and no bias, i.e. P(a_i | a_j) = a_i w+_ij / sum_i' a_i' w+_i'j. J+^T is one jax.vjp
 #     of the positive layer, so dense, conv and pools share one rule. A unit with J+ a = 0 passes nothing.
 #   ReLU and batch norm: one-to-one, P passes through (batch norm first folded into the weights before it).
 #   max pool: winner takes all (the vjp of the max pool routes P to the maximum).
@@ -94,6 +98,11 @@ def _pool(layer, x, op):
     return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, stride, "VALID") / (window[1] * window[2])
 
 
+def _pool_matrix(layer, x):
+    # HIGHEST keeps the averages in full float32 where the default matmul rounds to bf16/tf32 (as the model).
+    return jnp.einsum("nhwc,ih,jw->nijc", x, layer["rows"], layer["cols"], precision=jax.lax.Precision.HIGHEST)
+
+
 def apply_layer(layer, x):
     """The forward pass of one layer of a sequential layer list (see the module notes)."""
     kind = layer["kind"]
@@ -107,6 +116,8 @@ def apply_layer(layer, x):
         return _pool(layer, x, "avg")
     if kind == "mean":
         return jnp.mean(x, axis=(1, 2))
+    if kind == "pool_matrix":
+        return _pool_matrix(layer, x)
     if kind == "flatten":
         return x.reshape(x.shape[0], -1)
     raise ValueError(f"unknown layer kind {kind!r}")
@@ -128,6 +139,8 @@ def _excite(layer, a, p_out):
         forward = lambda t: _pool(layer, t, "avg")  # noqa: E731
     elif kind == "mean":
         forward = lambda t: jnp.mean(t, axis=(1, 2))  # noqa: E731
+    elif kind == "pool_matrix":
+        forward = lambda t: _pool_matrix(layer, t)  # noqa: E731
     else:
         raise ValueError(f"unknown layer kind {kind!r}")
     out, pullback = jax.vjp(forward, a)
@@ -136,7 +149,11 @@ def _excite(layer, a, p_out):
 
 
 def layer_inputs(layers, x):
-    """``[x, layer_0(x), layer_1(layer_0(x)), ...]``: the input of every layer and the final output."""
+    """``[x, layer_0(x), layer_1(layer_0(x)), ...]``: the input of every layer and the final output.
+
+    Batch norm is folded first, so the list indexes the folded layers; ``layer_inputs(layers[:k], x)[-1]``
+    is the output of ``layers[:k]`` whatever ``k`` counts.
+    """
     outs = [x]
     for layer in _fold_batch_norm(layers):
         outs.append(apply_layer(layer, outs[-1]))
@@ -150,8 +167,8 @@ def excitation_backprop(layers, x, p_top, stop: int = 0):
       layers: a sequential layer list (module notes); batch norm is folded first.
       x: ``[N, ...]`` the first layer's input.
       p_top: ``[N, K]`` probabilities of the last layer's outputs (e.g. a one-hot of the explained unit).
-      stop: the boundary to stop at: the input of ``layers[stop]`` (inputs there must be non-negative,
-        e.g. the output of a ReLU; the preprocessed image is not).
+      stop: the boundary to stop at: the input of ``layers[stop]``, counted after batch-norm folding (inputs
+        there must be non-negative, e.g. the output of a ReLU; the preprocessed image is not).
 
     Returns:
       The list ``[P at input of layers[stop], ..., P at input of the last layer, p_top]``.
@@ -176,7 +193,8 @@ def contrastive_mwp(layers, x, unit: int | jax.Array, stop: int = 2) -> jax.Arra
       layers: a sequential layer list whose last layer is ``"dense"``.
       x: ``[N, ...]`` input of ``layers[0]`` (e.g. the preprocessed image).
       unit: the explained output (traced: ``vmap`` over units).
-      stop: where the map is read (default 2: after the first conv + ReLU).
+      stop: where the map is read, counted after batch-norm folding (default 2: after the first
+        conv (+ batch norm) + ReLU).
 
     Returns:
       ``[N, ...]`` non-negative map, shaped like the input of ``layers[stop]`` (sum channels for a
@@ -195,38 +213,6 @@ def contrastive_mwp(layers, x, unit: int | jax.Array, stop: int = 2) -> jax.Arra
     for index in range(len(layers) - 2, stop - 1, -1):
         probability = _excite(layers[index], inputs[index], probability)
     return jax.nn.relu(probability)
-
-
-def sequential_layers(model: str, variables, tap: str | None = None):
-    """The sequential layer list of a backbone that c-MWP can read, and the index after ``tap``.
-
-    Supported: ``small_cnn`` (conv-relu-conv-relu-maxpool-conv-relu-mean-dense-relu-dense). Residual
-    networks (ResNets) and the rest: use Grad-CAM.
-
-    Returns:
-      ``(layers, index)``: ``layers[:index]`` ends at ``tap``'s activation (``None``: all layers).
-
-    Raises:
-      ValueError: an unsupported model or an unknown tap.
-    """
-    if model != "small_cnn":
-        raise ValueError(f"c-MWP reads sequential backbones (small_cnn); {model} is not: use Grad-CAM")
-    params = variables["params"]
-
-    def conv(name):
-        return {"kind": "conv", "w": params[name]["kernel"], "b": params[name]["bias"], "stride": (1, 1),
-                "padding": ((1, 1), (1, 1))}
-
-    def dense(name):
-        return {"kind": "dense", "w": params[name]["kernel"], "b": params[name]["bias"]}
-
-    relu = {"kind": "relu"}
-    layers = [conv("conv1"), relu, conv("conv2"), relu, {"kind": "maxpool", "window": (2, 2), "stride": (2, 2)},
-              conv("conv3"), relu, {"kind": "mean"}, dense("fc"), relu, dense("head")]
-    ends = {"conv1": 2, "conv2": 4, "pool2": 5, "conv3": 7, "pool": 8, "fc": 10, "logits": 11, None: 11}
-    if tap not in ends:
-        raise ValueError(f"small_cnn has no tap {tap!r}; valid taps: {', '.join(k for k in ends if k)}")
-    return layers, ends[tap]
 
 
 def explainer_layers(params, input_mean: jax.Array, input_scale: float):

@@ -651,8 +651,9 @@ class XNN:
         """Explains class ``label``'s logit on ``images`` (uint8 or [0, 1] NHWC, preprocessing included).
 
         ``method="gradcam"`` works for every backbone (maps at ``result.meta["heatmap_tap"]``);
-        ``"cmwp"`` (contrastive marginal winning probability to the pixels) for backbones that
-        :func:`xai_jax.kernels.attribution.sequential_layers` can read (``small_cnn``).
+        ``"cmwp"`` (contrastive marginal winning probability down to the first convolution's output,
+        resized to the input) for sequential backbones, those that declare a layer list
+        (:func:`xai_jax.models.sequential_layers`: ``small_cnn``, ``vgg11/16/19``, ``cladec_vgg(_rgb)``).
         """
         from xai_jax import models
         position = result.class_position(label)
@@ -692,12 +693,10 @@ class XNN:
 
 def _cmwp_explain(one: XNNResult, model: str, variables, images, class_index: int, num_classes):
     """c-MWP maps of each x-feature and of the logit, through a sequential backbone and the explainer."""
+    from xai_jax import models
     if one.config.variant == "lasso":
         raise XaiJaxError("c-MWP heatmaps need a network explainer; use method='gradcam' for Lasso")
-    try:
-        attribution.sequential_layers(model, variables, one.config.tap)
-    except ValueError as err:
-        raise XaiJaxError(str(err)) from None
+    models.sequential_layers(model, variables, one.config.tap)  # a clear error before tracing
     params = jax.tree.map(lambda a: jnp.asarray(a)[0], one.params)
     fn = _cmwp_fn(model, one.config.tap, one.config.num_x_features, one.config.x_activation, num_classes)
     return fn(images, variables, params, jnp.asarray(one.input_mean), jnp.float32(one.input_scale),
@@ -711,7 +710,7 @@ def _cmwp_fn(model: str, tap: str, n: int, x_activation: str, num_classes: int |
     forward = models.make_forward(model, (tap,), num_classes)
 
     def fn(images, variables, params, mean, scale, class_index):
-        layers, tap_index = attribution.sequential_layers(model, variables, tap)
+        layers, tap_index = models.sequential_layers(model, variables, tap)
         x = models.preprocess(spec, images)
         chain = list(layers[:tap_index]) + attribution.explainer_layers(params, mean, scale)
         maps = jax.vmap(lambda unit: attribution.contrastive_mwp(chain, x, unit), out_axes=1)(jnp.arange(n))

@@ -245,12 +245,39 @@ def refae_apply(encoder: nn.Module, decoder: Decoder, tap_name: str, variables: 
     return decoder.apply(variables["decoder"], code), out.get("batch_stats")
 
 
-def _register(name: str, build, channels: int, description: str) -> None:
+_BN_EPSILON = 1e-5  # models.common.batch_norm's default, which ClaDecVGG uses
+
+
+def vgg_layer_list(variables, input_shape):
+    """:class:`ClaDecVGG` as a c-MWP layer list (``ModelSpec.sequential``): per block a bias-free 3x3 conv
+    (padding 1, the block's stride) - batch norm (running statistics, folded by the kernel) - ReLU, then
+    flatten and ``fc`` (dropout is the identity at inference). Taps ``block{i}`` end after their ReLU."""
+    params, stats = variables["params"], variables["batch_stats"]
+    layers, ends = [], {}
+    for i, stride in enumerate(VGG_STRIDES, start=1):
+        conv = params[f"conv{i}"]
+        kernel = conv["conv"]["kernel"] if "conv" in conv else conv["kernel"]  # Conv3x3's two layouts
+        bn = f"bn{i}"
+        layers += [{"kind": "conv", "w": kernel, "b": jnp.zeros(kernel.shape[-1], kernel.dtype),
+                    "stride": (stride, stride), "padding": ((1, 1), (1, 1))},
+                   {"kind": "batchnorm", "scale": params[bn]["scale"], "bias": params[bn]["bias"],
+                    "mean": stats[bn]["mean"], "var": stats[bn]["var"], "eps": _BN_EPSILON},
+                   {"kind": "relu"}]
+        ends[f"block{i}"] = len(layers)
+    layers += [{"kind": "flatten"}, {"kind": "dense", "w": params["fc"]["kernel"], "b": params["fc"]["bias"]}]
+    ends["logits"] = len(layers)
+    return layers, ends
+
+
+def _register(name: str, build, channels: int, description: str, sequential=None) -> None:
     register(ModelSpec(name=name, build=build, input_shape=(32, 32, channels), num_classes=10,
-                       mean=(0.5,) * channels, std=(0.5,) * channels, description=description))
+                       mean=(0.5,) * channels, std=(0.5,) * channels, description=description,
+                       sequential=sequential))
 
 
-_register("cladec_vgg", lambda n: ClaDecVGG(n), 1, "ClaDec paper's VGG-style classifier, 32x32 grey (table 1)")
-_register("cladec_vgg_rgb", lambda n: ClaDecVGG(n), 3, "ClaDec paper's VGG-style classifier, 32x32 RGB (table 1)")
+_register("cladec_vgg", lambda n: ClaDecVGG(n), 1, "ClaDec paper's VGG-style classifier, 32x32 grey (table 1)",
+          vgg_layer_list)
+_register("cladec_vgg_rgb", lambda n: ClaDecVGG(n), 3, "ClaDec paper's VGG-style classifier, 32x32 RGB (table 1)",
+          vgg_layer_list)
 _register("cladec_resnet10", lambda n: ResNet10(n), 1, "ClaDec paper's ResNet-10, 32x32 grey")
 _register("cladec_resnet10_rgb", lambda n: ResNet10(n), 3, "ClaDec paper's ResNet-10, 32x32 RGB")

@@ -39,6 +39,11 @@ class ModelSpec:
         ``module.`` prefix, values as NumPy arrays) to Flax variables; ``None`` if the model has no
         PyTorch counterpart.
       description: one line for ``xai-jax info``.
+      sequential: for a backbone that is a plain chain of layers, ``sequential(variables, input_shape) ->
+        (layers, ends)``: its layer list for c-MWP (the format of :mod:`xai_jax.kernels.attribution`, from
+        the preprocessed input to the logits, inference mode) at a preprocessed ``input_shape`` ``(H, W,
+        C)``, and ``{tap: k}`` with ``layers[:k]`` ending at each tap's activation. ``None``: not sequential
+        (residual networks; they use Grad-CAM). Read with :func:`sequential_layers`.
     """
 
     name: str
@@ -50,6 +55,7 @@ class ModelSpec:
     resize: int | None = None
     convert: Callable[[Mapping[str, np.ndarray]], dict] | None = None
     description: str = ""
+    sequential: Callable[[Variables, tuple[int, int, int]], tuple[list[dict], dict[str, int]]] | None = None
 
     def module(self, num_classes: int | None = None):
         return self.build(self.num_classes if num_classes is None else num_classes)
@@ -176,6 +182,35 @@ def tap_shapes(name: str, num_classes: int | None = None) -> dict[str, tuple[int
     """The model's taps in forward order, each with its per-image shape (no batch axis)."""
     spec = get(name)
     return dict(_tap_shapes(name, spec.num_classes if num_classes is None else num_classes))
+
+
+def sequential_layers(name: str, variables: Variables, tap: str | None = None,
+                      input_shape: tuple[int, int, int] | None = None) -> tuple[list[dict], int]:
+    """The layer list that c-MWP reads (:mod:`xai_jax.kernels.attribution`) and where ``tap`` ends in it.
+
+    Args:
+      name: registry name of a sequential backbone (``small_cnn``, ``vgg11`` ...; see ``ModelSpec.sequential``).
+      variables: its Flax variables (the list holds their arrays, so it can be built under ``jit``).
+      tap: a tap of the model; ``None``: the logits (the whole list).
+      input_shape: ``(H, W, C)`` of the preprocessed input the list will run on (default the spec's, which is
+        what :func:`preprocess` produces); VGG's adaptive pool depends on it.
+
+    Returns:
+      ``(layers, index)``: running ``layers[:index]`` on the preprocessed input gives ``tap``'s activation.
+
+    Raises:
+      XaiJaxError: the model is not sequential, or has no such tap (the message lists the valid ones).
+    """
+    spec = get(name)
+    if spec.sequential is None:
+        readable = ", ".join(n for n in names() if _REGISTRY[n].sequential is not None)
+        raise XaiJaxError(f"c-MWP reads sequential backbones ({readable}); {name} is not: use Grad-CAM")
+    layers, ends = spec.sequential(variables, tuple(spec.input_shape if input_shape is None else input_shape))
+    if tap is None:
+        return layers, len(layers)
+    if tap not in ends:
+        raise XaiJaxError(f"{name} has no tap {tap!r}; valid taps: {', '.join(ends)}")
+    return layers, ends[tap]
 
 
 def init_variables(spec: ModelSpec, key: jax.Array, num_classes: int | None = None) -> dict:

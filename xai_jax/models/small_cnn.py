@@ -30,6 +30,25 @@ class SmallCNN(nn.Module):
         return tap(self, "logits", nn.Dense(self.num_classes, name="head")(x))
 
 
+def layer_list(variables, input_shape=None):
+    """SmallCNN as a sequential layer list for c-MWP (``ModelSpec.sequential``): conv-relu-conv-relu-maxpool-
+    conv-relu-mean-dense-relu-dense, and the index after each tap. Any input size (the layers are local)."""
+    params = variables["params"]
+
+    def conv(name):
+        return {"kind": "conv", "w": params[name]["kernel"], "b": params[name]["bias"], "stride": (1, 1),
+                "padding": ((1, 1), (1, 1))}
+
+    def dense(name):
+        return {"kind": "dense", "w": params[name]["kernel"], "b": params[name]["bias"]}
+
+    relu = {"kind": "relu"}
+    layers = [conv("conv1"), relu, conv("conv2"), relu, {"kind": "maxpool", "window": (2, 2), "stride": (2, 2)},
+              conv("conv3"), relu, {"kind": "mean"}, dense("fc"), relu, dense("head")]
+    ends = {"conv1": 2, "conv2": 4, "pool2": 5, "conv3": 7, "pool": 8, "fc": 10, "logits": 11}
+    return layers, ends
+
+
 register(ModelSpec(
     name="small_cnn",
     build=lambda num_classes: SmallCNN(num_classes=num_classes),
@@ -38,4 +57,5 @@ register(ModelSpec(
     mean=(0.5,),
     std=(0.5,),
     description="small CNN for 8x8 greyscale digits (the demo model), trained with xai_jax.train",
+    sequential=layer_list,
 ))

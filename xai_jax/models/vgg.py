@@ -148,6 +148,42 @@ def convert_vgg(convs_per_block: Sequence[int], what: str):
     return convert
 
 
+def layer_list(convs_per_block: Sequence[int]):
+    """Returns ``ModelSpec.sequential`` for a VGG configuration: the network as a c-MWP layer list.
+
+    conv-ReLU per convolution, a 2x2 max pool per block, the adaptive average pool to 7x7 as a
+    ``pool_matrix`` (left out at 224x224, where it is the identity), flatten, fc6-ReLU, fc7-ReLU, fc8;
+    dropout is the identity at inference. Every tap ends at the layer after which the model records it.
+    """
+
+    def sequential(variables, input_shape):
+        params = variables["params"]
+        layers, ends = [], {}
+        height, width = input_shape[:2]
+        for block, convs in enumerate(convs_per_block, start=1):
+            for i in range(1, convs + 1):
+                name = f"conv{block}_{i}"
+                layers += [{"kind": "conv", "w": params[name]["kernel"], "b": params[name]["bias"],
+                            "stride": (1, 1), "padding": _PAD1}, {"kind": "relu"}]
+                ends[name] = len(layers)
+            layers.append({"kind": "maxpool", "window": (2, 2), "stride": (2, 2)})
+            ends[f"block{block}"] = len(layers)
+            height, width = height // 2, width // 2
+        if (height, width) != (_POOLED, _POOLED):
+            layers.append({"kind": "pool_matrix", "rows": jnp.asarray(adaptive_pool_matrix(height, _POOLED)),
+                           "cols": jnp.asarray(adaptive_pool_matrix(width, _POOLED))})
+        layers.append({"kind": "flatten"})  # NHWC order, as the model (the converter permutes fc6)
+        for name in ("fc6", "fc7", "fc8"):
+            layers.append({"kind": "dense", "w": params[name]["kernel"], "b": params[name]["bias"]})
+            if name != "fc8":
+                layers.append({"kind": "relu"})
+                ends[name] = len(layers)
+        ends["logits"] = len(layers)
+        return layers, ends
+
+    return sequential
+
+
 for _name, _convs in CONVS_PER_BLOCK.items():
     register(ModelSpec(
         name=_name,
@@ -159,4 +195,5 @@ for _name, _convs in CONVS_PER_BLOCK.items():
         resize=256,
         convert=convert_vgg(_convs, f"VGG-{_name[3:]} checkpoint"),
         description=f"ImageNet VGG-{_name[3:]} without batch norm (torchvision layout)",
+        sequential=layer_list(_convs),
     ))
