@@ -13,6 +13,9 @@
     python experiments/bench_dec.py --quick      # N = 10k, 100k
     python experiments/bench_dec.py              # N = 10k, 100k, 300k; k = 15, 50
     python experiments/bench_dec.py --full       # adds N = 1M
+    python experiments/bench_dec.py --sizes 1000000 --ks 15 --skip refine    # chosen rows only
+
+From N = 300k on, each side runs once, and scikit-learn and PyTorch (which compile nothing) without a warm-up.
 
 Prints Markdown tables (median of repeats after a warm-up, blocking on results) and the machine.
 """
@@ -44,15 +47,22 @@ def mixture(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return (means[labels] + rng.normal(0, 0.5, (n, E))).astype(np.float32), labels
 
 
-def bench_kmeans(x: np.ndarray, k: int, repeats: int) -> tuple[float, float, float, float]:
+def bench_kmeans(x: np.ndarray, k: int, repeats: int, warm_up_peer: bool = True) -> tuple[float, float, float, float]:
     from sklearn.cluster import KMeans
     key = jax.random.key(0)
     xj = jnp.asarray(x)
-    jax_time = median_seconds(lambda: jax.block_until_ready(kmeans(xj, k, key, n_init=20)), repeats)
-    sk_time = median_seconds(lambda: KMeans(k, n_init=20, init="k-means++", random_state=0).fit(x), repeats)
-    _, _, jax_inertia = kmeans(xj, k, key, n_init=20)
-    sk_inertia = KMeans(k, n_init=20, init="k-means++", random_state=0).fit(x).inertia_
-    return jax_time, sk_time, float(jax_inertia), float(sk_inertia)
+    last = {}
+
+    def run_jax():
+        last["jax"] = jax.block_until_ready(kmeans(xj, k, key, n_init=20))
+
+    def run_sklearn():
+        last["sklearn"] = KMeans(k, n_init=20, init="k-means++", random_state=0).fit(x)
+
+    jax_time = median_seconds(run_jax, repeats)
+    # scikit-learn compiles nothing: at large N its warm-up would only double the (long) run
+    sk_time = median_seconds(run_sklearn, repeats, warm_up=warm_up_peer)
+    return jax_time, sk_time, float(last["jax"][2]), float(last["sklearn"].inertia_)
 
 
 def torch_dec(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, centroids: np.ndarray, config: DECConfig,
@@ -96,7 +106,8 @@ def torch_dec(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, centroids: np
     return assigned.numpy(), float(loss.detach())
 
 
-def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int) -> tuple[float, float, float]:
+def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int,
+                 warm_up_peer: bool = True) -> tuple[float, float, float]:
     config = DECConfig(taps=("x",), hidden=(), embedding_size=E, clusters=k, tolerance=0.0,
                        update_interval=140, max_dec_steps=140 * refreshes, batch_size=256)
     params = MLP((E,)).init(jax.random.key(1), jnp.zeros((1, E)))["params"]
@@ -106,19 +117,23 @@ def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int) -> tuple[f
     centroids, _, _ = kmeans(jnp.asarray(z), k, jax.random.key(2), n_init=5)
     centroids = np.asarray(centroids)
 
-    def run_jax():
-        out = dec_refine(config, layer, x, z, centroids, jax.random.key(3))
-        jax.block_until_ready(out[1])
-        return out
+    last = {}
 
-    jax_time = median_seconds(run_jax, repeats)
+    def run_jax():
+        last["jax"] = dec_refine(config, layer, x, z, centroids, jax.random.key(3))
+        jax.block_until_ready(last["jax"][1])
+
+    def run_torch():
+        last["torch"] = torch_dec(x, weight, bias, centroids, config)
+
     weight, bias = np.asarray(params["dense0"]["kernel"]), np.asarray(params["dense0"]["bias"])
-    torch_time = median_seconds(lambda: torch_dec(x, weight, bias, centroids, config), repeats)
+    jax_time = median_seconds(run_jax, repeats)
+    torch_time = median_seconds(run_torch, repeats, warm_up=warm_up_peer)
     # agreement of the two final clusterings (same start, same number of steps; different minibatch draws)
     from sklearn.metrics import adjusted_rand_score
-    _, z_final, mu_final, _ = run_jax()
+    _, z_final, mu_final, _ = last["jax"]
     a = np.asarray(jnp.argmin(jnp.sum((z_final[:, None] - mu_final[None]) ** 2, -1), -1))
-    b, _ = torch_dec(x, weight, bias, centroids, config)
+    b, _ = last["torch"]
     return jax_time, torch_time, adjusted_rand_score(a, b)
 
 
@@ -126,6 +141,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 10k and 100k, k = 15 only")
     parser.add_argument("--full", action="store_true", help="add N = 1,000,000")
+    parser.add_argument("--sizes", help="comma-separated N (overrides --quick/--full), e.g. 300000,1000000")
+    parser.add_argument("--ks", help="comma-separated k (overrides the default 15,50)")
+    parser.add_argument("--skip", default="", help="kmeans and/or refine: phases not to run")
     parser.add_argument("--refreshes", type=int, default=5, help="target refreshes (T = 140 steps each)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="PyTorch intra-op threads (default 1: on a shared 2-core CPU two threads spin and run "
@@ -135,18 +153,25 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 300_000] + ([1_000_000] if args.full else [])
     ks = [15] if args.quick else [15, 50]
+    if args.sizes:
+        sizes = [int(v) for v in args.sizes.split(",")]
+    if args.ks:
+        ks = [int(v) for v in args.ks.split(",")]
     repeats = 3 if args.quick else 2
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, JAX {jax.__version__} on "
           f"{jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} threads); load average "
           f"{os.getloadavg()[0]:.1f} at the start (other processes share these cores)\n")
-    print("k-means initialisation (20 restarts, k-means++), e = 20\n")
-    print("| N | k | xai_jax s | scikit-learn s | speed-up | inertia xai_jax / sklearn |")
-    print("|---|---|---|---|---|---|")
-    for k in ks:
-        for n in sizes:
-            x, _ = mixture(n, k)
-            jt, st, ji, si = bench_kmeans(x, k, repeats)
-            print(f"| {n:,} | {k} | {jt:.3f} | {st:.3f} | {st / jt:.2f}x | {ji / si:.4f} |", flush=True)
+    if "kmeans" not in args.skip:
+        print("k-means initialisation (20 restarts, k-means++), e = 20\n")
+        print("| N | k | xai_jax s | scikit-learn s | speed-up | inertia xai_jax / sklearn |")
+        print("|---|---|---|---|---|---|")
+        for k in ks:
+            for n in sizes:
+                x, _ = mixture(n, k)
+                jt, st, ji, si = bench_kmeans(x, k, 1 if n >= 300_000 else repeats, warm_up_peer=n < 300_000)
+                print(f"| {n:,} | {k} | {jt:.3f} | {st:.3f} | {st / jt:.2f}x | {ji / si:.4f} |", flush=True)
+    if "refine" in args.skip:
+        return
     print(f"\nDEC refinement ({args.refreshes} x T = 140 steps of batch 256, target over all N before each T), "
           "e = 20\n")
     print("| N | k | xai_jax s | PyTorch s | speed-up | ARI between the two results |")
@@ -154,7 +179,8 @@ def main() -> None:
     for k in ks:
         for n in sizes:
             x, _ = mixture(n, k)
-            jt, tt, ari = bench_refine(x, k, 1 if n >= 300_000 else repeats, args.refreshes)
+            jt, tt, ari = bench_refine(x, k, 1 if n >= 300_000 else repeats, args.refreshes,
+                                       warm_up_peer=n < 300_000)
             print(f"| {n:,} | {k} | {jt:.3f} | {tt:.3f} | {tt / jt:.2f}x | {ari:.3f} |", flush=True)
 
 
