@@ -53,7 +53,8 @@ def load_dataset(name: str, train_limit: int, test_limit: int, seed: int = 0):
     rng = np.random.default_rng(seed)
 
     def subset(source, limit):
-        indices = np.sort(rng.permutation(len(source))[:min(limit, len(source))])
+        # in random order, so that any prefix (the occlusion images, the figures' rows) is a random sample too
+        indices = rng.permutation(len(source))[:min(limit, len(source))]
         return ArraySource(*source.read(indices))
 
     return subset(tr, train_limit), subset(te, test_limit)
