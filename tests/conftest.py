@@ -1,10 +1,13 @@
-"""Shared test fixtures: where the real data lives, and whether its absence skips or fails."""
+"""Shared test fixtures: where the real data lives, whether its absence skips or fails, and random weights."""
 
 from __future__ import annotations
 
 import os
 import pathlib
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -37,3 +40,24 @@ def require_module(name: str):
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     return shared_path()
+
+
+def random_variables(module, shape, seed):
+    """He-scaled random weights, with batch norm's running statistics, scale and bias far from the identity
+    (variances down to 0.05, so a wrong epsilon shows), filled with NumPy (much faster than Flax's init)."""
+    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, *shape), jnp.float32)))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        names, s = [getattr(p, "key", "") for p in path], leaf.shape
+        if names[0] == "batch_stats":
+            if names[-1] == "mean":
+                return (rng.standard_normal(s) * 0.3).astype(np.float32)
+            return np.exp(rng.uniform(np.log(0.05), np.log(2.0), s)).astype(np.float32)
+        if names[-1] == "kernel":
+            return rng.standard_normal(s, np.float32) * np.float32(np.sqrt(2 / np.prod(s[:-1])))
+        if names[-1] == "scale":
+            return rng.uniform(0.5, 1.5, s).astype(np.float32)
+        return (rng.standard_normal(s) * 0.1).astype(np.float32)  # biases
+
+    return jax.tree_util.tree_map_with_path(fill, {k: v for k, v in abstract.items() if k != "taps"})

@@ -48,6 +48,7 @@ from xai_jax.errors import XaiJaxError  # noqa: E402
 from xai_jax.kernels.attribution import (contrastive_mwp, excitation_backprop, explainer_layers,  # noqa: E402
                                          layer_inputs)
 from xai_jax.models.vgg import adaptive_avg_pool, adaptive_pool_matrix  # noqa: E402
+from tests.conftest import random_variables  # noqa: E402
 
 
 def conv_matrix(w, height, width, pad, stride=1):
@@ -271,27 +272,6 @@ def test_pool_matrix_is_pytorchs_adaptive_pool_and_its_excitation_matches_numpy(
 
 
 # --- the backbones' own layer lists (ModelSpec.sequential) against the Flax models ---
-
-def random_variables(module, shape, seed):
-    """He-scaled random weights, with batch norm's running statistics, scale and bias far from the identity
-    (variances down to 0.05, so a wrong epsilon shows), filled with NumPy (much faster than Flax's init)."""
-    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, *shape), jnp.float32)))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        names, s = [getattr(p, "key", "") for p in path], leaf.shape
-        if names[0] == "batch_stats":
-            if names[-1] == "mean":
-                return (rng.standard_normal(s) * 0.3).astype(np.float32)
-            return np.exp(rng.uniform(np.log(0.05), np.log(2.0), s)).astype(np.float32)
-        if names[-1] == "kernel":
-            return rng.standard_normal(s, np.float32) * np.float32(np.sqrt(2 / np.prod(s[:-1])))
-        if names[-1] == "scale":
-            return rng.uniform(0.5, 1.5, s).astype(np.float32)
-        return (rng.standard_normal(s) * 0.1).astype(np.float32)  # biases
-
-    return jax.tree_util.tree_map_with_path(fill, {k: v for k, v in abstract.items() if k != "taps"})
-
 
 # (model, input side): VGG at 32 (1x1 -> 7x7 adaptive pool), 64 (2x2 -> 7x7) and 224 (identity, through
 # make_forward); the rest at their own size through make_forward.

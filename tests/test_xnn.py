@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import shared_path
+from tests.conftest import random_variables, shared_path
 from xai_jax import cli, models
 from xai_jax.errors import XaiJaxError
 from xai_jax.methods import xnn
@@ -245,7 +245,6 @@ def test_cmwp_explains_an_xnn_fitted_on_a_vgg_tap():
     """c-MWP through VGG-11 (random weights, at its 224x224 input) and an explainer on ``fc7``: the maps are
     the kernel's c-MWP of the backbone's layer list cut at the tap plus the explainer's layers, of the
     explained class's explainer (the second of two), and the baseline the kernel's c-MWP of the logit."""
-    from tests.test_kernels_attribution import random_variables
     from xai_jax.kernels import attribution
     spec = models.get("vgg11")
     variables = random_variables(spec.module(5), spec.input_shape, seed=11)

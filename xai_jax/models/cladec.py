@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from xai_jax.errors import XaiJaxError
-from xai_jax.models.common import basic_residual_branch, batch_norm, tap
+from xai_jax.models.common import BATCH_NORM_EPSILON, basic_residual_branch, batch_norm, tap
 from xai_jax.models.registry import ModelSpec, apply_model, register
 
 VGG_CHANNELS = (32, 64, 128, 128, 256, 256, 512, 512)
@@ -245,9 +245,6 @@ def refae_apply(encoder: nn.Module, decoder: Decoder, tap_name: str, variables: 
     return decoder.apply(variables["decoder"], code), out.get("batch_stats")
 
 
-_BN_EPSILON = 1e-5  # models.common.batch_norm's default, which ClaDecVGG uses
-
-
 def vgg_layer_list(variables, input_shape):
     """:class:`ClaDecVGG` as a c-MWP layer list (``ModelSpec.sequential``): per block a bias-free 3x3 conv
     (padding 1, the block's stride) - batch norm (running statistics, folded by the kernel) - ReLU, then
@@ -261,7 +258,7 @@ def vgg_layer_list(variables, input_shape):
         layers += [{"kind": "conv", "w": kernel, "b": jnp.zeros(kernel.shape[-1], kernel.dtype),
                     "stride": (stride, stride), "padding": ((1, 1), (1, 1))},
                    {"kind": "batchnorm", "scale": params[bn]["scale"], "bias": params[bn]["bias"],
-                    "mean": stats[bn]["mean"], "var": stats[bn]["var"], "eps": _BN_EPSILON},
+                    "mean": stats[bn]["mean"], "var": stats[bn]["var"], "eps": BATCH_NORM_EPSILON},
                    {"kind": "relu"}]
         ends[f"block{i}"] = len(layers)
     layers += [{"kind": "flatten"}, {"kind": "dense", "w": params["fc"]["kernel"], "b": params["fc"]["bias"]}]

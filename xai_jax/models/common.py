@@ -29,7 +29,10 @@ def tap(module: nn.Module, name: str, x):
     return x
 
 
-def batch_norm(train: bool, name: str | None = None, epsilon: float = 1e-5, momentum: float = 0.9):
+BATCH_NORM_EPSILON = 1e-5  # PyTorch's default, which every converted checkpoint was trained with
+
+
+def batch_norm(train: bool, name: str | None = None, epsilon: float = BATCH_NORM_EPSILON, momentum: float = 0.9):
     """BatchNorm with PyTorch's defaults (eps 1e-5, running-average momentum 0.1 in PyTorch's sense)."""
     return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon, name=name)
 
