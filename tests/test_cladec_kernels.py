@@ -129,15 +129,17 @@ def test_cladec_models_taps_and_layers():
     assert logits.shape == (3, 10)
 
 
-@pytest.mark.parametrize("hw,stride", [(1, 1), (2, 1), (2, 2), (3, 2)])
+@pytest.mark.parametrize("hw,stride", [(1, 1), (2, 1), (2, 2), (3, 2), (8, 2), (7, 1), (5, 2)])
 def test_conv3x3_equals_lax_convolution(hw, stride):
-    x = jax.random.normal(jax.random.key(hw), (3, hw, hw, 5))
-    conv = Conv3x3(7, stride)
-    variables = conv.init(jax.random.key(1), x)
-    kernel = jax.tree.leaves(variables)[0]
-    want = jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((1, 1), (1, 1)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(conv.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+    x = jax.random.normal(jax.random.key(hw), (3, hw, hw + 1, 5))
+    variables = Conv3x3(7, stride, use_bias=True).init(jax.random.key(1), x)
+    variables = {"params": {**variables["params"], "bias": jnp.linspace(-1, 1, 7)}}
+    want = jax.lax.conv_general_dilated(x, variables["params"]["kernel"], (stride, stride), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + variables["params"]["bias"]
+    for im2col in (True, False):
+        conv = Conv3x3(7, stride, use_bias=True, im2col=im2col)
+        np.testing.assert_allclose(conv.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(jax.jit(conv.apply)(variables, x), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("code_shape,channels", [((10,), 1), ((1, 1, 512), 3), ((2, 2, 256), 1), ((4, 4, 512), 3),
@@ -170,16 +172,26 @@ def test_decoder_widths_errors():
     assert isinstance(Decoder(1), nn.Module)
 
 
-def test_conv_transpose_equals_pytorch():
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (3, 1, 1, 7)])
+def test_conv_transpose_equals_pytorch(shape):
     from conftest import require_module
     torch = require_module("torch")
     from xai_jax.models.cladec import ConvTranspose4x4
-    x = np.random.default_rng(0).normal(size=(2, 3, 5, 4)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     module = ConvTranspose4x4(6)
     variables = module.init(jax.random.key(0), x)
     variables = {"params": {"kernel": variables["params"]["kernel"], "bias": jnp.full((6,), 0.25)}}
-    ref = torch.nn.ConvTranspose2d(4, 6, 4, stride=2, padding=1)
+    ref = torch.nn.ConvTranspose2d(shape[-1], 6, 4, stride=2, padding=1)
     ref.weight.data = torch.tensor(np.asarray(variables["params"]["kernel"]).transpose(2, 3, 0, 1))
     ref.bias.data = torch.full((6,), 0.25)
     want = ref(torch.tensor(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(module.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+    # the gradients too: the backward pass of the phase interleave is written by XLA, not by hand
+    cotangent = np.random.default_rng(1).normal(size=want.shape).astype(np.float32)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    (ref(xt) * torch.tensor(cotangent.transpose(0, 3, 1, 2))).sum().backward()
+    grad_kernel, grad_x = jax.grad(lambda v, x: jnp.sum(module.apply(v, x) * cotangent), argnums=(0, 1))(variables, x)
+    np.testing.assert_allclose(grad_x, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grad_kernel["params"]["kernel"], ref.weight.grad.numpy().transpose(2, 3, 0, 1),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grad_kernel["params"]["bias"], ref.bias.grad.numpy(), rtol=1e-4, atol=1e-4)

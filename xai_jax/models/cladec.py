@@ -56,41 +56,74 @@ LAYER_TAPS: dict[str, dict[int, str]] = {
 MODELS = ("cladec_vgg", "cladec_vgg_rgb", "cladec_resnet10", "cladec_resnet10_rgb")
 
 
-class Conv3x3(nn.Module):
-    """A bias-free 3x3 convolution (padding 1) with ``nn.Conv``'s parameter layout (``kernel [3, 3, in, out]``).
+# im2col is used on CPU while one image's patch matrix has at most this many entries (a 512-channel 4x4 map's);
+# see Conv3x3.
+IM2COL_MAX_PATCH_ENTRIES = 9 * 512 * 4 * 4
 
-    On maps of at most 2x2 it runs as nine shifted views and one matrix product: XLA:CPU's convolution takes a
-    slow path there (measured 0.95 s vs 0.03 s for 64 images, 256 -> 512 channels at 2x2, forward and gradient),
-    which would make VGG's last two blocks 95% of a training step. The result is the same convolution.
+
+class Conv3x3(nn.Module):
+    """A 3x3 convolution with padding 1 (PyTorch's ``Conv2d(k=3, p=1)``), parameters ``kernel [3, 3, in, out]``
+    (and ``bias`` with ``use_bias``), ``nn.Conv``'s layout.
+
+    On CPU, small maps run as nine shifted views concatenated and one matrix product (im2col), because XLA:CPU's
+    convolution is slow there, badly so from 4x4 down; larger maps run as ``lax.conv``, which wins once the patch
+    matrix gets big. Input gradient, 64 images (32 from 4x4 up), ms, lax / im2col / PyTorch on 2 threads:
+    256 -> 512 at 2x2 244 / 5.0 / 4.3, 256 -> 256 at 4x4 stride 2 53 / 3.0 / 4.9, 64 -> 128 at 8x8 9.5 / 6.8 /
+    5.4, 1 -> 32 at 32x32 stride 2 2.0 / 1.0 / 3.6, 512 -> 512 at 4x4 23.5 / 21.2 / 14.5, but 256 -> 256 at 8x8
+    19.6 / 27.7 / 15.8 and 64 -> 64 at 32x32 38.6 / 65.5 / 24.1. Hence im2col while one image's patch matrix
+    (``9 in x out height x out width``) has at most :data:`IM2COL_MAX_PATCH_ENTRIES` entries. Other backends
+    always run ``lax.conv``. The residual networks keep ``nn.Conv``: as im2col, ResNet-56's 32- and 64-channel
+    stages (16x16, 8x8) made its forward pass 1.5x slower.
+
+    Attributes:
+      features: output channels.
+      stride: the same in both directions.
+      use_bias: add a learned bias.
+      im2col: force the im2col form (True) or ``lax.conv`` (False); None chooses as above.
     """
 
     features: int
     stride: int = 1
     use_bias: bool = False
+    im2col: bool | None = None
 
     @nn.compact
     def __call__(self, x):
-        if x.shape[1] * x.shape[2] > 4:
-            return nn.Conv(self.features, (3, 3), self.stride, padding=((1, 1), (1, 1)), use_bias=self.use_bias,
-                           name="conv")(x)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features))
+        kernel = kernel.astype(x.dtype)
         s = self.stride
         ho, wo = (x.shape[1] - 1) // s + 1, (x.shape[2] - 1) // s + 1
-        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        views = [xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] for i in range(3) for j in range(3)]
-        y = jnp.concatenate(views, -1) @ kernel.reshape(-1, self.features).astype(x.dtype)
+        im2col = self.im2col
+        if im2col is None:
+            im2col = jax.default_backend() == "cpu" and 9 * x.shape[-1] * ho * wo <= IM2COL_MAX_PATCH_ENTRIES
+        if im2col:
+            xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            views = [xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] for i in range(3) for j in range(3)]
+            y = jnp.concatenate(views, -1) @ kernel.reshape(-1, self.features)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, (s, s), ((1, 1), (1, 1)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
         return y
+
+
+# Output row 2m + a of ConvTranspose2d(k=4, s=2, p=1) reads input rows m + offset through kernel row ky, for the
+# (offset, ky) pairs of its parity a (the same for columns): out[2m] = x[m-1] k[3] + x[m] k[1],
+# out[2m+1] = x[m] k[2] + x[m+1] k[0].
+_PHASE_TAPS = {0: ((-1, 3), (0, 1)), 1: ((0, 2), (1, 0))}
 
 
 class ConvTranspose4x4(nn.Module):
     """PyTorch's ``ConvTranspose2d(in, out, 4, stride=2, padding=1)``: every input pixel adds ``x @ kernel`` (a 4x4
     patch) to the output at twice its position, minus the padding of 1, so the map exactly doubles.
 
-    Written as one matrix product and 16 strided overlap-adds rather than ``lax.conv_transpose``: XLA:CPU's
-    dilated convolution is slow on the decoder's small maps (like :class:`Conv3x3`), and this form has the
-    PyTorch kernel semantics (``kernel[ky, kx, in, out]``, no flip) by construction.
+    Written as one matrix product ``x @ kernel`` for all 16 taps, then per output phase (row and column parity)
+    the sum of its four taps read at shifted input positions (``_PHASE_TAPS``), interleaved into the doubled map.
+    ``lax.conv_transpose`` (a dilated convolution) is slow on XLA:CPU at these small maps, and so is writing the
+    16 taps with strided scatter-adds, whose gradient is strided gathers: 64 images through the authors' decoder
+    (512 -> 1 channels, 1x1 -> 32x32) took 343 ms forward and backward that way, 123 ms this way (PyTorch, 2
+    threads: 107 ms). The layout is PyTorch's kernel semantics (``kernel[ky, kx, in, out]``, no flip).
     """
 
     features: int
@@ -100,13 +133,15 @@ class ConvTranspose4x4(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(in_axis=2, out_axis=3),
                             (4, 4, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        n, h, w, _ = x.shape
-        patches = jnp.einsum("nhwc,yxcd->nhwyxd", x, kernel.astype(x.dtype))
-        full = jnp.zeros((n, 2 * h + 2, 2 * w + 2, self.features), x.dtype)
-        for ky in range(4):
-            for kx in range(4):
-                full = full.at[:, ky:ky + 2 * h:2, kx:kx + 2 * w:2].add(patches[:, :, :, ky, kx])
-        return full[:, 1:-1, 1:-1] + bias
+        n, h, w, c = x.shape
+        taps = x.reshape(-1, c) @ kernel.astype(x.dtype).transpose(2, 0, 1, 3).reshape(c, -1)
+        taps = jnp.pad(taps.reshape(n, h, w, 4, 4, self.features), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+        rows = []
+        for a in (0, 1):
+            phases = [sum(taps[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w, ky, kx]
+                          for dy, ky in _PHASE_TAPS[a] for dx, kx in _PHASE_TAPS[b]) for b in (0, 1)]
+            rows.append(jnp.stack(phases, 3))  # [n, h, w, column parity, out]
+        return jnp.stack(rows, 2).reshape(n, 2 * h, 2 * w, self.features) + bias
 
 
 class ClaDecVGG(nn.Module):
@@ -252,8 +287,7 @@ def vgg_layer_list(variables, input_shape):
     params, stats = variables["params"], variables["batch_stats"]
     layers, ends = [], {}
     for i, stride in enumerate(VGG_STRIDES, start=1):
-        conv = params[f"conv{i}"]
-        kernel = conv["conv"]["kernel"] if "conv" in conv else conv["kernel"]  # Conv3x3's two layouts
+        kernel = params[f"conv{i}"]["kernel"]
         bn = f"bn{i}"
         layers += [{"kind": "conv", "w": kernel, "b": jnp.zeros(kernel.shape[-1], kernel.dtype),
                     "stride": (stride, stride), "padding": ((1, 1), (1, 1))},
