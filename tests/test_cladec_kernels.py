@@ -172,13 +172,14 @@ def test_decoder_widths_errors():
     assert isinstance(Decoder(1), nn.Module)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (3, 1, 1, 7)])
-def test_conv_transpose_equals_pytorch(shape):
+@pytest.mark.parametrize("windows_first", [None, True, False])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (3, 1, 1, 7), (2, 4, 6, 3)])
+def test_conv_transpose_equals_pytorch(shape, windows_first):
     from conftest import require_module
     torch = require_module("torch")
     from xai_jax.models.cladec import ConvTranspose4x4
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    module = ConvTranspose4x4(6)
+    module = ConvTranspose4x4(6, windows_first=windows_first)
     variables = module.init(jax.random.key(0), x)
     variables = {"params": {"kernel": variables["params"]["kernel"], "bias": jnp.full((6,), 0.25)}}
     ref = torch.nn.ConvTranspose2d(shape[-1], 6, 4, stride=2, padding=1)

@@ -41,6 +41,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xai_jax.errors import XaiJaxError
 from xai_jax.models.common import BATCH_NORM_EPSILON, basic_residual_branch, batch_norm, tap
@@ -112,36 +113,62 @@ class Conv3x3(nn.Module):
 # (offset, ky) pairs of its parity a (the same for columns): out[2m] = x[m-1] k[3] + x[m] k[1],
 # out[2m+1] = x[m] k[2] + x[m+1] k[0].
 _PHASE_TAPS = {0: ((-1, 3), (0, 1)), 1: ((0, 2), (1, 0))}
+# The kernel rows of parity a, by offset: _PHASE_ROWS[a][r] is the row read at offset r - 1 + a.
+_PHASE_ROWS = np.array([[ky for _, ky in _PHASE_TAPS[a]] for a in (0, 1)])
 
 
 class ConvTranspose4x4(nn.Module):
     """PyTorch's ``ConvTranspose2d(in, out, 4, stride=2, padding=1)``: every input pixel adds ``x @ kernel`` (a 4x4
     patch) to the output at twice its position, minus the padding of 1, so the map exactly doubles.
 
-    Written as one matrix product ``x @ kernel`` for all 16 taps, then per output phase (row and column parity)
-    the sum of its four taps read at shifted input positions (``_PHASE_TAPS``), interleaved into the doubled map.
-    ``lax.conv_transpose`` (a dilated convolution) is slow on XLA:CPU at these small maps, and so is writing the
-    16 taps with strided scatter-adds, whose gradient is strided gathers: 64 images through the authors' decoder
-    (512 -> 1 channels, 1x1 -> 32x32) took 343 ms forward and backward that way, 123 ms this way (PyTorch, 2
-    threads: 107 ms). The layout is PyTorch's kernel semantics (``kernel[ky, kx, in, out]``, no flip).
+    Each output phase (row and column parity ``a, b``) is a 2x2 convolution of the input (``_PHASE_TAPS``); the
+    phases are interleaved into the doubled map. Two ways to compute them, whichever moves less data:
+
+    - taps first: one matrix product ``x @ kernel`` for all 16 taps, then per phase the sum of its four taps read
+      at shifted positions. For 1x1 and 2x2 maps, and when the output has far fewer channels than the input.
+    - windows first: the 2x2 windows of the padded input at ``(h + 1) x (w + 1)`` positions, concatenated, times
+      one ``[4 in, 4 out]`` matrix holding every phase's taps; phase ``a, b`` reads window ``m + a, n + b``.
+
+    ``lax.conv_transpose`` (a dilated convolution) is slow on XLA:CPU at these small maps, and so are 16 strided
+    scatter-adds, whose gradient is strided gathers. Forward and backward, 128 images, ms, scatter-adds / this /
+    PyTorch on 2 threads: the authors' decoder layers 512 -> 512 at 1x1 29 / 29 / 44, 512 -> 256 at 2x2 52 / 49
+    / 60, 256 -> 128 at 4x4 80 / 39 / 28, 128 -> 64 at 8x8 166 / 49 / 34, 64 -> 1 at 16x16 12 / 7 / 8 (the first
+    column measured at 64 images). The layout is PyTorch's kernel semantics (``kernel[ky, kx, in, out]``, no flip).
+
+    Attributes:
+      features: output channels.
+      windows_first: force one form (True: windows first, False: taps first); None chooses as above.
     """
 
     features: int
+    windows_first: bool | None = None
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", nn.initializers.lecun_normal(in_axis=2, out_axis=3),
-                            (4, 4, x.shape[-1], self.features))
+                            (4, 4, x.shape[-1], self.features)).astype(x.dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         n, h, w, c = x.shape
-        taps = x.reshape(-1, c) @ kernel.astype(x.dtype).transpose(2, 0, 1, 3).reshape(c, -1)
-        taps = jnp.pad(taps.reshape(n, h, w, 4, 4, self.features), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
-        rows = []
-        for a in (0, 1):
-            phases = [sum(taps[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w, ky, kx]
-                          for dy, ky in _PHASE_TAPS[a] for dx, kx in _PHASE_TAPS[b]) for b in (0, 1)]
-            rows.append(jnp.stack(phases, 3))  # [n, h, w, column parity, out]
-        return jnp.stack(rows, 2).reshape(n, 2 * h, 2 * w, self.features) + bias
+        d = self.features
+        windows_first = self.windows_first
+        if windows_first is None:
+            windows_first = h * w >= 16 and 16 * d > c
+        if windows_first:
+            xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            windows = jnp.concatenate([xp[:, r:r + h + 1, s:s + w + 1] for r in (0, 1) for s in (0, 1)], -1)
+            # [a, r, b, s, in, out] -> rows (r, s, in), columns (a, b, out)
+            phase_kernel = kernel[_PHASE_ROWS[:, :, None, None], _PHASE_ROWS[None, None, :, :]]
+            phase_kernel = phase_kernel.transpose(1, 3, 4, 0, 2, 5).reshape(4 * c, 4 * d)
+            y = (windows.reshape(-1, 4 * c) @ phase_kernel).reshape(n, h + 1, w + 1, 2, 2, d)
+            rows = [jnp.stack([y[:, a:a + h, b:b + w, a, b] for b in (0, 1)], 3) for a in (0, 1)]
+        else:
+            taps = x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, -1)
+            taps = jnp.pad(taps.reshape(n, h, w, 4, 4, d), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+            rows = [jnp.stack([sum(taps[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w, ky, kx]
+                                   for dy, ky in _PHASE_TAPS[a] for dx, kx in _PHASE_TAPS[b]) for b in (0, 1)], 3)
+                    for a in (0, 1)]
+        # rows[a]: [n, h, w, column parity b, out] -> [n, h, a, w, b, out] -> the doubled map
+        return jnp.stack(rows, 2).reshape(n, 2 * h, 2 * w, d) + bias
 
 
 class ClaDecVGG(nn.Module):
