@@ -196,3 +196,15 @@ def test_conv_transpose_equals_pytorch(shape, windows_first):
     np.testing.assert_allclose(grad_kernel["params"]["kernel"], ref.weight.grad.numpy().transpose(2, 3, 0, 1),
                                rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(grad_kernel["params"]["bias"], ref.bias.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("code_shape", [(10,), (32, 32, 4), (4, 4, 8)])
+def test_decoder_output_mean_sets_the_starting_image(code_shape):
+    mean = (0.13, 0.5, 0.9)
+    decoder = Decoder(3, 32, base=8, output_mean=mean)
+    code = jnp.zeros((2, *code_shape))
+    variables = decoder.init(jax.random.key(0), code)
+    # a zero code reaches the output layer as zeros (every hidden layer has zero bias), so only its bias shows
+    np.testing.assert_allclose(decoder.apply(variables, code)[0, 0, 0], mean, rtol=1e-5)
+    plain = Decoder(3, 32, base=8).init(jax.random.key(0), code)
+    np.testing.assert_allclose(Decoder(3, 32, base=8).apply(plain, code), 0.5, rtol=1e-6)

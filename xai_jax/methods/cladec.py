@@ -351,9 +351,11 @@ class ClaDec:
         neurons = config.neurons
         slice_code = (lambda c: c) if neurons is None else (lambda c: c[..., neurons[0]:neurons[1]])
         tr_code = slice_code(tr["code"])
-        decoder = Decoder(spec.input_shape[-1], spec.input_shape[0], config.decoder_base, config.decoder_widths)
-        dec_init = decoder.init(jax.random.fold_in(key, 1), jnp.asarray(tr_code[:1]))
         fill = tr["x"].reshape(-1, tr["x"].shape[-1]).mean(0).astype(np.float32)
+        # ClaDec's and RefAE's decoders start at the training images' mean (see Decoder.output_mean)
+        decoder = Decoder(spec.input_shape[-1], spec.input_shape[0], config.decoder_base, config.decoder_widths,
+                          output_mean=tuple(float(v) for v in fill))
+        dec_init = decoder.init(jax.random.fold_in(key, 1), jnp.asarray(tr_code[:1]))
 
         # ClaDec: only the decoder learns; the classifier is closed over, frozen and in inference mode.
         forward = models.make_forward(model)
