@@ -121,7 +121,7 @@ def main() -> None:
     spec = models.get("cifar_resnet56")
     variables = weights.load(spec, DATA / "cifar10_resnet" / "resnet56-4bfd9763.th")
     source = data.JpegNpzSource(DATA / "cifar10" / "cifar10_train_jpeg.npz")
-    subset = data.Subset(source, np.sort(np.random.default_rng(0).permutation(len(source))[:images]))
+    subset = data.subset(source, images, seed=0)
     feats = evaluation.predict(spec.name, variables, subset, ("pool",), batch_size=256, progress=False)
     z = ((feats["pool"] - feats["pool"].mean(0)) / feats["pool"].std()).astype(np.float32)
     logits, labels = feats["logits"], feats["labels"]

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from xai_jax import models, weights
-from xai_jax.data import JpegNpzSource, Subset
+from xai_jax.data import JpegNpzSource, subset
 from xai_jax.dec_cli import layer_emphasis
 from xai_jax.methods.dec import ActivationClusteringSurrogate, DECConfig
 from xai_jax.viz.dec import concept_grid, similar_samples
@@ -34,13 +34,6 @@ from xai_jax.viz.dec import concept_grid, similar_samples
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(os.environ.get("XAI_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 PAPER = {"baseline_accuracy": 0.8690, "surrogate_accuracy": 0.8448, "fidelity": 0.923}
-
-
-def _subset(source, limit, seed):
-    if limit is None or limit >= len(source):
-        return source
-    # The files are sorted by class: a random subset, sorted so that reads stay sequential.
-    return Subset(source, np.sort(np.random.default_rng(seed).permutation(len(source))[:limit]))
 
 
 def main() -> None:
@@ -60,8 +53,10 @@ def main() -> None:
     spec = models.get("cifar_resnet56")
     variables = weights.load(spec, DATA / "cifar10_resnet" / "resnet56-4bfd9763.th")
     train_all = JpegNpzSource(DATA / "cifar10" / "cifar10_train_jpeg.npz")
-    train = _subset(train_all, args.train_limit, args.seed)
-    test = _subset(JpegNpzSource(DATA / "cifar10" / "cifar10_test_jpeg.npz"), args.test_limit, args.seed + 1)
+    test_all = JpegNpzSource(DATA / "cifar10" / "cifar10_test_jpeg.npz")
+    # The archives are sorted by class: random subsets.
+    train = subset(train_all, args.train_limit, args.seed) if args.train_limit else train_all
+    test = subset(test_all, args.test_limit, args.seed + 1) if args.test_limit else test_all
     taps = tuple(args.taps.split(","))
     config = DECConfig(taps=taps, embedding_size=20, clusters=15, alpha=100.0, radius=8.0,
                        pretrain_epochs=args.pretrain_epochs, max_dec_steps=args.max_dec_steps,

@@ -35,8 +35,7 @@ VARIANTS = ("srae", "nn", "sae", "cae", "lasso")
 def cached_features(out: pathlib.Path, split: str, count: int, variables, batch_size: int):
     path = out / f"features_{split}_{count}.npz"
     source = data.JpegNpzSource(DATA / "cifar10" / f"cifar10_{split}_jpeg.npz")
-    indices = np.sort(np.random.default_rng(0 if split == "train" else 1).permutation(len(source))[:count])
-    subset = data.Subset(source, indices)
+    subset = data.subset(source, count, seed=0 if split == "train" else 1)
     if not path.exists():
         arrays = evaluation.predict(MODEL, variables, subset, ("pool", "layer3"), batch_size=250)
         np.savez(path, **arrays)

@@ -166,8 +166,10 @@ def test_cli_train_explain_occlusion(tmp_path, fashion, capsys):
     out = tmp_path / "run"
     common = ["--quiet", "cladec"]
     assert main(common + ["train", "--model", MODEL, "--weights", str(weights), "--data", f"idx:{fashion['dir']}",
-                          "--limit", "256", "--test-limit", "64", "--layer", "-1", "--epochs", "1",
-                          "--eval-epochs", "1", "--batch-size", "64", "--out", str(out)]) == 0
+                          "--limit", "256", "--test-limit", "64", "--sample-seed", "1", "--layer", "-1",
+                          "--epochs", "1", "--eval-epochs", "1", "--batch-size", "64", "--out", str(out)]) == 0
+    meta = ClaDecResult.load(out).meta
+    assert (meta["limit"], meta["test_limit"], meta["sample_seed"]) == (256, 64, 1)
     summary = json.loads((out / "summary.json").read_text())
     for key in ("rec_loss_cladec", "rec_loss_refae", "d_rec", "acc_eval_cladec", "acc_eval_refae", "d_acc"):
         assert np.isfinite(summary[key]), key

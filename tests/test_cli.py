@@ -13,7 +13,7 @@ import pytest
 
 from conftest import shared_path
 from xai_jax import cli, evaluation, models, weights
-from xai_jax.data import DigitsSource, JpegNpzSource, Subset
+from xai_jax.data import DigitsSource, JpegNpzSource, Subset, subset
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,18 @@ def test_predict_writes_logits_labels_and_taps_in_dataset_order(capsys, tmp_path
     variables = weights.load(models.get("cifar_resnet20"), cifar["resnet20"])
     direct = models.make_forward("cifar_resnet20")(images[:7], variables)["logits"]
     np.testing.assert_allclose(saved["logits"][:7], direct, rtol=1e-4, atol=1e-4)
+
+
+def test_predict_with_a_sample_seed_draws_a_random_subset_in_dataset_order(capsys, tmp_path, cifar):
+    out_file = tmp_path / "pred.npz"
+    code, out, _ = run(capsys, "--quiet", "predict", "--model", "cifar_resnet20", "--weights", cifar["resnet20"],
+                       "--data", f"jpeg-npz:{cifar['test']}", "--limit", "40", "--sample-seed", "5",
+                       "--out", str(out_file))
+    assert code == 0 and "40 images" in out
+    saved = np.load(out_file)
+    expected = subset(JpegNpzSource(cifar["test"]), 40, seed=5)
+    np.testing.assert_array_equal(saved["labels"], expected.all()[1])
+    assert len(set(saved["labels"])) >= 8  # the first 40 images are all airplanes
 
 
 def test_convert_then_predict_from_the_orbax_directory(capsys, tmp_path, cifar):

@@ -19,9 +19,9 @@ from PIL import Image
 
 from conftest import require_module, shared_path
 from xai_jax.data import (DIGIT_NAMES, FASHION_MNIST_NAMES, ArraySource, Batches, DigitsSource, FolderSource,
-                          IdxSource, JpegNpzSource, NpzSource, Source, Subset, TfdsSource, open_source)
+                          IdxSource, JpegNpzSource, NpzSource, Source, Subset, TfdsSource, open_source, subset)
 from xai_jax.data.sources import center_crop_box, resized_size
-from xai_jax.data.spec import parse_tfds
+from xai_jax.data.spec import parse_tfds, split_if_any
 from xai_jax.errors import XaiJaxError
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -434,6 +434,19 @@ def test_parse_tfds_names_versions_and_splits():
     assert parse_tfds("imagenet2012/subset:5.1.0") == ("imagenet2012/subset:5.1.0", None)
 
 
+def test_split_if_any_passes_a_default_split_only_where_the_spec_leaves_one_open(tmp_path):
+    assert split_if_any("idx:data/mnist", "train") == "train"
+    assert split_if_any("digits", "test") == "test"
+    assert split_if_any("tfds:mnist", "train") == "train"
+    assert split_if_any("tfds:cifar10:3.0.2", "train") == "train"
+    assert split_if_any("tfds:mnist:test[:10%]", "train") is None
+    for spec in ("jpeg-npz:a.npz", "npz:a.npz", "folder:imgs"):
+        assert split_if_any(spec, "train") is None
+    npz = tmp_path / "a.npz"
+    np.savez(npz, images=np.zeros((4, 2, 2), np.uint8), labels=np.arange(4))
+    assert len(open_source(f"npz:{npz}", split=split_if_any(f"npz:{npz}", "train"))) == 4
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The spec parser
 
@@ -470,12 +483,36 @@ def test_spec_kinds_splits_and_limit(tmp_path, image_tree):
     assert folder.read([0])[0].shape == (1, 2, 2, 3)
 
 
+def test_subset_takes_the_first_items_or_a_seeded_draw_in_source_order():
+    labels = np.repeat(np.arange(7), 15)[:103]  # sorted by class, like the CIFAR-10 archives
+    source = ArraySource(np.arange(103, dtype=np.uint8).reshape(103, 1, 1), labels)
+    first = subset(source, 20)
+    np.testing.assert_array_equal(first.indices, np.arange(20))
+    assert set(first.all()[1]) == {0, 1}
+    drawn = subset(source, 20, seed=3)
+    expected = np.sort(np.random.default_rng(3).permutation(103)[:20])
+    np.testing.assert_array_equal(drawn.indices, expected)
+    np.testing.assert_array_equal(drawn.all()[0].ravel(), expected)
+    assert len(set(drawn.all()[1])) >= 5
+    np.testing.assert_array_equal(subset(source, 20, seed=3).indices, drawn.indices)
+    assert not np.array_equal(subset(source, 20, seed=4).indices, drawn.indices)
+    np.testing.assert_array_equal(subset(source, 500, seed=1).indices, np.arange(103))
+    with pytest.raises(XaiJaxError, match="limit must be at least 1, got 0"):
+        subset(source, 0, seed=1)
+
+
 def test_spec_opens_the_real_datasets():
     mnist = open_source(f"idx:{shared_path('mnist')}", limit=100)
     assert len(mnist) == 100 and mnist.class_names == DIGIT_NAMES and mnist.read([0])[1][0] == 7
     cifar = open_source(f"jpeg-npz:{shared_path('cifar10', 'cifar10_test_jpeg.npz')}", resize=224, crop=(224, 224))
     assert cifar.class_names == CIFAR10_NAMES
     assert cifar.read([5])[0].shape == (1, 32, 32, 3)  # resize and crop apply to folders only
+    # The archive is sorted by class: its first 200 images are airplanes, a seeded draw of 200 has all ten.
+    spec = f"jpeg-npz:{shared_path('cifar10', 'cifar10_test_jpeg.npz')}"
+    assert set(open_source(spec, limit=200).all()[1]) == {0}
+    drawn = open_source(spec, limit=200, sample_seed=0)
+    assert set(drawn.all()[1]) == set(range(10))
+    np.testing.assert_array_equal(drawn.indices, np.sort(np.random.default_rng(0).permutation(10_000)[:200]))
     with pytest.raises(XaiJaxError, match="no t10k-images-idx3-ubyte"):
         open_source(f"idx:{shared_path('cifar10')}")
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from xai_jax import cli, models
+from xai_jax import cli, dec_cli, models
+from xai_jax.data import DigitsSource, subset
 from xai_jax.errors import XaiJaxError
 from xai_jax.methods import dec
 from xai_jax.methods.dec import Activations, ActivationClusteringSurrogate, DECConfig, DECResult
@@ -201,15 +202,21 @@ def test_cli_fit_similar_concepts(tmp_path, capsys):
     out = tmp_path / "fit"
     common = ["--model", "small_cnn", "--weights", str(weights)]
     status = cli.main(["--quiet", "dec", "fit", *common, "--data", "digits", "--split", "train", "--limit", "300",
-                       "--eval-data", "digits", "--eval-split", "test", "--eval-limit", "100", "--taps", "conv3,fc",
-                       "--clusters", "6", "--hidden", "32,32,64", "--pretrain-epochs", "3", "--update-interval",
-                       "10", "--max-dec-steps", "30", "--out", str(out)])
+                       "--sample-seed", "2", "--eval-data", "digits", "--eval-split", "test", "--eval-limit", "100",
+                       "--taps", "conv3,fc", "--clusters", "6", "--hidden", "32,32,64", "--pretrain-epochs", "3",
+                       "--update-interval", "10", "--max-dec-steps", "30", "--out", str(out)])
     assert status == 0
     summary = json.load(open(out / "summary.json"))
     for key in ("baseline_accuracy", "surrogate_accuracy", "fidelity"):
         assert 0 <= summary[key] <= 1
     assert set(summary["layers"]) == {"conv3", "fc"} and summary["samples"] == 100
     assert {"dec.json", "dec.npz", "encoders", "report.html", "concepts_fc.png"} <= set(os.listdir(out))
+    # The later commands reopen the same random 300 training images.
+    reopened = dec_cli._open_result(cli.build_parser().parse_args(["dec", "similar", "--result", str(out),
+                                                                   "--image", "x.png"]))[2]
+    drawn = subset(DigitsSource(split="train"), 300, seed=2)
+    np.testing.assert_array_equal(reopened.indices, drawn.indices)
+    assert not np.array_equal(drawn.indices, np.arange(300))
 
     image = tmp_path / "digit.png"
     _write_digit(image)

@@ -18,6 +18,7 @@ DATA_HELP = ("data source KIND:PATH (idx:DIR for MNIST/Fashion-MNIST, jpeg-npz:F
 
 
 def register(subparsers) -> None:
+    from xai_jax.cli import add_sample_seed
     p = subparsers.add_parser("cladec", help="ClaDec: decode a layer's activations into images, compared with RefAE",
                               description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -29,8 +30,9 @@ def register(subparsers) -> None:
                    help="without --weights: train the classifier first for this many epochs (saved to OUT/classifier)")
     t.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     t.add_argument("--test-data", metavar="SPEC", help="test set where --data has no test split")
-    t.add_argument("--limit", type=int, help="use only the first N training images")
-    t.add_argument("--test-limit", type=int, help="use only the first N test images")
+    t.add_argument("--limit", type=int, help="use only the first N training images (a random N with --sample-seed)")
+    t.add_argument("--test-limit", type=int, help="use only the first N test images (likewise)")
+    add_sample_seed(t)
     t.add_argument("--layer", default="-2", help="-1 .. -5 from the output, or a tap name (default -2)")
     t.add_argument("--neurons", metavar="START:STOP", help="explain only this channel range of the layer")
     t.add_argument("--alpha", type=float, default=0.0, help="classification-loss weight of eq. (1) (default 0)")
@@ -57,16 +59,13 @@ def register(subparsers) -> None:
     o.add_argument("--result", required=True, metavar="DIR", help="output of `xai-jax cladec train`")
     o.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     o.add_argument("--split", help="split of --data (default test for idx)")
-    o.add_argument("--limit", type=int, help="use only the first N images")
+    o.add_argument("--limit", type=int, help="use only the first N images (a random N with --sample-seed)")
+    add_sample_seed(o)
     o.add_argument("--weights", metavar="PATH", help="classifier weights (default: the ones the result names)")
     o.add_argument("--batch-size", type=int, default=64)
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--out", required=True, metavar="DIR")
     o.set_defaults(func=occlusion_cmd)
-
-
-def _split_default(spec: str, split: str) -> str | None:
-    return split if spec.split(":", 1)[0] in ("idx", "digits") else None
 
 
 def _neurons(text: str | None):
@@ -105,11 +104,13 @@ def train_cmd(args) -> None:
     method = ClaDec(config)  # validates before any data is read
     if not args.weights and args.classifier_epochs < 1:
         raise XaiJaxError("give the classifier to explain (--weights DIR) or train one (--classifier-epochs N)")
-    train_set = data.open_source(args.data, split=_split_default(args.data, "train"), limit=args.limit)
+    train_set = data.open_source(args.data, split=data.split_if_any(args.data, "train"), limit=args.limit,
+                                 sample_seed=args.sample_seed)
     if args.test_data:
-        test_set = data.open_source(args.test_data, split=_split_default(args.test_data, "test"), limit=args.test_limit)
-    elif _split_default(args.data, "test"):
-        test_set = data.open_source(args.data, split="test", limit=args.test_limit)
+        test_set = data.open_source(args.test_data, split=data.split_if_any(args.test_data, "test"),
+                                    limit=args.test_limit, sample_seed=args.sample_seed)
+    elif data.split_if_any(args.data, "test"):
+        test_set = data.open_source(args.data, split="test", limit=args.test_limit, sample_seed=args.sample_seed)
     else:
         raise XaiJaxError(f"{args.data} has no test split; pass --test-data SPEC")
     out = os.path.abspath(args.out)
@@ -124,7 +125,8 @@ def train_cmd(args) -> None:
                                                       key=jax.random.key(args.seed + 100), progress=progress)
         weights_path = os.path.join(out, "classifier")
     result = method.fit(args.model, variables, train_set, test_set, progress=progress,
-                        meta={"weights": weights_path, "data": args.data, "test_data": args.test_data})
+                        meta={"weights": weights_path, "data": args.data, "test_data": args.test_data,
+                              "limit": args.limit, "test_limit": args.test_limit, "sample_seed": args.sample_seed})
     shown_images, shown_labels = test_set.read(np.arange(min(6, len(test_set))))
     rec = result.reconstruct(variables, shown_images)
     names = list(getattr(test_set, "class_names", ()) or ())
@@ -218,7 +220,8 @@ def occlusion_cmd(args) -> None:
     if args.batch_size < 1:
         raise XaiJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
     result, variables = _result_and_weights(args)
-    source = data.open_source(args.data, split=args.split or _split_default(args.data, "test"), limit=args.limit)
+    source = data.open_source(args.data, split=args.split or data.split_if_any(args.data, "test"), limit=args.limit,
+                              sample_seed=args.sample_seed)
     occ = occlusion_analysis(result, variables, source, key=jax.random.key(args.seed), batch_size=args.batch_size,
                              progress=_progress(args))
     n = min(6, len(source))

@@ -18,10 +18,17 @@ DATA_HELP = ("data source KIND:PATH: idx:DIR (MNIST/Fashion-MNIST), jpeg-npz:FIL
              "class), npz:FILE (arrays images, labels), tfds:NAME[:SPLIT], digits")
 
 
+def add_sample_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample-seed", type=int, metavar="S",
+                   help="with --limit (and the command's other limits): a random draw of N images with seed S "
+                        "instead of the first N; files sorted by class, like the CIFAR-10 archives, need it")
+
+
 def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data", required=required, metavar="SPEC", help=DATA_HELP)
     p.add_argument("--split", help="split where the source has several (train/test; tfds split names)")
-    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--limit", type=int, help="use only the first N images (a random N with --sample-seed)")
+    add_sample_seed(p)
     p.add_argument("--synsets", metavar="FILE", help="for folder: sources named by WordNet id, the label order "
                    "(one wnid a line, e.g. the 1,000 ILSVRC-2012 wnids)")
     p.add_argument("--batch-size", type=int, default=128, help="global batch size (default 128)")
@@ -70,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16")
     p.add_argument("--data", metavar="SPEC", help=DATA_HELP)
     p.add_argument("--split")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=int, help="use only the first N images (a random N with --sample-seed)")
+    add_sample_seed(p)
     p.add_argument("--synsets", metavar="FILE", help="folder data: wnid order file")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--from-probs", metavar="FILE.npz", help="precomputed `probs` (or `logits`) and `labels`")
@@ -153,9 +161,15 @@ def load_model_and_data(args):
     if args.batch_size < 1:
         raise XaiJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
     source = data.open_source(args.data, split=args.split, limit=args.limit, resize=spec.resize,
-                              crop=spec.input_shape[:2] if spec.resize else None, synsets=args.synsets)
+                              crop=spec.input_shape[:2] if spec.resize else None, synsets=args.synsets,
+                              sample_seed=args.sample_seed)
     variables = weights.load(spec, args.weights)
     return spec, variables, source
+
+
+def data_meta(args) -> dict:
+    """Where a result's images came from, so that a later command can reopen the same ones."""
+    return {"data": args.data, "split": args.split, "limit": args.limit, "sample_seed": args.sample_seed}
 
 
 def cmd_predict(args) -> None:

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     add_data_args(f)
     f.add_argument("--eval-data", metavar="SPEC", help="held-out data to report accuracy and fidelity on")
     f.add_argument("--eval-split", help="split of --eval-data")
-    f.add_argument("--eval-limit", type=int, help="use only the first N held-out images")
+    f.add_argument("--eval-limit", type=int, help="use only the first N held-out images (random with --sample-seed)")
     f.add_argument("--taps", required=True, help="comma-separated taps to cluster, in forward order")
     f.add_argument("--clusters", type=int, default=15, help="clusters per layer (default 15)")
     f.add_argument("--embedding-size", type=int, default=20, help="embedding size e (default 20)")
@@ -63,11 +63,14 @@ def register(subparsers) -> None:
 
 
 def _add_result_args(p: argparse.ArgumentParser) -> None:
+    from xai_jax.cli import add_sample_seed
     p.add_argument("--result", required=True, metavar="DIR", help="output folder of `xai-jax dec fit`")
     p.add_argument("--weights", metavar="PATH", help="model weights (default: those the surrogate was fitted with)")
     p.add_argument("--data", metavar="SPEC", help="the training data (default: what the surrogate was fitted on)")
     p.add_argument("--split", help="split of --data")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=int, help="with --data: use only the first N images (a random N with "
+                                             "--sample-seed); default: what the surrogate was fitted on")
+    add_sample_seed(p)
     p.add_argument("--batch-size", type=int, default=128)
 
 
@@ -96,7 +99,7 @@ def layer_emphasis(num_layers: int, which: str) -> tuple[float, ...]:
 
 def fit(args) -> None:
     from xai_jax import data
-    from xai_jax.cli import load_model_and_data
+    from xai_jax.cli import data_meta, load_model_and_data
     from xai_jax.methods.dec import ActivationClusteringSurrogate, DECConfig
     from xai_jax.viz.dec import concept_grid
     from xai_jax.viz.report import Report
@@ -114,10 +117,11 @@ def fit(args) -> None:
     method = ActivationClusteringSurrogate(spec.name, variables, config, num_classes=args.num_classes,
                                            batch_size=args.batch_size,
                                            compute_dtype="bfloat16" if args.bf16 else None, progress=progress)
-    meta = {"weights": os.path.abspath(args.weights), "data": args.data, "split": args.split, "limit": args.limit}
+    meta = {"weights": os.path.abspath(args.weights), **data_meta(args)}
     result = method.fit(source, meta=meta)
     if args.eval_data:
-        held_out = data.open_source(args.eval_data, split=args.eval_split, limit=args.eval_limit)
+        held_out = data.open_source(args.eval_data, split=args.eval_split, limit=args.eval_limit,
+                                    sample_seed=args.sample_seed)
         result.metrics["eval"] = method.evaluate(result, held_out)
     shown = result.metrics.get("eval", result.metrics["train"])
     summary = {"evaluated_on": "eval" if args.eval_data else "train",
@@ -157,6 +161,7 @@ def _cluster_titles(result, tap) -> list[str]:
 
 def _open_result(args):
     from xai_jax import data, models, weights
+    from xai_jax.cli import data_meta
     from xai_jax.methods.dec import ActivationClusteringSurrogate, DECResult
     result = DECResult.load(args.result)
     spec = models.get(result.model)
@@ -166,8 +171,9 @@ def _open_result(args):
     data_spec = args.data or result.meta.get("data")
     if not data_spec:
         raise XaiJaxError("the training data are needed: --data SPEC")
-    train = data.open_source(data_spec, split=args.split if args.data else result.meta.get("split"),
-                             limit=args.limit if args.data else result.meta.get("limit"))
+    fitted = data_meta(args) if args.data else result.meta
+    train = data.open_source(data_spec, split=fitted.get("split"), limit=fitted.get("limit"),
+                             sample_seed=fitted.get("sample_seed"))
     if len(train) <= int(result.train_indices.max()):
         raise XaiJaxError(f"{data_spec} has {len(train)} images; the surrogate was fitted on at least "
                           f"{int(result.train_indices.max()) + 1}")

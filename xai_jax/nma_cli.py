@@ -116,7 +116,7 @@ def fit(args) -> None:
     else:
         if not args.model:
             raise XaiJaxError("give --model/--weights/--data, or --from-probs FILE.npz")
-        from xai_jax.cli import load_model_and_data
+        from xai_jax.cli import data_meta, load_model_and_data
         spec, variables, source = load_model_and_data(args)
         class_names = _read_class_names(args.class_names) if args.class_names else list(source.class_names)
         if len(class_names) != (args.num_classes or spec.num_classes):
@@ -127,7 +127,7 @@ def fit(args) -> None:
         result = method.fit(spec.name, variables, source, synsets=args.synset_table, dataset=dataset,
                             names=not args.no_names, num_classes=args.num_classes, batch_size=args.batch_size,
                             compute_dtype="bfloat16" if args.bf16 else None, progress=progress,
-                            meta={"weights": os.path.abspath(args.weights), "data": args.data})
+                            meta={"weights": os.path.abspath(args.weights), **data_meta(args)})
     if args.names:
         result = result.with_overrides(_read_json(args.names, "names"))
 

@@ -105,7 +105,7 @@ def _read_words(path: str) -> list[str]:
 
 
 def _method(args, config, result=None):
-    from xai_jax.cli import load_model_and_data
+    from xai_jax.cli import data_meta, load_model_and_data
     from xai_jax.methods.www import WWW
     if not args.model:
         raise XaiJaxError("--model, --weights, --data and --tap are required")
@@ -114,7 +114,7 @@ def _method(args, config, result=None):
     spec, variables, source = load_model_and_data(args)
     www = WWW(spec.name, variables, tap=args.tap, map_tap=args.map_tap, config=config,
               num_classes=args.num_classes, result=result)
-    www.result.meta.update({"weights": os.path.abspath(args.weights), "data": args.data})
+    www.result.meta.update({"weights": os.path.abspath(args.weights), **data_meta(args)})
     return www, source
 
 

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from xai_jax.cli import DATA_HELP
+from xai_jax.cli import DATA_HELP, add_sample_seed, data_meta
 from xai_jax.errors import XaiJaxError
 
 
@@ -20,9 +20,12 @@ def register(subparsers) -> None:
     f.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
     f.add_argument("--num-classes", type=int, help="outputs of the head if not the model's default")
     f.add_argument("--data", metavar="SPEC", help=DATA_HELP + " (training set)")
-    f.add_argument("--split", default="train", help="split of --data (default train)")
-    f.add_argument("--limit", type=int, help="use only the first N training images")
-    f.add_argument("--test-split", help="held-out split of --data for the _test metrics (e.g. test)")
+    f.add_argument("--split", help="split of --data (default train where the source has splits)")
+    f.add_argument("--limit", type=int, help="use only the first N training images (a random N with --sample-seed)")
+    add_sample_seed(f)
+    f.add_argument("--test-data", metavar="SPEC", help="held-out data for the _test metrics (e.g. the test file of "
+                                                       "jpeg-npz data; default: --test-split of --data)")
+    f.add_argument("--test-split", help="held-out split of --data (or of --test-data) for the _test metrics")
     f.add_argument("--test-limit", type=int, help="use only the first N held-out images")
     f.add_argument("--synsets", metavar="FILE", help="folder data: wnid order file")
     f.add_argument("--batch-size", type=int, default=128)
@@ -128,11 +131,15 @@ def fit(args) -> None:
         evaluation.check_taps(args.model, (args.tap,), args.num_classes)
         spec = models.get(args.model)
         crop = spec.input_shape[:2] if spec.resize else None
-        source = data.open_source(args.data, split=args.split, limit=args.limit, resize=spec.resize, crop=crop,
-                                  synsets=args.synsets)
-        test_source = None if not args.test_split else data.open_source(
-            args.data, split=args.test_split, limit=args.test_limit, resize=spec.resize, crop=crop,
-            synsets=args.synsets)
+        source = data.open_source(args.data, split=args.split or data.split_if_any(args.data, "train"),
+                                  limit=args.limit, resize=spec.resize, crop=crop, synsets=args.synsets,
+                                  sample_seed=args.sample_seed)
+        test_source = None
+        if args.test_data or args.test_split:
+            test_spec = args.test_data or args.data
+            test_source = data.open_source(
+                test_spec, split=args.test_split or data.split_if_any(test_spec, "test"), limit=args.test_limit,
+                resize=spec.resize, crop=crop, synsets=args.synsets, sample_seed=args.sample_seed)
         variables = weights.load(spec, args.weights)
         features = extract_features(spec.name, variables, source, args.tap, num_classes=args.num_classes,
                                     batch_size=args.batch_size, progress=progress)
@@ -143,7 +150,7 @@ def fit(args) -> None:
             results[variant] = XNN(config).fit(
                 spec.name, variables, source, test_source=test_source, classes=classes, num_classes=args.num_classes,
                 batch_size=args.batch_size, orthogonality_images=args.orthogonality_images, progress=progress,
-                meta={"weights": os.path.abspath(args.weights), "data": args.data}, features=features,
+                meta={"weights": os.path.abspath(args.weights), **data_meta(args)}, features=features,
                 test_features=test_features)
     table = metrics_table(results)
     summary = {"methods": {v: r.metrics for v, r in results.items()}, "mean": table,

@@ -76,7 +76,7 @@ class ArraySource(Source):
 
 
 class Subset(Source):
-    """The first ``limit`` items of a source, or those at ``indices``."""
+    """The items of a source at ``indices``, in that order (see :func:`subset` for the usual ways to pick them)."""
 
     def __init__(self, source: Source, indices: np.ndarray):
         self.source, self.indices = source, np.asarray(indices)
@@ -88,3 +88,27 @@ class Subset(Source):
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.source.read(self.indices[indices])
+
+
+def subset(source: Source, limit: int, seed: int | None = None) -> Subset:
+    """``limit`` items of a source: the first ones, or a seeded random draw.
+
+    Many files are sorted by class (the CIFAR-10 archives, ImageNet folders), so their first N images cover a few
+    classes only; a random draw covers them all. The drawn indices are kept in source order so that reads stay
+    sequential.
+
+    Args:
+      source: the source.
+      limit: how many items (at least 1; more than ``len(source)`` keeps them all).
+      seed: None for the first ``limit`` items; otherwise the seed of a draw without replacement,
+        ``sort(permutation(len(source), rng=default_rng(seed))[:limit])``.
+
+    Returns:
+      the subset.
+    """
+    if int(limit) < 1:
+        raise XaiJaxError(f"limit must be at least 1, got {limit}")
+    count = min(int(limit), len(source))
+    if seed is None:
+        return Subset(source, np.arange(count))
+    return Subset(source, np.sort(np.random.default_rng(int(seed)).permutation(len(source))[:count]))

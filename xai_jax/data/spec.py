@@ -5,9 +5,7 @@ from __future__ import annotations
 import pathlib
 import re
 
-import numpy as np
-
-from xai_jax.data.base import Source, Subset
+from xai_jax.data.base import Source, subset
 from xai_jax.data.sources import (FASHION_MNIST_NAMES, DigitsSource, FolderSource, IdxSource, JpegNpzSource,
                                   NpzSource, TfdsSource)
 from xai_jax.errors import XaiJaxError
@@ -54,8 +52,23 @@ def _idx_class_names(directory: pathlib.Path) -> tuple[str, ...] | None:
     return FASHION_MNIST_NAMES if "fashion" in directory.resolve().name.lower() else None
 
 
+def split_if_any(spec: str, split: str) -> str | None:
+    """``split`` where the spec's source has splits and the spec does not fix one (idx, digits, tfds:NAME), else None.
+
+    Commands that want a training (or test) split by default pass it through this, so that the same default also
+    works for npz, jpeg-npz and folder sources, whose file or folder is the split.
+    """
+    kind, _, rest = spec.strip().partition(":")
+    if kind in ("idx", "digits"):
+        return split
+    if kind == "tfds":
+        return None if parse_tfds(rest)[1] else split
+    return None
+
+
 def open_source(spec: str, split: str | None = None, limit: int | None = None, resize: int | None = None,
-                crop: tuple[int, int] | None = None, synsets: str | None = None) -> Source:
+                crop: tuple[int, int] | None = None, synsets: str | None = None,
+                sample_seed: int | None = None) -> Source:
     """Opens the dataset that a command-line spec names.
 
     Specs: ``idx:DIR`` (MNIST-style IDX files; Fashion-MNIST class names when the folder's name contains
@@ -68,10 +81,11 @@ def open_source(spec: str, split: str | None = None, limit: int | None = None, r
       split: ``"train"`` or ``"test"`` for idx (default test) and digits (default None: all 1,797), any TFDS
         split for tfds (default the spec's, else test); must be None for npz, jpeg-npz and folder, whose
         file or folder is the split.
-      limit: keep only the first ``limit`` items.
+      limit: keep only ``limit`` items: the first ones, or a random draw with ``sample_seed``.
       resize, crop: for image folders, torchvision-style ``Resize(resize)`` and ``CenterCrop(crop)``;
         ignored for the other kinds, whose images share one size (models resize them on device).
       synsets: for image folders of WordNet ids, a file listing the ids in label order.
+      sample_seed: with ``limit``, draw the items at random with this seed (:func:`xai_jax.data.subset`).
 
     Returns:
       the source (a :class:`Subset` when ``limit`` is given).
@@ -102,8 +116,4 @@ def open_source(spec: str, split: str | None = None, limit: int | None = None, r
         source = DigitsSource(split=split)
     else:
         raise XaiJaxError(f"unknown data spec {spec!r}; {_forms()}")
-    if limit is None:
-        return source
-    if int(limit) < 1:
-        raise XaiJaxError(f"limit must be at least 1, got {limit}")
-    return Subset(source, np.arange(min(int(limit), len(source))))
+    return source if limit is None else subset(source, limit, sample_seed)
