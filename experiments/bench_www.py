@@ -3,8 +3,9 @@
 1. Adaptive cosine scores (eq. 1): the reference loops over neurons, one ``[n, D] x [D, M]`` product each (PyTorch,
    as the authors' code), against xai_jax's one ``[U, D] x [D, M]`` product of per-neuron mean normalised image
    embeddings, with adaptive selection, for concept sets of 1k, 20k and 82k random embeddings (D = 512, n = 40).
-2. CLIP-Dissect's soft-WPMI: its per-neuron loop (PyTorch, CLIP-Dissect's ``soft_wpmi``) against the batched
-   kernel (blocks of neurons).
+2. CLIP-Dissect's soft-WPMI from embeddings: normalised similarity then its per-neuron loop (PyTorch,
+   CLIP-Dissect's ``get_similarity_from_activations`` and ``soft_wpmi``) against the batched kernel (blocks of
+   neurons). Both sides start from the same image and concept embeddings.
 3. Taylor-Shapley contributions on ResNet-56 (real weights, CIFAR-10 test JPEGs): batch-size-1 forward/backward
    (PyTorch, the reference code's loop, and the same loop through JAX's jitted function at batch 1) against one
    ``jax.vjp`` for a batch.
@@ -74,9 +75,12 @@ def bench_scores(concept_sizes, units: int, loop_units: int, repeats: int) -> No
         print(f"| {m:,} | {fmt(t_loop)} | {fmt(t_jax)} | {t_loop / t_jax:.1f}x |", flush=True)
 
 
-def clip_dissect_loop(clip_feats, target_feats, top_k=100, a=10, lam=1, min_prob=1e-7, p_start=0.998, p_end=0.97):
-    """CLIP-Dissect's ``soft_wpmi`` (similarity.py), as published, on the CPU."""
-    clip_feats = torch.nn.functional.softmax(a * clip_feats, dim=1)
+def clip_dissect_loop(image_features, text_features, target_feats, top_k=100, a=10, lam=1, min_prob=1e-7,
+                      p_start=0.998, p_end=0.97):
+    """CLIP-Dissect's similarity (utils.py) and ``soft_wpmi`` (similarity.py), as published, on the CPU."""
+    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+    text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+    clip_feats = torch.nn.functional.softmax(a * (image_features @ text_features.T), dim=1)
     inds = torch.topk(target_feats, dim=0, k=top_k)[1]
     prob_d_given_e = []
     p_in_examples = p_start - (torch.arange(start=0, end=top_k) / top_k * (p_start - p_end)).unsqueeze(1)
@@ -94,22 +98,25 @@ def bench_soft_wpmi(concept_sizes, units: int, repeats: int) -> None:
     rng = np.random.default_rng(1)
     image_emb = rng.normal(size=(probe, dim)).astype(np.float32)
     acts = rng.normal(size=(probe, units)).astype(np.float32)
-    print(f"\n### CLIP-Dissect soft-WPMI ({units} neurons, {probe} probe images, top_k = 100)\n")
+    print(f"\n### CLIP-Dissect soft-WPMI from embeddings ({units} neurons, {probe} probe images, D = {dim}, "
+          "top_k = 100)\n")
     print("| concepts | per-neuron loop (PyTorch, CLIP-Dissect) | batched kernel (JAX) | ratio | max abs difference |")
     print("|---|---|---|---|---|")
     for m in concept_sizes:
         concepts = rng.normal(size=(m, dim)).astype(np.float32)
-        sim = (image_emb / np.linalg.norm(image_emb, axis=1, keepdims=True)) @ (
-            concepts / np.linalg.norm(concepts, axis=1, keepdims=True)).T
-        t_sim, t_acts = torch.from_numpy(sim), torch.from_numpy(acts)
+        t_images, t_concepts, t_acts = torch.from_numpy(image_emb), torch.from_numpy(concepts), torch.from_numpy(acts)
         chunk = max(1, int(2e8 // (100 * m * 4)))             # about 200 MB of gathered rows per block
 
         def batched():
             return www_method.clip_dissect(acts, image_emb, concepts, neuron_chunk=chunk)
 
-        t_loop = median_seconds(lambda: clip_dissect_loop(t_sim, t_acts), repeats)
+        def loop():
+            with torch.no_grad():
+                return clip_dissect_loop(t_images, t_concepts, t_acts)
+
+        t_loop = median_seconds(loop, repeats)
         t_jax = median_seconds(batched, repeats)
-        diff = float(np.abs(clip_dissect_loop(t_sim, t_acts).numpy() - batched()).max())
+        diff = float(np.abs(loop().numpy() - batched()).max())
         print(f"| {m:,} | {fmt(t_loop)} | {fmt(t_jax)} | {t_loop / t_jax:.1f}x | {diff:.1e} |", flush=True)
 
 

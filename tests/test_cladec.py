@@ -22,6 +22,7 @@ from xai_jax.data.base import Subset
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import cladec as K
 from xai_jax.kernels.attribution import grad_cam, normalise_maps, upsample_maps
+from xai_jax.methods import cladec as cladec_method
 from xai_jax.methods.cladec import (ClaDec, ClaDecConfig, ClaDecResult, OcclusionResult, layer_activations,
                                     occlusion_analysis, occlusion_step, train_classifier)
 from xai_jax.weights import save_variables
@@ -63,6 +64,17 @@ def test_decoder_learns_to_reconstruct(fitted):
     assert result.metrics["rec_loss_refae"] < mean_image_mse, result.metrics
     assert np.isfinite(result.metrics["d_rec"])
     assert result.code_shape == (2, 2, 512)
+
+
+def test_evaluation_classifiers_are_paired(fashion, fitted, monkeypatch):
+    # Identical "reconstructions" (the images themselves) for ClaDec and RefAE must give identical evaluation
+    # classifiers: dAcc is exactly 0 only if both start from the same weights and see the same batches.
+    result, (tr, te) = fitted
+    monkeypatch.setattr(cladec_method, "reconstruct_codes", lambda _, acts: {"cladec": acts["x"], "refae": acts["x"]})
+    config = ClaDecConfig(layer=-3, epochs=4, batch_size=64, eval_epochs=3, eval_batch_size=64)
+    metrics = ClaDec(config)._evaluate(result, fashion["variables"], tr, te, jax.random.key(3), progress=False)
+    assert metrics["acc_eval_cladec"] > 0.5, metrics  # a classifier that learned something (chance is 0.1)
+    assert metrics["acc_eval_refae"] == metrics["acc_eval_cladec"] and metrics["d_acc"] == 0.0
 
 
 def test_alpha_raises_classifier_accuracy_on_reconstructions(fashion, fitted):
