@@ -100,3 +100,39 @@ def test_classifier_loss_trains_a_batchnorm_model():
     assert history.train[-1]["loss"] < history.train[0]["loss"]
     before = variables["batch_stats"]["bn1"]["mean"]
     assert not np.allclose(state.model_state["batch_stats"]["bn1"]["mean"], before)
+
+
+def test_recalibrated_batch_stats_are_the_mean_of_each_batchs_statistics():
+    import flax.linen as nn
+
+    class DenseBN(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            h = nn.Dense(7, name="dense")(x)
+            h = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(h)
+            return nn.Dense(3)(nn.relu(h))
+
+    module = DenseBN()
+    rng = np.random.default_rng(2)
+    data = {"x": (rng.normal(size=(101, 5)) * 3 + 1).astype(np.float32),
+            "y": rng.integers(0, 3, 101).astype(np.int32)}
+
+    def loss_fn(params, model_state, batch, key):
+        logits, new_state = module.apply({"params": params, **model_state}, batch["x"], train=True,
+                                         mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+        return loss, (new_state, {"loss": loss})
+
+    variables = module.init(jax.random.key(0), data["x"][:2], train=False)
+    opt = optax.sgd(0.1, momentum=0.9)
+    state = train.init_state(variables["params"], opt, {"batch_stats": variables["batch_stats"]})
+    state, _ = train.fit(loss_fn, opt, state, data, batch_size=16, epochs=2, key=jax.random.key(1), progress=False)
+    recalibrated = train.recalibrate_batch_stats(loss_fn, state.params, state.model_state, data, batch_size=16)
+
+    dense = state.params["dense"]
+    h = data["x"][:96].reshape(6, 16, 5).astype(np.float64) @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"])
+    stats = recalibrated["batch_stats"]["bn"]
+    np.testing.assert_allclose(stats["mean"], h.mean(1).mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(stats["var"], h.var(1).mean(0), rtol=1e-4, atol=1e-4)
+    # The running averages after 12 steps are not these statistics: that is what recalibrating fixes.
+    assert not np.allclose(state.model_state["batch_stats"]["bn"]["mean"], stats["mean"], atol=1e-2)

@@ -145,6 +145,41 @@ def fit(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainSt
     return state, history
 
 
+def recalibrate_batch_stats(loss_fn: LossFn, params, model_state, data: Arrays, *, batch_size: int,
+                            momentum: float = 0.9) -> Any:
+    """Batch-norm running statistics recomputed for the final weights: the mean of every batch's statistics.
+
+    After a short schedule the running averages still carry the early weights' statistics (at 32 steps of
+    momentum 0.9 they lag the weights by several lr-0.1 steps), and a network that classifies well with batch
+    statistics can score far lower with them in evaluation mode (ResNet-10 on MNIST after 2 epochs: 0.65, and
+    0.94 once recalibrated). This is ``torch.optim.swa_utils.update_bn``'s fix:
+    ``mu = (1 / B) sum_b mean(batch b)``, likewise the variance.
+
+    Args:
+      loss_fn: the training loss, which returns the updated ``model_state`` (batch norm in training mode).
+      params: the trained parameters.
+      model_state: ``{"batch_stats": ...}``, the running statistics to replace (the values are not used).
+      data: the training arrays; full batches in order (the remainder is dropped, so one compilation).
+      batch_size: examples per batch.
+      momentum: the batch norm layers' running-average momentum, ``ra <- momentum ra + (1 - momentum) batch``
+        (xai_jax's models: 0.9, PyTorch's 0.1 in its convention); a step from zeros gives
+        ``(1 - momentum) batch``.
+
+    Returns:
+      the recalibrated ``model_state``.
+    """
+    n = min(len(v) for v in data.values())
+    batch_size = min(batch_size, n)
+    zeros = jax.tree.map(jnp.zeros_like, model_state)
+    batch_stats = jax.jit(lambda p, batch: loss_fn(p, zeros, batch, jax.random.key(0))[1][0])
+    total = None
+    for start in range(0, n - batch_size + 1, batch_size):
+        stats = batch_stats(params, {k: np.asarray(v[start:start + batch_size]) for k, v in data.items()})
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    batches = n // batch_size
+    return jax.tree.map(lambda t: t / (batches * (1.0 - momentum)), total)
+
+
 def save_train_state(path: str | os.PathLike, state: TrainState, meta: dict | None = None) -> None:
     """Saves a :class:`TrainState` with orbax; restore it with :func:`restore_train_state`."""
     leaves = jax.tree.leaves(state)

@@ -132,7 +132,9 @@ def train_classifier(model: str, images: np.ndarray, labels: np.ndarray, *, epoc
                      key: jax.Array, test: tuple[np.ndarray, np.ndarray] | None = None, lr: float = 0.1,
                      progress: bool | None = None, desc: str = "classifier") -> tuple[dict, dict]:
     """Trains a ClaDec classifier (the one to explain, or an evaluation classifier) with the paper's recipe:
-    SGD momentum 0.9, weight decay 1e-4, lr 0.1 decayed x0.1 twice.
+    SGD momentum 0.9, weight decay 1e-4, lr 0.1 decayed x0.1 twice; then the batch-norm statistics are
+    recomputed for the final weights (:func:`xai_jax.train.recalibrate_batch_stats`), without which a ResNet-10
+    trained for a few epochs scores anywhere between 0.65 and 0.94 on MNIST depending on the seed alone.
 
     Args:
       model: registry name of the architecture.
@@ -150,10 +152,12 @@ def train_classifier(model: str, images: np.ndarray, labels: np.ndarray, *, epoc
     optimizer = optax.chain(optax.add_decayed_weights(1e-4),
                             optax.sgd(sgd_schedule(epochs, steps, lr), momentum=0.9))
     state = train.init_state(init["params"], optimizer, {k: v for k, v in init.items() if k != "params"})
-    state, history = train.fit(train.classifier_loss(model), optimizer, state,
-                               {"images": np.asarray(images), "labels": np.asarray(labels, np.int32)},
-                               batch_size=batch_size, epochs=epochs, key=jax.random.fold_in(key, 1),
-                               progress=progress, desc=desc)
+    loss_fn = train.classifier_loss(model)
+    data = {"images": np.asarray(images), "labels": np.asarray(labels, np.int32)}
+    state, history = train.fit(loss_fn, optimizer, state, data, batch_size=batch_size, epochs=epochs,
+                               key=jax.random.fold_in(key, 1), progress=progress, desc=desc)
+    state = state.replace(model_state=train.recalibrate_batch_stats(loss_fn, state.params, state.model_state, data,
+                                                                    batch_size=batch_size))
     variables = train.variables_of(state)
     info = {"train_accuracy": history.train[-1]["accuracy"], "history": history.train}
     if test is not None:
@@ -410,6 +414,9 @@ class ClaDec:
         state, hist = train.fit(refae_loss, optimizer, train.init_state(params, optimizer, model_state),
                                 {"x": x_train}, batch_size=config.batch_size, epochs=config.epochs,
                                 key=jax.random.fold_in(key, 5), progress=progress, desc="RefAE")
+        if state.model_state:  # the encoder's batch norm, as for the classifiers
+            state = state.replace(model_state=train.recalibrate_batch_stats(
+                refae_loss, state.params, state.model_state, {"x": x_train}, batch_size=config.batch_size))
         variables = {"encoder": {"params": state.params["encoder"], **state.model_state},
                      "decoder": {"params": state.params["decoder"]}}
         return variables, hist.train

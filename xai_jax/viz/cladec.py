@@ -54,8 +54,9 @@ def layer_rows(originals: np.ndarray, refae: Sequence[np.ndarray], cladec: Seque
     cols = 1 + per_layer * len(layers)
     fig, axes = plt.subplots(n, cols, figsize=(0.9 * cols, 0.95 * n + 0.3), squeeze=False)
     for i in range(n):
-        _show(axes[i, 0], originals[i], (titles[i] if titles else "") if i else "original" +
-              (f"\n{titles[0]}" if titles else ""))
+        _show(axes[i, 0], originals[i], "original" if i == 0 else "")
+        if titles:  # beside the row: a title above it would sit under the images of the row before
+            axes[i, 0].set_ylabel(titles[i], fontsize=7)
         for j, name in enumerate(layers):
             c = 1 + per_layer * j
             head = i == 0
