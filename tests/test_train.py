@@ -136,3 +136,11 @@ def test_recalibrated_batch_stats_are_the_mean_of_each_batchs_statistics():
     np.testing.assert_allclose(stats["var"], h.var(1).mean(0), rtol=1e-4, atol=1e-4)
     # The running averages after 12 steps are not these statistics: that is what recalibrating fixes.
     assert not np.allclose(state.model_state["batch_stats"]["bn"]["mean"], stats["mean"], atol=1e-2)
+
+
+def test_recalibrating_a_model_without_batch_norm_returns_its_empty_state_untouched():
+    def must_not_run(*_):
+        raise AssertionError("a model without batch norm has nothing to recalibrate")
+
+    data = {"x": np.zeros((8, 5), np.float32)}
+    assert train.recalibrate_batch_stats(must_not_run, {}, {}, data, batch_size=4) == {}

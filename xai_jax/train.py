@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from xai_jax.errors import XaiJaxError
+from xai_jax.models.common import BATCH_NORM_MOMENTUM
 from xai_jax.weights.store import load_variables, save_variables
 
 Arrays = Mapping[str, np.ndarray]
@@ -146,7 +147,7 @@ def fit(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainSt
 
 
 def recalibrate_batch_stats(loss_fn: LossFn, params, model_state, data: Arrays, *, batch_size: int,
-                            momentum: float = 0.9) -> Any:
+                            momentum: float = BATCH_NORM_MOMENTUM) -> Any:
     """Batch-norm running statistics recomputed for the final weights: the mean of every batch's statistics.
 
     After a short schedule the running averages still carry the early weights' statistics (at 32 steps of
@@ -158,16 +159,19 @@ def recalibrate_batch_stats(loss_fn: LossFn, params, model_state, data: Arrays, 
     Args:
       loss_fn: the training loss, which returns the updated ``model_state`` (batch norm in training mode).
       params: the trained parameters.
-      model_state: ``{"batch_stats": ...}``, the running statistics to replace (the values are not used).
+      model_state: ``{"batch_stats": ...}``, the running statistics to replace (the values are not used); an
+        empty state (a model without batch norm) comes back as it is, at no cost.
       data: the training arrays; full batches in order (the remainder is dropped, so one compilation).
       batch_size: examples per batch.
       momentum: the batch norm layers' running-average momentum, ``ra <- momentum ra + (1 - momentum) batch``
-        (xai_jax's models: 0.9, PyTorch's 0.1 in its convention); a step from zeros gives
+        (``models.common.batch_norm``'s, PyTorch's 0.1 in its convention); a step from zeros gives
         ``(1 - momentum) batch``.
 
     Returns:
       the recalibrated ``model_state``.
     """
+    if not jax.tree.leaves(model_state):
+        return model_state
     n = min(len(v) for v in data.values())
     batch_size = min(batch_size, n)
     zeros = jax.tree.map(jnp.zeros_like, model_state)

@@ -414,9 +414,9 @@ class ClaDec:
         state, hist = train.fit(refae_loss, optimizer, train.init_state(params, optimizer, model_state),
                                 {"x": x_train}, batch_size=config.batch_size, epochs=config.epochs,
                                 key=jax.random.fold_in(key, 5), progress=progress, desc="RefAE")
-        if state.model_state:  # the encoder's batch norm, as for the classifiers
-            state = state.replace(model_state=train.recalibrate_batch_stats(
-                refae_loss, state.params, state.model_state, {"x": x_train}, batch_size=config.batch_size))
+        # the encoder's batch norm, as for the classifiers
+        state = state.replace(model_state=train.recalibrate_batch_stats(
+            refae_loss, state.params, state.model_state, {"x": x_train}, batch_size=config.batch_size))
         variables = {"encoder": {"params": state.params["encoder"], **state.model_state},
                      "decoder": {"params": state.params["decoder"]}}
         return variables, hist.train

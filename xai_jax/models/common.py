@@ -30,9 +30,11 @@ def tap(module: nn.Module, name: str, x):
 
 
 BATCH_NORM_EPSILON = 1e-5  # PyTorch's default, which every converted checkpoint was trained with
+BATCH_NORM_MOMENTUM = 0.9  # flax's convention for PyTorch's default momentum 0.1
 
 
-def batch_norm(train: bool, name: str | None = None, epsilon: float = BATCH_NORM_EPSILON, momentum: float = 0.9):
+def batch_norm(train: bool, name: str | None = None, epsilon: float = BATCH_NORM_EPSILON,
+               momentum: float = BATCH_NORM_MOMENTUM):
     """BatchNorm with PyTorch's defaults (eps 1e-5, running-average momentum 0.1 in PyTorch's sense)."""
     return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon, name=name)
 
