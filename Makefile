@@ -1,21 +1,29 @@
 # `make demo` and `make test` each set up .venv from scratch on a fresh machine (PyPI only), then run.
+# The demo needs the package alone; the tests need the dev extra (torch, transformers, tfds, ...).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+BASE := $(VENV)/.installed-base
+DEV := $(VENV)/.installed-dev
 
 .PHONY: demo test clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+$(BASE): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(BASE)
+
+$(DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEV) $(BASE)
+
+demo: $(BASE)
 	$(BIN)/xai-jax demo --out demo-out
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 clean:

@@ -227,9 +227,9 @@ def test_cli_fit_on_the_class_sorted_cifar_files_with_a_sample_seed(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--variants", "srae,bogus"], "unknown XNN variant 'bogus'"),
-    (["--x-features", "0"], "num_x_features must be >= 1"),
+    (["--x-features", "0"], "argument --x-features: must be an integer >= 1"),
     (["--classes", "0,7"], "classes must lie in [0, 3)"),
-    (["--hidden", "8,x"], "--hidden must be comma-separated integers"),
+    (["--hidden", "8,x"], "argument --hidden: must be an integer, got 'x'"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, message):
     z, logits, labels = synthetic(m=30, s=5, k=3)
@@ -251,7 +251,7 @@ def test_bad_features_and_taps(tmp_path, capsys, digits_model):
         XNN().fit_features(z, logits[:29], labels)
     np.savez(tmp_path / "bad.npz", feats=z)
     assert cli.main(["xnn", "fit", "--features", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "o")]) == 2
-    assert "must hold `features` and `logits`" in capsys.readouterr().err
+    assert "must hold `features`, `logits`; it holds feats" in capsys.readouterr().err
     variables, weights_dir = digits_model
     assert cli.main(["xnn", "fit", "--model", "small_cnn", "--weights", weights_dir, "--data", "digits",
                      "--tap", "nope", "--out", str(tmp_path / "o")]) == 2

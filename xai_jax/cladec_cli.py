@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 
+from xai_jax.cli_options import index_range, int_list, non_negative_int, positive_int, probability
 from xai_jax.errors import XaiJaxError
 
 DATA_HELP = ("data source KIND:PATH (idx:DIR for MNIST/Fashion-MNIST, jpeg-npz:FILE, npz:FILE, folder:DIR, "
@@ -26,25 +26,25 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="train ClaDec's decoder and RefAE for one layer; write summary.json")
     t.add_argument("--model", required=True, help="cladec_vgg, cladec_resnet10 (grey 32x32) or their _rgb variants")
     t.add_argument("--weights", metavar="PATH", help="the classifier to explain (xai_jax checkpoint directory)")
-    t.add_argument("--classifier-epochs", type=int, default=0,
+    t.add_argument("--classifier-epochs", type=non_negative_int, default=0,
                    help="without --weights: train the classifier first for this many epochs (saved to OUT/classifier)")
     t.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     t.add_argument("--test-data", metavar="SPEC", help="test set where --data has no test split")
-    t.add_argument("--limit", type=int, help="use only the first N training images (a random N with --sample-seed)")
-    t.add_argument("--test-limit", type=int, help="use only the first N test images (likewise)")
+    t.add_argument("--limit", type=positive_int, help="use only the first N training images (a random N with --sample-seed)")
+    t.add_argument("--test-limit", type=positive_int, help="use only the first N test images (likewise)")
     add_sample_seed(t)
     t.add_argument("--layer", default="-2", help="-1 .. -5 from the output, or a tap name (default -2)")
-    t.add_argument("--neurons", metavar="START:STOP", help="explain only this channel range of the layer")
-    t.add_argument("--alpha", type=float, default=0.0, help="classification-loss weight of eq. (1) (default 0)")
-    t.add_argument("--epochs", type=int, default=64, help="decoder and RefAE epochs (default 64)")
-    t.add_argument("--eval-epochs", type=int, default=64,
+    t.add_argument("--neurons", type=index_range, metavar="START:STOP", help="explain only this channel range of the layer")
+    t.add_argument("--alpha", type=probability, default=0.0, help="classification-loss weight of eq. (1) (default 0)")
+    t.add_argument("--epochs", type=positive_int, default=64, help="decoder and RefAE epochs (default 64)")
+    t.add_argument("--eval-epochs", type=non_negative_int, default=64,
                    help="evaluation classifier epochs (0: skip the fidelity evaluation)")
-    t.add_argument("--decoder-base", type=int, default=64, help="channels of the last hidden deconvolution")
-    t.add_argument("--decoder-widths", metavar="W1,W2,...", help="explicit hidden deconvolution widths")
+    t.add_argument("--decoder-base", type=positive_int, default=64, help="channels of the last hidden deconvolution")
+    t.add_argument("--decoder-widths", type=int_list(1), metavar="W1,W2,...", help="explicit hidden deconvolution widths")
     t.add_argument("--reduction", choices=["sum", "mean"], default="sum", help="of the reconstruction loss")
     t.add_argument("--no-refae", action="store_true", help="skip RefAE (no dRec, dAcc)")
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=positive_int, default=128)
+    t.add_argument("--seed", type=non_negative_int, default=0)
     t.add_argument("--out", required=True, metavar="DIR")
     t.set_defaults(func=train_cmd)
 
@@ -59,23 +59,13 @@ def register(subparsers) -> None:
     o.add_argument("--result", required=True, metavar="DIR", help="output of `xai-jax cladec train`")
     o.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     o.add_argument("--split", help="split of --data (default test for idx)")
-    o.add_argument("--limit", type=int, help="use only the first N images (a random N with --sample-seed)")
+    o.add_argument("--limit", type=positive_int, help="use only the first N images (a random N with --sample-seed)")
     add_sample_seed(o)
     o.add_argument("--weights", metavar="PATH", help="classifier weights (default: the ones the result names)")
-    o.add_argument("--batch-size", type=int, default=64)
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--batch-size", type=positive_int, default=64)
+    o.add_argument("--seed", type=non_negative_int, default=0)
     o.add_argument("--out", required=True, metavar="DIR")
     o.set_defaults(func=occlusion_cmd)
-
-
-def _neurons(text: str | None):
-    if not text:
-        return None
-    try:
-        start, stop = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise XaiJaxError(f"--neurons must be START:STOP (e.g. 0:64), got {text!r}") from None
-    return start, stop
 
 
 def _layer(text: str):
@@ -90,20 +80,22 @@ def train_cmd(args) -> None:
     import jax
     import numpy as np
 
-    from xai_jax import data, models, weights
-    from xai_jax.methods.cladec import ClaDec, ClaDecConfig, train_classifier
+    from xai_jax import data, models, outputs, weights
+    from xai_jax.cli import inputs_of
+    from xai_jax.methods.cladec import KIND, ClaDec, ClaDecConfig, train_classifier
     from xai_jax.models.cladec import architecture
     from xai_jax.viz.cladec import layer_rows
     architecture(args.model)  # a ClaDec classifier, or a clear error
     spec = models.get(args.model)
-    widths = tuple(int(w) for w in args.decoder_widths.split(",")) if args.decoder_widths else None
-    config = ClaDecConfig(layer=_layer(args.layer), neurons=_neurons(args.neurons), alpha=args.alpha,
-                          decoder_base=args.decoder_base, decoder_widths=widths, epochs=args.epochs,
+    config = ClaDecConfig(layer=_layer(args.layer), neurons=args.neurons, alpha=args.alpha,
+                          decoder_base=args.decoder_base, decoder_widths=args.decoder_widths, epochs=args.epochs,
                           batch_size=args.batch_size, reduction=args.reduction, refae=not args.no_refae,
                           eval_epochs=args.eval_epochs if not args.no_refae else 0, seed=args.seed)
-    method = ClaDec(config)  # validates before any data is read
+    method = ClaDec(config)  # validates the values
+    method.check(args.model)  # and the layer, neurons and decoder against the model, before any data is read
     if not args.weights and args.classifier_epochs < 1:
         raise XaiJaxError("give the classifier to explain (--weights DIR) or train one (--classifier-epochs N)")
+    out = outputs.check_output(args.out, KIND, inputs=inputs_of(args, "weights", "data", "test_data"))
     train_set = data.open_source(args.data, split=data.split_if_any(args.data, "train"), limit=args.limit,
                                  sample_seed=args.sample_seed)
     if args.test_data:
@@ -113,7 +105,6 @@ def train_cmd(args) -> None:
         test_set = data.open_source(args.data, split="test", limit=args.test_limit, sample_seed=args.sample_seed)
     else:
         raise XaiJaxError(f"{args.data} has no test split; pass --test-data SPEC")
-    out = os.path.abspath(args.out)
     progress = _progress(args)
     classifier_info = None
     if args.weights:
@@ -137,41 +128,15 @@ def train_cmd(args) -> None:
     if classifier_info:
         summary["classifier_train_accuracy"] = classifier_info["train_accuracy"]
     extra = {"summary.json": json.dumps(summary, indent=2).encode(), "reconstructions.png": png}
-    if classifier_info:
-        # The classifier goes inside the atomically written folder: save it aside, then copy its files in.
-        import tempfile
-        with tempfile.TemporaryDirectory() as tmp:
+    # One folder, written once: the result, its summary and figure, and the classifier it trained (if any).
+    with outputs.atomic_dir(out, KIND) as tmp:
+        result.write(tmp, extra)
+        if classifier_info:
             weights.save_variables(os.path.join(tmp, "classifier"), variables, {"model": args.model})
-            for path in pathlib.Path(tmp, "classifier").rglob("*"):
-                if path.is_file():
-                    extra[str(path.relative_to(tmp))] = path.read_bytes()
-    _save_with_subdirs(result, out, extra)
     shown = {k: summary[k] for k in ("rec_loss_cladec", "rec_loss_refae", "d_rec", "acc_eval_cladec",
                                      "acc_eval_refae", "d_acc") if k in summary}
     print(f"wrote {out}: summary.json, reconstructions.png, decoder/, refae/ ({result.tap})")
     print(json.dumps(shown))
-
-
-def _save_with_subdirs(result, out: str, extra: dict) -> None:
-    """``result.save`` with extra files that may live in sub-folders (the classifier checkpoint)."""
-    flat = {k: v for k, v in extra.items() if "/" not in k}
-    nested = {k: v for k, v in extra.items() if "/" in k}
-    if not nested:
-        result.save(out, flat)
-        return
-    from xai_jax.outputs import atomic_dir
-    import shutil
-    import tempfile
-    with tempfile.TemporaryDirectory() as staging:
-        result.save(os.path.join(staging, "r"), flat)
-        for name, data in nested.items():
-            target = os.path.join(staging, "r", name)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as f:
-                f.write(data)
-        with atomic_dir(out) as tmp:
-            shutil.rmtree(tmp)
-            shutil.copytree(os.path.join(staging, "r"), tmp)
 
 
 def _result_and_weights(args):
@@ -187,21 +152,19 @@ def _result_and_weights(args):
 def explain_cmd(args) -> None:
     import numpy as np
 
-    from xai_jax.data.sources import load_folder_image
+    from xai_jax import outputs
+    from xai_jax.cli import inputs_of
+    from xai_jax.readers import read_image
     from xai_jax.viz.cladec import layer_rows
     if not args.out.endswith(".png"):
         raise XaiJaxError(f"--out must name a .png file, got {args.out}")
-    if not os.path.isfile(args.image):
-        raise XaiJaxError(f"image not found: {args.image}")
+    outputs.check_output(args.out, "cladec.explain", file=True, inputs=inputs_of(args, "result", "weights", "image"))
     result, variables = _result_and_weights(args)
-    image = load_folder_image(pathlib.Path(args.image), None, None)
+    image = read_image(args.image)
     rec = result.reconstruct(variables, image[None])
     predicted = int(np.argmax(rec["logits"][0]))
     png = layer_rows(rec["x"], [rec.get("refae")], [rec["cladec"]], [str(result.config.layer)], [f"pred {predicted}"])
-    tmp = args.out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(png)
-    os.replace(tmp, args.out)
+    outputs.write_file(args.out, png, "cladec.explain")
     err = float(np.mean(np.square(rec["x"] - rec["cladec"])))
     line = f"wrote {args.out}: class {predicted}, ClaDec reconstruction MSE {err:.4f}"
     if "refae" in rec:
@@ -217,8 +180,10 @@ def occlusion_cmd(args) -> None:
     from xai_jax.kernels.cladec import occlusion_masks
     from xai_jax.methods.cladec import occlusion_analysis
     from xai_jax.viz.cladec import occlusion_rows
-    if args.batch_size < 1:
-        raise XaiJaxError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from xai_jax import outputs
+    from xai_jax.cli import inputs_of
+    from xai_jax.methods.cladec import OCCLUSION_KIND
+    outputs.check_output(args.out, OCCLUSION_KIND, inputs=inputs_of(args, "result", "weights", "data"))
     result, variables = _result_and_weights(args)
     source = data.open_source(args.data, split=args.split or data.split_if_any(args.data, "test"), limit=args.limit,
                               sample_seed=args.sample_seed)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 
 import numpy as np
 
+from xai_jax.cli_options import (int_at_least, int_list, name_list, non_negative_int, number_list, positive_int,
+                                 positive_number, probability)
 from xai_jax.errors import XaiJaxError
 
 
@@ -28,36 +29,38 @@ def register(subparsers) -> None:
     add_data_args(f)
     f.add_argument("--eval-data", metavar="SPEC", help="held-out data to report accuracy and fidelity on")
     f.add_argument("--eval-split", help="split of --eval-data")
-    f.add_argument("--eval-limit", type=int, help="use only the first N held-out images (random with --sample-seed)")
-    f.add_argument("--taps", required=True, help="comma-separated taps to cluster, in forward order")
-    f.add_argument("--clusters", type=int, default=15, help="clusters per layer (default 15)")
-    f.add_argument("--embedding-size", type=int, default=20, help="embedding size e (default 20)")
-    f.add_argument("--alpha", type=float, default=100.0, help="Student-t degrees of freedom (default 100)")
-    f.add_argument("--radius", type=float, default=8.0, help="hypersphere radius (default 8)")
-    f.add_argument("--layer-weights", help="comma-separated weight per tap (default equal)")
-    f.add_argument("--hidden", default="500,500,2000", help="autoencoder hidden widths (default 500,500,2000)")
-    f.add_argument("--pretrain-epochs", type=int, default=20, help="autoencoder epochs (default 20)")
-    f.add_argument("--update-interval", type=int, default=140, help="DEC steps between target updates (T)")
-    f.add_argument("--max-dec-steps", type=int, default=2000)
-    f.add_argument("--tolerance", type=float, default=0.001, help="stop below this fraction of changed assignments")
+    f.add_argument("--eval-limit", type=positive_int, help="use only the first N held-out images (random with --sample-seed)")
+    f.add_argument("--taps", required=True, type=name_list, help="comma-separated taps to cluster, in forward order")
+    f.add_argument("--clusters", type=int_at_least(2), default=15, help="clusters per layer (default 15)")
+    f.add_argument("--embedding-size", type=positive_int, default=20, help="embedding size e (default 20)")
+    f.add_argument("--alpha", type=positive_number, default=100.0, help="Student-t degrees of freedom (default 100)")
+    f.add_argument("--radius", type=positive_number, default=8.0, help="hypersphere radius (default 8)")
+    f.add_argument("--layer-weights", type=number_list(0.0), help="comma-separated weight per tap (default equal)")
+    f.add_argument("--hidden", type=int_list(1), default=(500, 500, 2000),
+                   help="autoencoder hidden widths (default 500,500,2000)")
+    f.add_argument("--pretrain-epochs", type=non_negative_int, default=20, help="autoencoder epochs (default 20)")
+    f.add_argument("--update-interval", type=positive_int, default=140, help="DEC steps between target updates (T)")
+    f.add_argument("--max-dec-steps", type=non_negative_int, default=2000)
+    f.add_argument("--tolerance", type=probability, default=0.001,
+                   help="stop below this fraction of changed assignments")
     f.add_argument("--posterior", choices=("labels", "predictions"), default="labels",
                    help="p(y | cluster) from training labels (the paper) or the model's predictions")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=non_negative_int, default=0)
     f.add_argument("--out", required=True, metavar="DIR")
     f.set_defaults(func=fit)
 
     s = actions.add_parser("similar", help="the most similar training images of an image (paper figure 3)")
     _add_result_args(s)
     s.add_argument("--image", required=True, metavar="FILE", help="query image file")
-    s.add_argument("--m", type=int, default=10, help="similar images per weighting (default 10)")
-    s.add_argument("--layer-weights", help="comma-separated weight per tap (default: equal, low- and high-layer rows)")
+    s.add_argument("--m", type=positive_int, default=10, help="similar images per weighting (default 10)")
+    s.add_argument("--layer-weights", type=number_list(0.0), help="comma-separated weight per tap (default: equal, low- and high-layer rows)")
     s.add_argument("--out", metavar="FILE.png", help="write the figure here")
     s.set_defaults(func=similar)
 
     c = actions.add_parser("concepts", help="the training images nearest each cluster's centroid (figures 4, 5)")
     _add_result_args(c)
     c.add_argument("--tap", required=True, help="which clustered layer")
-    c.add_argument("--per-cluster", type=int, default=8)
+    c.add_argument("--per-cluster", type=positive_int, default=8)
     c.add_argument("--out", required=True, metavar="FILE.png")
     c.set_defaults(func=concepts)
 
@@ -68,26 +71,10 @@ def _add_result_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="PATH", help="model weights (default: those the surrogate was fitted with)")
     p.add_argument("--data", metavar="SPEC", help="the training data (default: what the surrogate was fitted on)")
     p.add_argument("--split", help="split of --data")
-    p.add_argument("--limit", type=int, help="with --data: use only the first N images (a random N with "
+    p.add_argument("--limit", type=positive_int, help="with --data: use only the first N images (a random N with "
                                              "--sample-seed); default: what the surrogate was fitted on")
     add_sample_seed(p)
-    p.add_argument("--batch-size", type=int, default=128)
-
-
-def _floats(text: str | None, what: str):
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise XaiJaxError(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise XaiJaxError(f"{what} must be comma-separated integers, got {text!r}") from None
+    p.add_argument("--batch-size", type=positive_int, default=128)
 
 
 def layer_emphasis(num_layers: int, which: str) -> tuple[float, ...]:
@@ -98,20 +85,25 @@ def layer_emphasis(num_layers: int, which: str) -> tuple[float, ...]:
 
 
 def fit(args) -> None:
-    from xai_jax import data
-    from xai_jax.cli import data_meta, load_model_and_data
-    from xai_jax.methods.dec import ActivationClusteringSurrogate, DECConfig
+    from xai_jax import data, outputs
+    from xai_jax.cli import data_meta, inputs_of, load_model_and_data
+    from xai_jax.evaluation import check_taps
+    from xai_jax.methods.dec import KIND, ActivationClusteringSurrogate, DECConfig
     from xai_jax.viz.dec import concept_grid
     from xai_jax.viz.report import Report
-    taps = tuple(t.strip() for t in args.taps.split(",") if t.strip())
+    taps = args.taps
     config = DECConfig(taps=taps, embedding_size=args.embedding_size, clusters=args.clusters, alpha=args.alpha,
-                       radius=args.radius, layer_weights=_floats(args.layer_weights, "--layer-weights"),
-                       hidden=_ints(args.hidden, "--hidden"), pretrain_epochs=args.pretrain_epochs,
-                       batch_size=256, update_interval=args.update_interval, tolerance=args.tolerance,
-                       max_dec_steps=args.max_dec_steps, posterior=args.posterior, seed=args.seed)
+                       radius=args.radius, layer_weights=args.layer_weights, hidden=args.hidden,
+                       pretrain_epochs=args.pretrain_epochs, batch_size=256, update_interval=args.update_interval,
+                       tolerance=args.tolerance, max_dec_steps=args.max_dec_steps, posterior=args.posterior,
+                       seed=args.seed)
     config.validate()
-    from xai_jax.evaluation import check_taps
     check_taps(args.model, taps, args.num_classes)
+    outputs.check_output(args.out, KIND, inputs=inputs_of(args, "weights", "data", "eval_data", "synsets"))
+    held_out = None
+    if args.eval_data:  # opened (and so checked) before the training, which takes minutes
+        held_out = data.open_source(args.eval_data, split=args.eval_split, limit=args.eval_limit,
+                                    sample_seed=args.sample_seed)
     spec, variables, source = load_model_and_data(args)
     progress = False if args.quiet else None
     method = ActivationClusteringSurrogate(spec.name, variables, config, num_classes=args.num_classes,
@@ -119,9 +111,7 @@ def fit(args) -> None:
                                            compute_dtype="bfloat16" if args.bf16 else None, progress=progress)
     meta = {"weights": os.path.abspath(args.weights), **data_meta(args)}
     result = method.fit(source, meta=meta)
-    if args.eval_data:
-        held_out = data.open_source(args.eval_data, split=args.eval_split, limit=args.eval_limit,
-                                    sample_seed=args.sample_seed)
+    if held_out is not None:
         result.metrics["eval"] = method.evaluate(result, held_out)
     shown = result.metrics.get("eval", result.metrics["train"])
     summary = {"evaluated_on": "eval" if args.eval_data else "train",
@@ -159,10 +149,12 @@ def _cluster_titles(result, tap) -> list[str]:
             for k in range(len(sizes))]
 
 
-def _open_result(args):
-    from xai_jax import data, models, weights
-    from xai_jax.cli import data_meta
+def _open_result(args, kind: str):
+    from xai_jax import data, models, outputs, weights
+    from xai_jax.cli import data_meta, inputs_of
     from xai_jax.methods.dec import ActivationClusteringSurrogate, DECResult
+    if args.out:
+        outputs.check_output(args.out, kind, file=True, inputs=inputs_of(args, "result", "weights", "data", "image"))
     result = DECResult.load(args.result)
     spec = models.get(result.model)
     weights_path = args.weights or result.meta.get("weights")
@@ -177,27 +169,32 @@ def _open_result(args):
     if len(train) <= int(result.train_indices.max()):
         raise XaiJaxError(f"{data_spec} has {len(train)} images; the surrogate was fitted on at least "
                           f"{int(result.train_indices.max()) + 1}")
-    method = ActivationClusteringSurrogate(result.model, weights.load(spec, weights_path), result.config,
-                                           batch_size=args.batch_size, progress=False if args.quiet else None)
+    num_classes = len(result.class_names) if len(result.class_names) != spec.num_classes else None
+    method = ActivationClusteringSurrogate(result.model, weights.load(spec, weights_path, num_classes=num_classes),
+                                           result.config, num_classes=num_classes, batch_size=args.batch_size,
+                                           progress=False if args.quiet else None)
     return result, method, train, spec
 
 
+def _check_png(path: str | None) -> None:
+    if path is not None and not path.endswith(".png"):
+        raise XaiJaxError(f"--out must name a .png file, got {path}")
+
+
 def similar(args) -> None:
+    from xai_jax import outputs
     from xai_jax.data import ArraySource
-    from xai_jax.data.sources import load_folder_image
+    from xai_jax.readers import read_image
     from xai_jax.viz.dec import similar_samples
-    if not os.path.isfile(args.image):
-        raise XaiJaxError(f"image not found: {args.image}")
-    result, method, train, spec = _open_result(args)
-    image = load_folder_image(pathlib.Path(args.image), spec.resize, spec.input_shape[:2] if spec.resize else None)
-    if spec.input_shape[-1] == 1:  # grey-scale models (digits): the decoded RGB's mean
-        image = np.round(image.mean(-1, keepdims=True)).astype(np.uint8)
-    if image.shape != tuple(spec.input_shape):
-        raise XaiJaxError(f"{args.image}: image of shape {image.shape}, {result.model} takes {tuple(spec.input_shape)}")
+    _check_png(args.out)
+    result, method, train, spec = _open_result(args, "dec.similar")
+    image = read_image(args.image, spec)
+    if args.layer_weights is not None and len(args.layer_weights) != len(result.taps):
+        raise XaiJaxError(f"--layer-weights gives {len(args.layer_weights)} weights for {len(result.taps)} taps")
     query = method.embed(result, ArraySource(image[None], np.zeros(1, np.int32), result.class_names))
     prediction = int(query["predictions"][0])
     probabilities = result.predict_proba(query["embeddings"])[0]
-    weightings = ([("given", _floats(args.layer_weights, "--layer-weights"))] if args.layer_weights else
+    weightings = ([("given", args.layer_weights)] if args.layer_weights else
                   [("equal", None), ("low layers", layer_emphasis(len(result.taps), "low")),
                    ("high layers", layer_emphasis(len(result.taps), "high"))])
     rows = []
@@ -213,27 +210,20 @@ def similar(args) -> None:
     if args.out:
         png = similar_samples(image, f"model: {result.class_names[prediction]}", rows,
                               title="most similar training images")
-        _write(args.out, png)
+        outputs.write_file(args.out, png, "dec.similar")
         print(f"wrote {args.out}")
 
 
 def concepts(args) -> None:
+    from xai_jax import outputs
     from xai_jax.viz.dec import concept_grid
-    result, _, train, _ = _open_result(args)
+    _check_png(args.out)
+    result, _, train, _ = _open_result(args, "dec.concepts")
     rows, _ = result.concepts(args.tap, args.per_cluster)
     images, _ = train.read(result.train_indices[rows.ravel()])
     png = concept_grid(images.reshape(rows.shape + images.shape[1:]), _cluster_titles(result, args.tap),
                        title=f"concepts of {args.tap}")
-    _write(args.out, png)
+    outputs.write_file(args.out, png, "dec.concepts")
     for line in _cluster_titles(result, args.tap):
         print("  " + line.replace("\n", " "))
     print(f"wrote {args.out}")
-
-
-def _write(path: str, data: bytes) -> None:
-    target = os.path.abspath(path)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = target + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, target)

@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
 
 import numpy as np
 
 from xai_jax.errors import XaiJaxError
+from xai_jax.readers import numeric, read_json, read_names, read_npz
 from xai_jax.methods.nma import NearMissAnalysis, NMAConfig, NMAResult, classes_without_images
 
 
 def _read_class_names(path: str) -> list[str]:
-    if not os.path.isfile(path):
-        raise XaiJaxError(f"class names file not found: {path}")
-    text = pathlib.Path(path).read_text()
-    if text.lstrip().startswith("["):
-        return [str(x) for x in json.loads(text)]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return read_names(path, "class names file")
 
 
 def _read_json(path: str, what: str):
-    if not os.path.isfile(path):
-        raise XaiJaxError(f"{what} file not found: {path}")
-    try:
-        return json.loads(pathlib.Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise XaiJaxError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    return read_json(path, what)
+
+
+def _read_groups(path: str) -> dict[str, list[str]]:
+    """``--human FILE.json``: ``{group name: [class names]}``."""
+    raw = read_json(path, "human grouping")
+    if not raw or not all(isinstance(v, list) and v and all(isinstance(m, (str, int)) for m in v)
+                          for v in raw.values()):
+        raise XaiJaxError(f"human grouping {path} must be a JSON object {{group name: [class names]}} with "
+                          f"non-empty lists")
+    return raw
+
+
+def _read_names(path: str) -> dict[str, str]:
+    """``--names FILE.json``: ``{cluster (ids or class names, comma-separated): name}``."""
+    raw = read_json(path, "names")
+    if not all(isinstance(v, str) and v.strip() for v in raw.values()):
+        raise XaiJaxError(f"names file {path} must map clusters to non-empty name strings")
+    return raw
 
 
 def guess_dataset(class_names) -> str | None:
@@ -59,9 +66,7 @@ def human_reference(result: NMAResult, reference: str):
     if reference == "cifar100-superclasses":
         groups = hierarchy.cifar100_superclasses(result.class_names)
     else:
-        raw = _read_json(reference, "human grouping")
-        if not isinstance(raw, dict):
-            raise XaiJaxError(f"{reference}: expected an object {{group name: [class names]}}")
+        raw = _read_groups(reference)
         groups = {name: [result.label_index(m) for m in members] for name, members in raw.items()}
     return hierarchy.grouping_hierarchy(groups, result.num_classes), "members"
 
@@ -69,6 +74,14 @@ def human_reference(result: NMAResult, reference: str):
 def _synset(name):
     from xai_jax.naming.wordnet import synset
     return synset(name)
+
+
+def _check_synsets(args, class_names, dataset) -> None:
+    """Resolves every label's synset before the pass, so that a bad table or a missing WordNet stops it early."""
+    if args.no_names:
+        return
+    from xai_jax.naming import hierarchy
+    hierarchy.label_synsets(class_names, dataset=dataset, table=args.synset_table)
 
 
 def leaf_groups(concepts, num_classes: int) -> dict[int, str]:
@@ -82,35 +95,54 @@ def leaf_groups(concepts, num_classes: int) -> dict[int, str]:
     return groups
 
 
+def _check_human(reference: str) -> None:
+    if reference not in ("wordnet", "cifar100-superclasses"):
+        _read_groups(reference)
+
+
 def fit(args) -> None:
+    from xai_jax import outputs
+    from xai_jax.cli import inputs_of
+    from xai_jax.methods.nma import KIND
     from xai_jax.viz.dendrogram import dendrogram
     from xai_jax.viz.report import Report
     if not args.out:
         raise XaiJaxError("--out DIR is required")
+    if args.result or args.label or args.image:
+        raise XaiJaxError("--result, --label and --image belong to `xai-jax nma explain`")
+    inputs = inputs_of(args, "from_probs", "weights", "data", "synsets", "class_names", "synset_table", "names",
+                       "human")
+    outputs.check_output(args.out, KIND, inputs=inputs)
     method = NearMissAnalysis(_config(args))
     progress = False if args.quiet else None
+    overrides = _read_names(args.names) if args.names else None
+    _check_human(args.human)
     if args.from_probs:
         if args.model or args.data:
             raise XaiJaxError("give either --from-probs or --model/--weights/--data, not both")
-        if not os.path.isfile(args.from_probs):
-            raise XaiJaxError(f"scores file not found: {args.from_probs}")
-        arrays = np.load(args.from_probs, allow_pickle=False)
+        arrays = read_npz(args.from_probs, "scores file", ("labels",))
         from_logits = "probs" not in arrays
-        if from_logits and "logits" not in arrays or "labels" not in arrays:
-            raise XaiJaxError(f"{args.from_probs} must hold `probs` (or `logits`) and `labels`; "
-                              f"it holds {', '.join(arrays.files)}")
-        scores = arrays["logits" if from_logits else "probs"]
+        if from_logits and "logits" not in arrays:
+            raise XaiJaxError(f"scores file {args.from_probs} must hold `probs` (or `logits`) and `labels`; "
+                              f"it holds {', '.join(arrays)}")
+        key = "logits" if from_logits else "probs"
+        scores = numeric(arrays[key], args.from_probs, key, ndim=2)
+        labels = numeric(arrays["labels"], args.from_probs, "labels", ndim=1, integer=True)
         if args.class_names:
             class_names = _read_class_names(args.class_names)
         elif "class_names" in arrays:
-            class_names = [str(c) for c in arrays["class_names"]]
+            class_names = [str(c) for c in np.asarray(arrays["class_names"]).reshape(-1)]
         elif args.dataset and args.dataset != "imagenet":
             from xai_jax.naming.hierarchy import packaged_table
             class_names = list(packaged_table(args.dataset))
         else:
             raise XaiJaxError("name the classes: --class-names FILE, --dataset NAME, or `class_names` in the npz")
         dataset = args.dataset or guess_dataset(class_names)
-        result = method.fit_scores(scores, arrays["labels"], class_names, from_logits=from_logits,
+        if len(class_names) != scores.shape[1]:
+            raise XaiJaxError(f"{len(class_names)} class names for {scores.shape[1]} columns of scores")
+        method.config.validate(len(class_names))
+        _check_synsets(args, class_names, dataset)
+        result = method.fit_scores(scores, labels, class_names, from_logits=from_logits,
                                    synsets=args.synset_table, dataset=dataset, names=not args.no_names,
                                    meta={"scores": os.path.abspath(args.from_probs)}, progress=progress)
     else:
@@ -124,12 +156,14 @@ def fit(args) -> None:
                               f"{args.num_classes or spec.num_classes} outputs; pass --class-names")
         source.class_names = tuple(class_names)
         dataset = args.dataset or guess_dataset(class_names)
+        method.config.validate(len(class_names))
+        _check_synsets(args, class_names, dataset)
         result = method.fit(spec.name, variables, source, synsets=args.synset_table, dataset=dataset,
                             names=not args.no_names, num_classes=args.num_classes, batch_size=args.batch_size,
                             compute_dtype="bfloat16" if args.bf16 else None, progress=progress,
                             meta={"weights": os.path.abspath(args.weights), **data_meta(args)})
-    if args.names:
-        result = result.with_overrides(_read_json(args.names, "names"))
+    if overrides:
+        result = result.with_overrides(overrides)
 
     human, match = human_reference(result, args.human)
     score = None
@@ -169,28 +203,31 @@ def explain(args) -> None:
         raise XaiJaxError("explain needs --result DIR (the output of `xai-jax nma ... --out DIR`)")
     if bool(args.label) == bool(args.image):
         raise XaiJaxError("explain needs exactly one of --label NAME or --image FILE")
+    if args.out:
+        raise XaiJaxError("explain prints its explanation; it takes no --out")
     result = NMAResult.load(args.result)
     if args.names:
-        result = result.with_overrides(_read_json(args.names, "names"))
+        result = result.with_overrides(_read_names(args.names))
     if args.label:
         print(result.explain(args.label).text())
         return
     import jax
 
     from xai_jax import models, weights
-    from xai_jax.data.sources import load_folder_image
+    from xai_jax.readers import read_image
     model = args.model or result.meta.get("model")
     weights_path = args.weights or result.meta.get("weights")
     if not model or not weights_path:
         raise XaiJaxError("explaining an image needs the model: --model NAME --weights PATH "
                           "(this result was fitted from saved scores)")
     spec = models.get(model)
-    if not os.path.isfile(args.image):
-        raise XaiJaxError(f"image not found: {args.image}")
-    image = load_folder_image(pathlib.Path(args.image), spec.resize,
-                              spec.input_shape[:2] if spec.resize else None)
-    logits = models.make_forward(spec.name, (), args.num_classes)(image[None], weights.load(spec, weights_path))["logits"]
+    image = read_image(args.image, spec)
+    num_classes = args.num_classes or (result.num_classes if result.num_classes != spec.num_classes else None)
+    variables = weights.load(spec, weights_path, num_classes=num_classes)
+    logits = models.make_forward(spec.name, (), num_classes)(image[None], variables)["logits"]
     probs = np.asarray(jax.nn.softmax(logits[0]))
+    if len(probs) != result.num_classes:
+        raise XaiJaxError(f"{model} has {len(probs)} outputs but the result has {result.num_classes} labels")
     label = int(probs.argmax())
     print(f"classified as {result.class_names[label]} (p = {probs[label]:.3f})")
     print(result.explain(label).text())

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 
 import numpy as np
 
+from xai_jax.cli_options import number_in, positive_int
 from xai_jax.errors import XaiJaxError
+from xai_jax.readers import numeric, read_lines, read_npz
 
 NO_CLIP = ("concept discovery from images needs CLIP weights: --clip PATH (an OpenAI .pt file or a Hugging Face "
            "CLIPModel folder). No CLIP weights ship with xai_jax and none can be downloaded here; with embeddings "
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
     def model_args(q):
         q.add_argument("--model", help="backbone name (see `xai-jax info`)")
         q.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
-        q.add_argument("--num-classes", type=int, help="outputs of the head if not the model's default")
+        q.add_argument("--num-classes", type=positive_int, help="outputs of the head if not the model's default")
         q.add_argument("--tap", help="the explained layer, e.g. pool (see `xai-jax info --model NAME`)")
         q.add_argument("--map-tap", help="spatial layer giving the neuron activation maps (default: the tap, or "
                                          "the last spatial tap before it with as many channels)")
@@ -48,10 +49,10 @@ def register(subparsers) -> None:
     q.add_argument("--concept-embeddings", metavar="T.npz", help="`embeddings` [concepts, D] of the prompted concepts")
     q.add_argument("--template-embedding", metavar="TT.npy", help="[D] embedding of the bare template")
     q.add_argument("--crop-embeddings", metavar="C.npz", help="`embeddings` [neurons, crops, D] for minor concepts")
-    q.add_argument("--n-examples", type=int, default=40, help="top-n images per neuron (default 40)")
-    q.add_argument("--alpha-major", type=float, default=0.95)
-    q.add_argument("--alpha-minor", type=float, default=0.90)
-    q.add_argument("--max-concepts", type=int, default=20, help="selected concepts listed per neuron (default 20)")
+    q.add_argument("--n-examples", type=positive_int, default=40, help="top-n images per neuron (default 40)")
+    q.add_argument("--alpha-major", type=number_in(0.0, 1.0, low_open=True), default=0.95)
+    q.add_argument("--alpha-minor", type=number_in(0.0, 1.0, low_open=True), default=0.90)
+    q.add_argument("--max-concepts", type=positive_int, default=20, help="selected concepts listed per neuron (default 20)")
     q.add_argument("--no-minor", action="store_true", help="skip minor concepts (no crops)")
     q.add_argument("--out", required=True, metavar="DIR")
     q.set_defaults(func=concepts)
@@ -71,37 +72,23 @@ def register(subparsers) -> None:
     q.add_argument("--image", required=True, metavar="FILE")
     q.add_argument("--model", help="default: the result's")
     q.add_argument("--weights", metavar="PATH", help="default: the result's")
-    q.add_argument("--num-classes", type=int)
-    q.add_argument("--top-k", type=int, default=3)
+    q.add_argument("--num-classes", type=positive_int)
+    q.add_argument("--top-k", type=positive_int, default=3)
     q.add_argument("--out", metavar="DIR", help="write explanation.json and panel.png here")
     q.set_defaults(func=explain)
 
 
-def _npz_array(path: str, key: str, what: str) -> np.ndarray:
+def _npz_array(path: str, key: str, what: str, ndim) -> np.ndarray:
     if not path:
-        raise XaiJaxError(f"missing {what}")
-    if not os.path.isfile(path):
-        raise XaiJaxError(f"{what} file not found: {path}")
-    try:
-        arrays = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise XaiJaxError(f"{path}: not a NumPy file ({err})") from None
-    if isinstance(arrays, np.ndarray):
-        return arrays
-    if key not in arrays.files:
-        raise XaiJaxError(f"{path} must hold `{key}`; it holds {', '.join(arrays.files) or 'nothing'}")
-    return arrays[key]
+        raise XaiJaxError(f"{what} FILE is required with the embeddings")
+    array = read_npz(path, what, (key,), allow_npy=True)[key]
+    return numeric(array, path, key, ndim=ndim)
 
 
 def _read_words(path: str) -> list[str]:
     if not path:
         raise XaiJaxError("--concepts WORDS.txt is required (one concept a line)")
-    if not os.path.isfile(path):
-        raise XaiJaxError(f"concepts file not found: {path}")
-    words = [line.strip() for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
-    if not words:
-        raise XaiJaxError(f"{path} lists no concepts")
-    return words
+    return read_lines(path, "concepts file")
 
 
 def _method(args, config, result=None):
@@ -119,20 +106,26 @@ def _method(args, config, result=None):
 
 
 def concepts(args) -> None:
-    from xai_jax.methods.www import WWW, WWWConfig
+    from xai_jax import outputs
+    from xai_jax.cli import inputs_of
+    from xai_jax.methods.www import KIND, WWW, WWWConfig
     config = WWWConfig(n_examples=args.n_examples, alpha_major=args.alpha_major, alpha_minor=args.alpha_minor,
                        max_concepts=args.max_concepts)
+    config.validate()
+    outputs.check_output(args.out, KIND, inputs=inputs_of(
+        args, "activations", "image_embeddings", "concept_embeddings", "template_embedding", "crop_embeddings",
+        "concepts", "clip", "weights", "data", "synsets"))
     progress = False if args.quiet else None
     embeddings_form = any([args.activations, args.image_embeddings, args.concept_embeddings, args.template_embedding])
     if embeddings_form:
         if args.model or args.data:
             raise XaiJaxError("give either embeddings (--activations ...) or --model/--data with --clip, not both")
         words = _read_words(args.concepts)
-        activations = _npz_array(args.activations, "activations", "--activations A.npz")
-        images = _npz_array(args.image_embeddings, "embeddings", "--image-embeddings V.npz")
-        texts = _npz_array(args.concept_embeddings, "embeddings", "--concept-embeddings T.npz")
-        template = _npz_array(args.template_embedding, "embedding", "--template-embedding TT.npy")
-        crops = (_npz_array(args.crop_embeddings, "embeddings", "--crop-embeddings C.npz")
+        activations = _npz_array(args.activations, "activations", "--activations", (2, 4))
+        images = _npz_array(args.image_embeddings, "embeddings", "--image-embeddings", 2)
+        texts = _npz_array(args.concept_embeddings, "embeddings", "--concept-embeddings", 2)
+        template = _npz_array(args.template_embedding, "embedding", "--template-embedding", (1, 2))
+        crops = (_npz_array(args.crop_embeddings, "embeddings", "--crop-embeddings", 3)
                  if args.crop_embeddings else None)
         if len(words) != len(texts):
             raise XaiJaxError(f"{len(words)} concepts in {args.concepts} but {len(texts)} concept embeddings")
@@ -163,9 +156,12 @@ def concepts(args) -> None:
 
 
 def contributions(args) -> None:
-    from xai_jax.methods.www import WWWConfig, WWWResult
-    result = WWWResult.load(args.result) if args.result else None
+    from xai_jax import outputs
+    from xai_jax.cli import inputs_of
+    from xai_jax.methods.www import KIND, WWWConfig, WWWResult
     config = WWWConfig(contribution=args.contribution, class_by=args.class_by)
+    outputs.check_output(args.out, KIND, inputs=inputs_of(args, "result", "weights", "data", "synsets"))
+    result = WWWResult.load(args.result) if args.result else None
     www, source = _method(args, config, result)
     result = www.fit_class_contributions(source, batch_size=args.batch_size, progress=False if args.quiet else None)
     result.config = dataclasses.replace(result.config, contribution=config.contribution, class_by=config.class_by)
@@ -180,9 +176,12 @@ def contributions(args) -> None:
 
 
 def explain(args) -> None:
-    from xai_jax import models, weights
-    from xai_jax.data.sources import load_folder_image
-    from xai_jax.methods.www import WWW, WWWResult
+    from xai_jax import models, outputs, weights
+    from xai_jax.cli import inputs_of
+    from xai_jax.methods.www import EXPLANATION_KIND, WWW, WWWResult
+    from xai_jax.readers import read_image
+    if args.out:
+        outputs.check_output(args.out, EXPLANATION_KIND, inputs=inputs_of(args, "result", "weights", "image"))
     result = WWWResult.load(args.result)
     if result.class_contributions is None:
         raise XaiJaxError(f"{args.result} has no contributions.npz; run `xai-jax www contributions ... --result "
@@ -191,21 +190,11 @@ def explain(args) -> None:
     weights_path = args.weights or result.meta.get("weights")
     if not model or not weights_path:
         raise XaiJaxError("explaining an image needs the model: --model NAME --weights PATH")
-    if not os.path.isfile(args.image):
-        raise XaiJaxError(f"image not found: {args.image}")
     spec = models.get(model)
-    image = load_folder_image(pathlib.Path(args.image), spec.resize, spec.input_shape[:2] if spec.resize else None)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] != spec.input_shape[-1]:
-        grey = spec.input_shape[-1] == 1
-        image = image.mean(-1, keepdims=True).astype(image.dtype) if grey else np.repeat(image, 3, -1)
-    if tuple(image.shape) != tuple(spec.input_shape):
-        raise XaiJaxError(f"{model} takes {' x '.join(map(str, spec.input_shape))} images; {args.image} is "
-                          f"{' x '.join(map(str, image.shape))}")
+    image = read_image(args.image, spec)
     config = dataclasses.replace(result.config, top_k=args.top_k)
-    www = WWW(model, weights.load(spec, weights_path), tap=result.tap, map_tap=result.map_tap, config=config,
-              num_classes=args.num_classes, result=result)
+    www = WWW(model, weights.load(spec, weights_path, num_classes=args.num_classes), tap=result.tap,
+              map_tap=result.map_tap, config=config, num_classes=args.num_classes, result=result)
     explanation = www.explain(image[None])
     record = explanation.summary(result.class_names)[0]
     print(f"classified as {record['predicted']} (p = {record['probability']:.3f}); heatmap similarity (trust) "
@@ -215,13 +204,9 @@ def explain(args) -> None:
         for n in record[f"{side}_neurons"]:
             print(f"    neuron {n['neuron']}: contribution {n['contribution']:.4g}  {n['concepts']}")
     if args.out:
-        from xai_jax.outputs import atomic_dir
         from xai_jax.viz.www import explanation_panel
         png = explanation_panel(explanation, 0, result.class_names)
-        with atomic_dir(args.out) as tmp:
-            with open(os.path.join(tmp, "explanation.json"), "w") as f:
-                json.dump(record, f, indent=2)
-            with open(os.path.join(tmp, "panel.png"), "wb") as f:
-                f.write(png)
+        with outputs.atomic_dir(args.out, EXPLANATION_KIND) as tmp:
+            outputs.write_files(tmp, {"explanation.json": json.dumps(record, indent=2).encode(), "panel.png": png})
             explanation.save(os.path.join(tmp, "explanation.npz"))
         print(f"wrote {args.out}: explanation.json, panel.png, explanation.npz")

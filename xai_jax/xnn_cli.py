@@ -8,7 +8,9 @@ import os
 import numpy as np
 
 from xai_jax.cli import DATA_HELP, add_sample_seed, data_meta
+from xai_jax.cli_options import int_list, name_list, non_negative_int, number_in, positive_int, positive_number
 from xai_jax.errors import XaiJaxError
+from xai_jax.readers import numeric, read_npz
 
 
 def register(subparsers) -> None:
@@ -18,37 +20,37 @@ def register(subparsers) -> None:
     f = sub.add_parser("fit", help="train one-vs-all explainers for every class (or --classes)")
     f.add_argument("--model", help="backbone name (see `xai-jax info`)")
     f.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
-    f.add_argument("--num-classes", type=int, help="outputs of the head if not the model's default")
+    f.add_argument("--num-classes", type=positive_int, help="outputs of the head if not the model's default")
     f.add_argument("--data", metavar="SPEC", help=DATA_HELP + " (training set)")
     f.add_argument("--split", help="split of --data (default train where the source has splits)")
-    f.add_argument("--limit", type=int, help="use only the first N training images (a random N with --sample-seed)")
+    f.add_argument("--limit", type=positive_int, help="use only the first N training images (a random N with --sample-seed)")
     add_sample_seed(f)
     f.add_argument("--test-data", metavar="SPEC", help="held-out data for the _test metrics (e.g. the test file of "
                                                        "jpeg-npz data; default: --test-split of --data)")
     f.add_argument("--test-split", help="held-out split of --data (or of --test-data) for the _test metrics")
-    f.add_argument("--test-limit", type=int, help="use only the first N held-out images")
+    f.add_argument("--test-limit", type=positive_int, help="use only the first N held-out images")
     f.add_argument("--synsets", metavar="FILE", help="folder data: wnid order file")
-    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--batch-size", type=positive_int, default=128)
     f.add_argument("--features", metavar="Z.npz", help="precomputed arrays `features`, `logits`, `labels` "
                    "(optional `class_names`) instead of --model/--data")
     f.add_argument("--test-features", metavar="Z.npz", help="held-out arrays like --features")
     f.add_argument("--tap", default="pool", help="the explained layer (default pool)")
     f.add_argument("--heatmap-tap", help="convolutional tap for Grad-CAM heatmaps (default: the last one "
                    "at or before --tap)")
-    f.add_argument("--variants", default="srae", help="comma-separated: srae, nn, sae, cae, lasso (default srae)")
-    f.add_argument("--classes", help="comma-separated class indices to explain (default all)")
-    f.add_argument("--x-features", type=int, default=5, help="x-features per explainer (default 5)")
-    f.add_argument("--hidden", default="800,100", help="encoder widths before the x-layer (default 800,100)")
+    f.add_argument("--variants", type=name_list, default=("srae",), help="comma-separated: srae, nn, sae, cae, lasso (default srae)")
+    f.add_argument("--classes", type=int_list(0), help="comma-separated class indices to explain (default all)")
+    f.add_argument("--x-features", type=positive_int, default=5, help="x-features per explainer (default 5)")
+    f.add_argument("--hidden", type=int_list(1), default=(800, 100), help="encoder widths before the x-layer (default 800,100)")
     f.add_argument("--x-activation", choices=["linear", "relu"], default="linear")
-    f.add_argument("--q", type=float, default=100.0)
-    f.add_argument("--beta", type=float, default=10.0)
-    f.add_argument("--eta", type=float, default=10.0)
-    f.add_argument("--positive-weight", type=float, help="weight of a positive (default #neg/#pos)")
-    f.add_argument("--epochs", type=int, default=30)
-    f.add_argument("--train-batch-size", type=int, default=256, help="explainer minibatch (default 256)")
-    f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--orthogonality-images", type=int, default=512,
+    f.add_argument("--q", type=positive_number, default=100.0)
+    f.add_argument("--beta", type=number_in(0.0), default=10.0)
+    f.add_argument("--eta", type=number_in(0.0), default=10.0)
+    f.add_argument("--positive-weight", type=positive_number, help="weight of a positive (default #neg/#pos)")
+    f.add_argument("--epochs", type=positive_int, default=30)
+    f.add_argument("--train-batch-size", type=positive_int, default=256, help="explainer minibatch (default 256)")
+    f.add_argument("--lr", type=positive_number, default=1e-3)
+    f.add_argument("--seed", type=non_negative_int, default=0)
+    f.add_argument("--orthogonality-images", type=positive_int, default=512,
                    help="images whose heatmaps give O1/O2 (with --model; default 512)")
     f.add_argument("--out", required=True, metavar="DIR")
     f.set_defaults(func=fit)
@@ -59,7 +61,7 @@ def register(subparsers) -> None:
     e.add_argument("--image", required=True, metavar="FILE")
     e.add_argument("--model", help="backbone (default: the one the result was fitted on)")
     e.add_argument("--weights", metavar="PATH", help="checkpoint (default: the one the result was fitted with)")
-    e.add_argument("--num-classes", type=int)
+    e.add_argument("--num-classes", type=positive_int)
     e.add_argument("--label", help="explained class (name or index; default the predicted one)")
     e.add_argument("--heatmap", choices=["gradcam", "cmwp"], default="gradcam",
                    help="gradcam (any backbone) or cmwp (sequential backbones: small_cnn, vgg11/16/19, "
@@ -68,32 +70,20 @@ def register(subparsers) -> None:
     e.set_defaults(func=explain)
 
 
-def _ints(text: str | None, what: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise XaiJaxError(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
 def _read_features(path: str, what: str) -> dict:
-    if not os.path.isfile(path):
-        raise XaiJaxError(f"{what} file not found: {path}")
-    try:
-        arrays = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise XaiJaxError(f"{path}: not a readable .npz ({err})") from None
-    missing = [k for k in ("features", "logits") if k not in arrays]
-    if missing:
-        raise XaiJaxError(f"{path} must hold `features` and `logits` (and `labels`); it holds "
-                          f"{', '.join(arrays.files)}")
-    return {k: arrays[k] for k in arrays.files}
+    arrays = read_npz(path, what, ("features", "logits"))
+    arrays["features"] = numeric(arrays["features"], path, "features", ndim=2)
+    arrays["logits"] = numeric(arrays["logits"], path, "logits", ndim=(1, 2))
+    if len(arrays["logits"]) != len(arrays["features"]):
+        raise XaiJaxError(f"{path}: {len(arrays['features'])} rows of features but {len(arrays['logits'])} of logits")
+    if "labels" in arrays:
+        arrays["labels"] = numeric(arrays["labels"], path, "labels", ndim=1, integer=True)
+    return arrays
 
 
 def _config(args, variant: str):
     from xai_jax.methods.xnn import XNNConfig
-    config = XNNConfig(tap=args.tap, num_x_features=args.x_features, hidden=tuple(_ints(args.hidden, "--hidden")),
+    config = XNNConfig(tap=args.tap, num_x_features=args.x_features, hidden=tuple(args.hidden),
                        variant=variant, q=args.q, beta=args.beta, eta=args.eta,
                        positive_weight=args.positive_weight, learning_rate=args.lr, epochs=args.epochs,
                        batch_size=args.train_batch_size, seed=args.seed, heatmap_tap=args.heatmap_tap,
@@ -103,13 +93,16 @@ def _config(args, variant: str):
 
 
 def fit(args) -> None:
-    from xai_jax.methods.xnn import XNN, extract_features, metrics_table
-    from xai_jax.outputs import atomic_dir
+    from xai_jax import outputs
+    from xai_jax.cli import inputs_of
+    from xai_jax.methods.xnn import KIND, XNN, extract_features, metrics_table
     from xai_jax.viz.report import Report
     from xai_jax.viz.xnn import metrics_bars
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    variants = list(dict.fromkeys(args.variants))
     configs = {v: _config(args, v) for v in variants}  # validates every variant before any work
-    classes = _ints(args.classes, "--classes")
+    classes = list(args.classes) if args.classes else None
+    outputs.check_output(args.out, KIND, inputs=inputs_of(args, "features", "test_features", "weights", "data",
+                                                         "test_data", "synsets"))
     progress = False if args.quiet else None
     results = {}
     if args.features:
@@ -140,7 +133,7 @@ def fit(args) -> None:
             test_source = data.open_source(
                 test_spec, split=args.test_split or data.split_if_any(test_spec, "test"), limit=args.test_limit,
                 resize=spec.resize, crop=crop, synsets=args.synsets, sample_seed=args.sample_seed)
-        variables = weights.load(spec, args.weights)
+        variables = weights.load(spec, args.weights, num_classes=args.num_classes)
         features = extract_features(spec.name, variables, source, args.tap, num_classes=args.num_classes,
                                     batch_size=args.batch_size, progress=progress)
         test_features = None if test_source is None else extract_features(
@@ -160,7 +153,7 @@ def fit(args) -> None:
                      f"{args.tap}; O1/O2 from the correlation of {summary['orthogonality_basis']}.")
     report.table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in table])
     report.figure(metrics_bars(table), "mean over classes")
-    with atomic_dir(args.out) as tmp:
+    with outputs.atomic_dir(args.out, KIND) as tmp:
         for variant, result in results.items():
             result.save(os.path.join(tmp, variant))
         with open(os.path.join(tmp, "summary.json"), "w") as f:
@@ -187,24 +180,21 @@ def _result_dir(path: str, variant: str | None) -> str:
 
 
 def explain(args) -> None:
-    import pathlib
-
-    from xai_jax import models, weights
-    from xai_jax.data.sources import load_folder_image
-    from xai_jax.methods.xnn import XNN, XNNResult
-    from xai_jax.outputs import atomic_dir
+    from xai_jax import models, outputs, weights
+    from xai_jax.cli import inputs_of
+    from xai_jax.methods.xnn import EXPLANATION_KIND, XNN, XNNResult
+    from xai_jax.readers import read_image
     from xai_jax.viz.xnn import explanation_figure
+    outputs.check_output(args.out, EXPLANATION_KIND, inputs=inputs_of(args, "result", "weights", "image"))
     result = XNNResult.load(_result_dir(args.result, args.variant))
     model = args.model or result.meta.get("model")
     weights_path = args.weights or result.meta.get("weights")
     if not model or not weights_path:
         raise XaiJaxError("explaining an image needs the model: --model NAME --weights PATH "
                           "(this result was fitted from saved features)")
-    if not os.path.isfile(args.image):
-        raise XaiJaxError(f"image not found: {args.image}")
     spec = models.get(model)
-    image = load_folder_image(pathlib.Path(args.image), spec.resize, spec.input_shape[:2] if spec.resize else None)
-    variables = weights.load(spec, weights_path)
+    image = read_image(args.image, spec)
+    variables = weights.load(spec, weights_path, num_classes=args.num_classes)
     label = args.label
     if label is None:
         logits = models.make_forward(spec.name, (), args.num_classes)(image[None], variables)["logits"]
@@ -215,12 +205,11 @@ def explain(args) -> None:
     record = {"class": name, "class_index": explanation.class_index, "logit": float(explanation.logit[0]),
               "approximation": float(explanation.approximation[0]), "heatmap": args.heatmap,
               "x_features": explanation.x_features[0].tolist(), "contributions": explanation.contributions[0].tolist()}
-    with atomic_dir(args.out) as tmp:
-        with open(os.path.join(tmp, "explanation.json"), "w") as f:
-            json.dump(record, f, indent=2)
-        np.savez(os.path.join(tmp, "heatmaps.npz"), heatmaps=explanation.heatmaps[0], baseline=explanation.baseline[0])
-        with open(os.path.join(tmp, "xfeatures.png"), "wb") as f:
-            f.write(explanation_figure(image[None], explanation, name))
+    with outputs.atomic_dir(args.out, EXPLANATION_KIND) as tmp:
+        outputs.write_files(tmp, {"explanation.json": json.dumps(record, indent=2).encode(),
+                                  "xfeatures.png": explanation_figure(image[None], explanation, name)})
+        outputs.save_npz(os.path.join(tmp, "heatmaps.npz"), {"heatmaps": explanation.heatmaps[0],
+                                                              "baseline": explanation.baseline[0]})
     print(f"wrote {args.out}: explanation.json, heatmaps.npz, xfeatures.png")
     print(f"  {name}: logit {record['logit']:.3f}, approximation {record['approximation']:.3f}")
     for i in np.argsort(-explanation.contributions[0]):

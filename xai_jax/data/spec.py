@@ -66,6 +66,15 @@ def split_if_any(spec: str, split: str) -> str | None:
     return None
 
 
+def spec_path(spec: str | None) -> str | None:
+    """The file or folder a spec reads (``idx:DIR`` -> ``DIR``), or None for tfds and digits: the path a command
+    must never write its output over."""
+    if not spec:
+        return None
+    kind, _, rest = spec.strip().partition(":")
+    return rest if kind in ("idx", "jpeg-npz", "npz", "folder") and rest else None
+
+
 def open_source(spec: str, split: str | None = None, limit: int | None = None, resize: int | None = None,
                 crop: tuple[int, int] | None = None, synsets: str | None = None,
                 sample_seed: int | None = None) -> Source:
@@ -116,4 +125,10 @@ def open_source(spec: str, split: str | None = None, limit: int | None = None, r
         source = DigitsSource(split=split)
     else:
         raise XaiJaxError(f"unknown data spec {spec!r}; {_forms()}")
+    if len(source) == 0:
+        raise XaiJaxError(f"data spec {spec}: holds no images")
+    if limit is not None and int(limit) < 1:
+        raise XaiJaxError(f"limit must be at least 1, got {limit}")
+    if sample_seed is not None and int(sample_seed) < 0:
+        raise XaiJaxError(f"sample seed must be >= 0, got {sample_seed}")
     return source if limit is None else subset(source, limit, sample_seed)

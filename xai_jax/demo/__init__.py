@@ -98,7 +98,7 @@ def run_demo(out: str, epochs: int = 30, seed: int = 0, progress: bool | None = 
         summary["methods"][key] = importlib.import_module(f"xai_jax.demo.{module}").section(report, context)
 
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "demo") as tmp:
         save_variables(os.path.join(tmp, "model"), variables, {"model": MODEL, "test_accuracy": accuracy})
         with open(os.path.join(tmp, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

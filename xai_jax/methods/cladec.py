@@ -38,10 +38,13 @@ from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import cladec as K
 from xai_jax.kernels.attribution import grad_cam, normalise_maps, upsample_maps
 from xai_jax.models.cladec import Decoder, layer_tap, refae_apply
-from xai_jax.outputs import atomic_dir, save_npz, write_files
+from xai_jax.outputs import NPZ_MARKER, atomic_dir, save_npz, write_files
+from xai_jax.readers import read_json, read_npz, reading
 from xai_jax.weights import load_variables, save_variables
 
 REDUCTIONS = ("sum", "mean")
+#: the kinds of output folder a ClaDec result and an occlusion analysis are (see :mod:`xai_jax.outputs`)
+KIND, OCCLUSION_KIND = "cladec", "cladec.occlusion"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,15 +262,20 @@ class ClaDecResult:
 
     def save(self, directory: str | os.PathLike, extra_files: Mapping[str, bytes] | None = None) -> None:
         """Writes ``cladec.json``, ``history.json``, ``decoder/`` and ``refae/`` (orbax) atomically."""
-        with atomic_dir(directory) as tmp:
-            with open(os.path.join(tmp, "cladec.json"), "w") as f:
-                json.dump(self.summary(), f, indent=2)
-            with open(os.path.join(tmp, "history.json"), "w") as f:
-                json.dump(self.history, f)
-            save_variables(os.path.join(tmp, "decoder"), self.decoder, {"model": self.model, "tap": self.tap})
-            if self.refae is not None:
-                save_variables(os.path.join(tmp, "refae"), self.refae, {"model": self.model, "tap": self.tap})
-            write_files(tmp, extra_files)
+        with atomic_dir(directory, KIND) as tmp:
+            self.write(tmp, extra_files)
+
+    def write(self, directory: str | os.PathLike, extra_files: Mapping[str, bytes] | None = None) -> None:
+        """Writes the result's files into ``directory``, a folder being built by :func:`xai_jax.outputs.atomic_dir`
+        (so that a command can put more beside them, e.g. the classifier it trained)."""
+        with open(os.path.join(directory, "cladec.json"), "w") as f:
+            json.dump(self.summary(), f, indent=2)
+        with open(os.path.join(directory, "history.json"), "w") as f:
+            json.dump(self.history, f)
+        save_variables(os.path.join(directory, "decoder"), self.decoder, {"model": self.model, "tap": self.tap})
+        if self.refae is not None:
+            save_variables(os.path.join(directory, "refae"), self.refae, {"model": self.model, "tap": self.tap})
+        write_files(directory, extra_files)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "ClaDecResult":
@@ -275,22 +283,22 @@ class ClaDecResult:
         if not os.path.isfile(path):
             raise XaiJaxError(f"{directory}: not a ClaDec result (no cladec.json; write one with `xai-jax cladec "
                               "train --out DIR`)")
-        with open(path) as f:
-            s = json.load(f)
-        config = dict(s["config"])
-        for key in ("neurons", "decoder_widths"):
-            if config.get(key) is not None:
-                config[key] = tuple(config[key])
+        s = read_json(path, "ClaDec result file")
         decoder, _ = load_variables(os.path.join(directory, "decoder"))
         refae = load_variables(os.path.join(directory, "refae"))[0] if os.path.isdir(
             os.path.join(directory, "refae")) else None
         history = {}
         if os.path.isfile(os.path.join(directory, "history.json")):
-            with open(os.path.join(directory, "history.json")) as f:
-                history = json.load(f)
-        return cls(config=ClaDecConfig(**config), model=s["model"], tap=s["tap"], code_shape=tuple(s["code_shape"]),
-                   decoder=decoder, refae=refae, fill=np.asarray(s["fill"], np.float32), metrics=s["metrics"],
-                   history=history, meta=s.get("meta", {}))
+            history = read_json(os.path.join(directory, "history.json"), "ClaDec result file")
+        with reading(directory, "ClaDec result"):
+            config = dict(s["config"])
+            for key in ("neurons", "decoder_widths"):
+                if config.get(key) is not None:
+                    config[key] = tuple(config[key])
+            return cls(config=ClaDecConfig(**config), model=s["model"], tap=s["tap"],
+                       code_shape=tuple(int(d) for d in s["code_shape"]), decoder=decoder, refae=refae,
+                       fill=np.asarray(s["fill"], np.float32), metrics=s["metrics"], history=history,
+                       meta=dict(s.get("meta", {})))
 
 
 @functools.lru_cache(maxsize=None)
@@ -321,6 +329,27 @@ class ClaDec:
         self.config = config or ClaDecConfig()
         self.config.validate()
 
+    def check(self, model: str) -> str:
+        """Checks the configuration against ``model`` without touching data: the layer exists, the neuron range
+        fits its channels and the decoder can be built on its code. Returns the layer's tap."""
+        config = self.config
+        tap = layer_tap(model, config.layer) if model in _cladec_models() else str(config.layer)
+        evaluation.check_taps(model, (tap,))
+        full_shape = models.tap_shapes(model)[tap]
+        if config.neurons is not None and config.neurons[1] > full_shape[-1]:
+            raise XaiJaxError(f"neurons {config.neurons[0]}:{config.neurons[1]} out of range: {tap} has "
+                              f"{full_shape[-1]} channels")
+        spec = models.get(model)
+        code_shape = full_shape[:-1] + ((config.neurons[1] - config.neurons[0],) if config.neurons else full_shape[-1:])
+        decoder = Decoder(spec.input_shape[-1], spec.input_shape[0], config.decoder_base, config.decoder_widths)
+        try:
+            jax.eval_shape(lambda: decoder.init(jax.random.key(0), jnp.zeros((1, *code_shape), jnp.float32)))
+        except XaiJaxError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise XaiJaxError(f"no decoder fits {tap} of {model} ({' '.join(str(err).split())[:200]})") from None
+        return tap
+
     def fit(self, model: str, variables, train_set: Source, test_set: Source, *, progress: bool | None = None,
             meta: dict | None = None, activations: tuple[dict, dict] | None = None) -> ClaDecResult:
         """Trains ClaDec's decoder on the frozen classifier's activations, RefAE, and evaluates both.
@@ -339,12 +368,7 @@ class ClaDec:
         """
         config = self.config
         spec = models.get(model)
-        tap = layer_tap(model, config.layer) if model in _cladec_models() else str(config.layer)
-        evaluation.check_taps(model, (tap,))
-        full_shape = models.tap_shapes(model)[tap]
-        if config.neurons is not None and config.neurons[1] > full_shape[-1]:
-            raise XaiJaxError(f"neurons {config.neurons[0]}:{config.neurons[1]} out of range: {tap} has "
-                              f"{full_shape[-1]} channels")
+        tap = self.check(model)
         if len(train_set) < 1 or len(test_set) < 1:
             raise XaiJaxError("ClaDec needs non-empty training and test sets")
         key = jax.random.key(config.seed)
@@ -522,7 +546,7 @@ class OcclusionResult:
 
     def save(self, directory: str | os.PathLike, extra_files: Mapping[str, bytes] | None = None) -> None:
         arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "meta"}
-        with atomic_dir(directory) as tmp:
+        with atomic_dir(directory, OCCLUSION_KIND) as tmp:
             save_npz(os.path.join(tmp, "occlusion.npz"), arrays)
             with open(os.path.join(tmp, "occlusion.json"), "w") as f:
                 json.dump({"accuracy": self.accuracy, "meta": self.meta}, f, indent=2)
@@ -533,11 +557,11 @@ class OcclusionResult:
         path = os.path.join(directory, "occlusion.npz")
         if not os.path.isfile(path):
             raise XaiJaxError(f"{directory}: not an occlusion result (no occlusion.npz)")
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in z.files}
-        with open(os.path.join(directory, "occlusion.json")) as f:
-            meta = json.load(f).get("meta", {})
-        return cls(**arrays, meta=meta)
+        arrays = read_npz(path, "occlusion result file")
+        arrays.pop(NPZ_MARKER, None)
+        meta = read_json(os.path.join(directory, "occlusion.json"), "occlusion result file").get("meta", {})
+        with reading(directory, "occlusion result"):
+            return cls(**arrays, meta=dict(meta))
 
 
 @functools.lru_cache(maxsize=None)

@@ -47,9 +47,13 @@ from xai_jax.kernels.clustering import (cluster_frequencies, kl_divergence_log, 
                                         nearest_neighbours, project_to_sphere, target_distribution,
                                         validate_layer_weights)
 from xai_jax.outputs import atomic_dir, save_npz, write_files
+from xai_jax.readers import read_json, read_npz, reading
 
 POSTERIORS = ("labels", "predictions")
 
+
+#: the kind of output folder a DEC surrogate is (see :mod:`xai_jax.outputs`)
+KIND = "dec"
 
 @dataclasses.dataclass(frozen=True)
 class DECConfig:
@@ -350,7 +354,7 @@ class DECResult:
         summary = {"model": self.model, "class_names": list(self.class_names),
                    "config": dataclasses.asdict(self.config), "metrics": self.metrics, "history": self.history,
                    "meta": self.meta}
-        with atomic_dir(directory) as tmp:
+        with atomic_dir(directory, KIND) as tmp:
             with open(os.path.join(tmp, "dec.json"), "w") as f:
                 json.dump(summary, f, indent=2)
             save_npz(os.path.join(tmp, "dec.npz"), {
@@ -366,18 +370,28 @@ class DECResult:
         for name in ("dec.json", "dec.npz", "encoders"):
             if not os.path.exists(os.path.join(directory, name)):
                 raise XaiJaxError(f"{directory} is not a DEC surrogate (missing {name})")
-        summary = json.load(open(os.path.join(directory, "dec.json")))
-        arrays = np.load(os.path.join(directory, "dec.npz"))
+        summary = read_json(os.path.join(directory, "dec.json"), "DEC result file")
+        arrays = read_npz(os.path.join(directory, "dec.npz"), "DEC result file",
+                          ("centroids", "posteriors", "train_embeddings", "train_labels", "train_predictions",
+                           "train_indices"))
         layers, _ = load_variables(os.path.join(directory, "encoders"))
-        config = summary["config"]
-        config = DECConfig(**{**config, "taps": tuple(config["taps"]), "hidden": tuple(config["hidden"]),
-                              "layer_weights": None if config["layer_weights"] is None
-                              else tuple(config["layer_weights"])})
-        return cls(model=summary["model"], class_names=summary["class_names"], config=config, layers=layers,
-                   centroids=arrays["centroids"], posteriors=arrays["posteriors"],
-                   train_embeddings=arrays["train_embeddings"], train_labels=arrays["train_labels"],
-                   train_predictions=arrays["train_predictions"], train_indices=arrays["train_indices"],
-                   metrics=summary["metrics"], history=summary["history"], meta=summary["meta"])
+        with reading(directory, "DEC surrogate"):
+            config = summary["config"]
+            config = DECConfig(**{**config, "taps": tuple(config["taps"]), "hidden": tuple(config["hidden"]),
+                                  "layer_weights": None if config["layer_weights"] is None
+                                  else tuple(config["layer_weights"])})
+            result = cls(model=summary["model"], class_names=summary["class_names"], config=config, layers=layers,
+                         centroids=arrays["centroids"], posteriors=arrays["posteriors"],
+                         train_embeddings=arrays["train_embeddings"], train_labels=arrays["train_labels"],
+                         train_predictions=arrays["train_predictions"], train_indices=arrays["train_indices"],
+                         metrics=summary["metrics"], history=summary["history"], meta=dict(summary["meta"]))
+            layers_k = (len(config.taps), config.clusters)
+            if result.centroids.shape[:2] != layers_k or result.posteriors.shape[:2] != layers_k:
+                raise ValueError(f"dec.npz centroids {result.centroids.shape} and posteriors "
+                                 f"{result.posteriors.shape} do not fit {layers_k[0]} taps x {layers_k[1]} clusters")
+            if result.train_indices.ndim != 1 or not len(result.train_indices):
+                raise ValueError("dec.npz holds no training indices")
+        return result
 
 
 # --- the method --------------------------------------------------------------------------------------------------

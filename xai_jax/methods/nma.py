@@ -36,12 +36,15 @@ from xai_jax.errors import XaiJaxError
 from xai_jax.kernels.floyd_warshall import floyd_warshall, floyd_warshall_auto
 from xai_jax.kernels.near_miss import (connection_weights, fill_disconnected, near_miss_init, near_miss_matrix,
                                        near_miss_update)
-from xai_jax.outputs import atomic_dir, save_npz
+from xai_jax.outputs import atomic_dir, save_npz, write_files
+from xai_jax.readers import read_json, read_npz, reading
 
 LINKAGE_METHODS = ("average", "single", "complete", "weighted", "ward")
 SYMMETRIZE = ("mean", "max")
 EDGE_WEIGHTS = ("probability", "summed", "count")
 LINKAGE_INPUTS = ("condensed", "rows")
+#: the kind of output folder a near-miss result is (see :mod:`xai_jax.outputs`)
+KIND = "nma"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +274,12 @@ class NMAResult:
         valid = {cluster_id(m) for m in self.members()[self.num_classes:]}
         for key, name in overrides.items():
             parts = [s.strip() for s in str(key).split(",") if s.strip()]
-            indices = [int(s) if s.isdigit() else self.label_index(s) for s in parts]
+            try:
+                indices = [self.label_index(int(s) if s.isdigit() else s) for s in parts]
+            except XaiJaxError as err:
+                raise XaiJaxError(f"override {key!r}: {err}") from None
+            if not isinstance(name, str) or not name.strip():
+                raise XaiJaxError(f"override {key!r}: the name must be a non-empty string, not {name!r}")
             cid = cluster_id(indices)
             if cid not in valid:
                 listed = ", ".join(self.class_names[i] for i in sorted(set(indices)))
@@ -295,19 +303,18 @@ class NMAResult:
 
     def save(self, directory: str | os.PathLike, extra_files: Mapping[str, bytes] | None = None,
              score: dict | None = None) -> None:
-        """Writes ``nma.json`` and ``nma.npz`` (plus ``extra_files``) to ``directory``, atomically."""
+        """Writes ``nma.json`` and ``nma.npz`` (plus ``extra_files``) to ``directory``, atomically
+        (:func:`xai_jax.outputs.atomic_dir`: a new folder, or an earlier near-miss result)."""
         summary = self.summary()
         if score is not None:
             summary["score"] = score
-        with atomic_dir(directory) as tmp:
+        with atomic_dir(directory, KIND) as tmp:
             with open(os.path.join(tmp, "nma.json"), "w") as f:
                 json.dump(summary, f, indent=2)
             save_npz(os.path.join(tmp, "nma.npz"), {"p": self.p, "distances": self.distances,
                                                      "linkage": self.linkage, "events": self.events,
                                                      "counts": self.counts})
-            for name, data in (extra_files or {}).items():
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(data)
+            write_files(tmp, extra_files)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "NMAResult":
@@ -315,12 +322,22 @@ class NMAResult:
         for path in (path_json, path_npz):
             if not os.path.isfile(path):
                 raise XaiJaxError(f"{directory} is not a near-miss analysis result (missing {os.path.basename(path)})")
-        summary = json.load(open(path_json))
-        arrays = np.load(path_npz)
-        return cls(class_names=summary["labels"], synsets=summary["synsets"], p=arrays["p"],
-                   events=arrays["events"], counts=arrays["counts"], distances=arrays["distances"],
-                   linkage=arrays["linkage"], names=summary["names"], overrides=summary["overrides"],
-                   config=NMAConfig(**summary["config"]), meta=summary.get("meta", {}))
+        summary = read_json(path_json, "near-miss result file")
+        arrays = read_npz(path_npz, "near-miss result file", ("p", "events", "counts", "distances", "linkage"))
+        with reading(directory, "near-miss analysis result"):
+            result = cls(class_names=[str(n) for n in summary["labels"]], synsets=summary["synsets"],
+                         p=arrays["p"], events=arrays["events"], counts=arrays["counts"],
+                         distances=arrays["distances"], linkage=arrays["linkage"], names=dict(summary["names"]),
+                         overrides=dict(summary["overrides"]), config=NMAConfig(**summary["config"]),
+                         meta=dict(summary.get("meta", {})))
+            c = result.num_classes
+            shapes = {"p": (c, c), "events": (c, c), "counts": (c,), "distances": (c, c), "linkage": (c - 1, 4)}
+            for key, shape in shapes.items():
+                if getattr(result, key).shape != shape:
+                    raise ValueError(f"nma.npz `{key}` has shape {getattr(result, key).shape}, expected {shape} "
+                                     f"for {c} labels")
+            result.members()  # a linkage that does not describe a tree of the C labels fails here
+        return result
 
 
 @dataclasses.dataclass

@@ -38,10 +38,13 @@ from xai_jax import engine
 from xai_jax.data.base import ArraySource, Source
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import www as K
-from xai_jax.outputs import atomic_dir, save_npz, write_files
+from xai_jax.outputs import NPZ_MARKER, atomic_dir, save_npz, write_files
+from xai_jax.readers import read_json, read_npz, reading
 
 CONTRIBUTION_MODES = ("signed", "abs")
 CLASS_BY = ("label", "prediction")
+#: the kinds of output a WWW result folder and a saved explanation are (see :mod:`xai_jax.outputs`)
+KIND, EXPLANATION_KIND = "www", "www.explanation"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +162,7 @@ class WWWResult:
         summary = {"model": self.model, "tap": self.tap, "map_tap": self.map_tap, "num_neurons": self.num_neurons,
                    "class_names": self.class_names, "concept_names": self.concept_names,
                    "config": dataclasses.asdict(self.config), "meta": self.meta}
-        with atomic_dir(directory) as tmp:
+        with atomic_dir(directory, KIND) as tmp:
             with open(os.path.join(tmp, "www.json"), "w") as f:
                 json.dump(summary, f, indent=2)
             if self.major is not None:
@@ -182,21 +185,33 @@ class WWWResult:
         path = os.path.join(directory, "www.json")
         if not os.path.isfile(path):
             raise XaiJaxError(f"{directory} is not a WWW result (missing www.json)")
-        s = json.load(open(path))
-        result = cls(model=s["model"], tap=s["tap"], map_tap=s["map_tap"], num_neurons=s["num_neurons"],
-                     class_names=s["class_names"], concept_names=s["concept_names"],
-                     config=WWWConfig(**s["config"]), meta=s.get("meta", {}))
-        if os.path.isfile(os.path.join(directory, "concepts.npz")):
-            arrays = np.load(os.path.join(directory, "concepts.npz"))
-            result.major = {k[6:]: arrays[k] for k in arrays.files if k.startswith("major_")}
-            minor = {k[6:]: arrays[k] for k in arrays.files if k.startswith("minor_")}
-            result.minor = minor or None
-        if os.path.isfile(os.path.join(directory, "probe.npz")):
-            arrays = np.load(os.path.join(directory, "probe.npz"))
-            result.topn_indices, result.topn_values = arrays["topn_indices"], arrays["topn_values"]
-        if os.path.isfile(os.path.join(directory, "contributions.npz")):
-            arrays = np.load(os.path.join(directory, "contributions.npz"))
-            result.class_contributions, result.class_counts = arrays["class_contributions"], arrays["class_counts"]
+        s = read_json(path, "WWW result file")
+        parts = {}
+        for name, keys in (("concepts", ()), ("probe", ("topn_indices", "topn_values")),
+                           ("contributions", ("class_contributions", "class_counts"))):
+            file = os.path.join(directory, f"{name}.npz")
+            if os.path.isfile(file):
+                parts[name] = read_npz(file, "WWW result file", keys)
+        with reading(directory, "WWW result"):
+            result = cls(model=s["model"], tap=s["tap"], map_tap=s["map_tap"], num_neurons=int(s["num_neurons"]),
+                         class_names=s["class_names"], concept_names=s["concept_names"],
+                         config=WWWConfig(**s["config"]), meta=dict(s.get("meta", {})))
+            if "concepts" in parts:
+                arrays = parts["concepts"]
+                result.major = {k[6:]: arrays[k] for k in arrays if k.startswith("major_")}
+                result.minor = {k[6:]: arrays[k] for k in arrays if k.startswith("minor_")} or None
+                for part in filter(None, (result.major, result.minor)):
+                    if part["indices"].shape[0] != result.num_neurons or part["indices"].max(
+                            initial=0) >= len(result.concept_names or ()):
+                        raise ValueError("concepts.npz does not fit the neurons and concepts of www.json")
+            if "probe" in parts:
+                result.topn_indices, result.topn_values = parts["probe"]["topn_indices"], parts["probe"]["topn_values"]
+            if "contributions" in parts:
+                arrays = parts["contributions"]
+                result.class_contributions, result.class_counts = arrays["class_contributions"], arrays["class_counts"]
+                if result.class_contributions.ndim != 2 or result.class_contributions.shape[1] != result.num_neurons:
+                    raise ValueError(f"contributions.npz holds {result.class_contributions.shape} contributions for "
+                                     f"{result.num_neurons} neurons")
         return result
 
 
@@ -254,15 +269,15 @@ class WWWExplanation:
                   if isinstance(getattr(self, f.name), np.ndarray)}
         arrays["concepts_json"] = np.asarray(json.dumps({"sample": self.sample_concepts,
                                                          "class": self.class_concepts}))
-        save_npz(path, arrays)
+        save_npz(path, arrays, EXPLANATION_KIND)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "WWWExplanation":
-        if not os.path.isfile(path):
-            raise XaiJaxError(f"explanation file not found: {path}")
-        arrays = dict(np.load(path))
-        concepts = json.loads(str(arrays.pop("concepts_json")))
-        return cls(**arrays, sample_concepts=concepts["sample"], class_concepts=concepts["class"])
+        arrays = read_npz(path, "WWW explanation", ("concepts_json",))
+        arrays.pop(NPZ_MARKER, None)
+        with reading(path, "WWW explanation"):
+            concepts = json.loads(str(arrays.pop("concepts_json")))
+            return cls(**arrays, sample_concepts=concepts["sample"], class_concepts=concepts["class"])
 
 
 # --- jitted passes -------------------------------------------------------------------------------------------

@@ -44,8 +44,11 @@ import optax
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import attribution, srae, xnn_metrics
 from xai_jax.outputs import atomic_dir, save_npz, write_files
+from xai_jax.readers import read_json, read_npz, reading
 
 VARIANTS = srae.VARIANTS + ("lasso",)
+#: the kinds of output folder an XNN result and an explanation are (see :mod:`xai_jax.outputs`)
+KIND, EXPLANATION_KIND = "xnn", "xnn.explanation"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +341,7 @@ class XNNResult:
     def save(self, directory: str | os.PathLike, extra_files: Mapping[str, bytes] | None = None) -> None:
         """Writes ``xnn.json``, ``history.npz`` and the explainers (orbax, ``explainers/``) atomically."""
         from xai_jax.weights import save_variables
-        with atomic_dir(directory) as tmp:
+        with atomic_dir(directory, KIND) as tmp:
             save_variables(os.path.join(tmp, "explainers"),
                            {"params": self.params, "input_mean": np.asarray(self.input_mean, np.float32)},
                            {"variant": self.config.variant})
@@ -353,14 +356,15 @@ class XNNResult:
         path = os.path.join(os.fspath(directory), "xnn.json")
         if not os.path.isfile(path):
             raise XaiJaxError(f"{directory}: not an XNN result (no xnn.json; write one with `xai-jax xnn fit --out`)")
-        with open(path) as f:
-            summary = json.load(f)
+        summary = read_json(path, "XNN result file")
         variables, _ = load_variables(os.path.join(os.fspath(directory), "explainers"))
-        history = np.load(os.path.join(os.fspath(directory), "history.npz"))["history"]
-        return cls(config=XNNConfig.from_json(summary["config"]), classes=np.asarray(summary["classes"]),
-                   class_names=summary["class_names"], params=variables["params"],
-                   input_mean=variables["input_mean"], input_scale=summary["input_scale"], metrics=summary["metrics"],
-                   orthogonality_basis=summary["orthogonality_basis"], history=history, meta=summary["meta"])
+        history = read_npz(os.path.join(os.fspath(directory), "history.npz"), "XNN result file", ("history",))
+        with reading(directory, "XNN result"):
+            return cls(config=XNNConfig.from_json(summary["config"]), classes=np.asarray(summary["classes"], np.int64),
+                       class_names=[str(n) for n in summary["class_names"]], params=variables["params"],
+                       input_mean=variables["input_mean"], input_scale=float(summary["input_scale"]),
+                       metrics=summary["metrics"], orthogonality_basis=summary["orthogonality_basis"],
+                       history=history["history"], meta=dict(summary["meta"]))
 
 
 @functools.partial(jax.jit, static_argnames=("variant", "x_activation"))

@@ -155,17 +155,10 @@ def _read_table(table: str | os.PathLike | Mapping[str, str]) -> tuple[dict[str,
     if isinstance(table, Mapping):
         entries, source = dict(table), "the given table"
     else:
+        from xai_jax.readers import read_json
         path = os.fspath(table)
         source = f"table file {path}"
-        try:
-            with open(path, encoding="utf-8") as f:
-                entries = json.load(f)
-        except FileNotFoundError:
-            raise XaiJaxError(f"{source} not found") from None
-        except json.JSONDecodeError as e:
-            raise XaiJaxError(f"{source} is not valid JSON: {e.msg} at line {e.lineno}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise XaiJaxError(f"cannot read {source}: {e}") from None
+        entries = read_json(path, "synset table")
     if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
         raise XaiJaxError(f"{source} must be a JSON object of class name -> synset name or wnid")
     return {str(k): v for k, v in entries.items()}, source
