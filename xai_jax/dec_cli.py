@@ -149,11 +149,11 @@ def _cluster_titles(result, tap) -> list[str]:
             for k in range(len(sizes))]
 
 
-def _open_result(args, kind: str):
+def _open_result(args, kind: str | None = None):
     from xai_jax import data, models, outputs, weights
     from xai_jax.cli import data_meta, inputs_of
     from xai_jax.methods.dec import ActivationClusteringSurrogate, DECResult
-    if args.out:
+    if kind and args.out:
         outputs.check_output(args.out, kind, file=True, inputs=inputs_of(args, "result", "weights", "data", "image"))
     result = DECResult.load(args.result)
     spec = models.get(result.model)
