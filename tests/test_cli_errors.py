@@ -200,6 +200,8 @@ def commands(p):
         "cladec-occlusion": (["cladec", "occlusion", "--result", p["cladec_bad"], "--data", f"idx:{p['fashion']}",
                               "--out", out("occ")], {"--result": "result:cladec", "--out": "dir-out"}),
         "demo": (["demo", "--out", out("demo")], {"--out": "dir-out"}),
+        "info": (["info", "--model", "cifar_resnet20"], {}),
+        "setup": (["setup", "wordnet", "--target", out("nltk_data")], {}),
     }
 
 
@@ -273,7 +275,9 @@ def rows():
         ("xnn-fit", "--classes", "1,a"), ("xnn-fit", "--x-features", "0"), ("xnn-fit", "--beta", "nan"),
         ("cladec-train", "--alpha", "1.5"), ("cladec-train", "--neurons", "5:2"), ("cladec-train", "--epochs", "0"),
         ("cladec-train", "--decoder-widths", "64,-1"), ("cladec-occlusion", "--batch-size", "0"),
-        ("demo", "--epochs", "0"), ("demo", "--seed", "-1"),
+        ("demo", "--epochs", "0"), ("demo", "--seed", "-1"), ("predict", "--num-classes", "100"),
+        ("www-contributions", "--num-classes", "7"), ("info", "--model", "no_such_model"),
+        ("setup", "--target", "/proc/nltk_data"),
     ]:
         out.append((f"{name} {flag} {value}", name, ("set", flag, value)))
     # empty, mis-shaped and out-of-range contents
@@ -325,6 +329,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(inputs, tmp_path, monk
     os.makedirs(p["work"])
     monkeypatch.chdir(p["work"])
     monkeypatch.setenv("NLTK_DATA", str(shared_path("nltk_data")))
+    from xai_jax.naming import wordnet
+    monkeypatch.setattr(wordnet, "host_reachable", lambda *a, **k: False)  # offline, as the machines here are
     argv, _ = commands(p)[name]
     resolve = lambda v: (v.split(":", 1)[0] + ":" + os.path.join(p["root"], v.split(":", 1)[1]) if ":" in v  # noqa
                          else os.path.join(p["root"], v) if not v.startswith("-") and not v[0].isdigit()
