@@ -96,6 +96,14 @@ def reduce_cifar10(test_npz: str, weights: str, batch_size: int) -> dict[str, np
     return {k: np.asarray(v) for k, v in state.items()} | {"devices": np.int64(jax.device_count())}
 
 
+def _accepted_xla_flags(flags: str) -> str:
+    """``flags`` if this jaxlib knows them (another release may rename them, and XLA aborts on an unknown flag),
+    else the empty string: the test then runs with XLA's default timeouts rather than failing on a name."""
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True,
+                           env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"))
+    return flags if probe.returncode == 0 else ""
+
+
 @pytest.mark.slow
 def test_cifar10_reduction_same_on_1_and_8_devices(tmp_path):
     from conftest import shared_path
@@ -106,8 +114,17 @@ def test_cifar10_reduction_same_on_1_and_8_devices(tmp_path):
         out = tmp_path / f"reduce{devices}.npz"
         # Single-threaded Eigen: with the intra-op pool, an all-reduce can run inside a pool worker and wait there
         # for devices whose work is queued behind it on the same 2-core pool (XLA then aborts after its timeout).
+        # Rendezvous timeouts raised to 600 s: 8 forced host devices share 2 cores, so on a machine loaded by
+        # another job the last device can reach an all-reduce a minute after the first. XLA's CPU defaults warn
+        # after 20 s and abort 40 s later ("Termination timeout ... of 40 seconds exceeded ... Expected 8 threads
+        # to join the rendezvous"), which is a slow machine, not a bug. The names are jaxlib 0.10's registered
+        # flags (the warn flag's is not the DebugOptions field's, xla_cpu_collective_call_warn_stuck_seconds);
+        # an unknown name aborts XLA at start-up, so they are probed first (_accepted_xla_flags).
+        # (--xla_cpu_collective_timeout_seconds, the collective operation's own limit, is 30 min by default.)
+        timeouts = _accepted_xla_flags(" ".join(f"--xla_cpu_collective_call_{name}=600" for name in (
+            "warn_stuck_timeout_seconds", "terminate_timeout_seconds")))
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                   "--xla_cpu_multi_thread_eigen=false",
+                   f"--xla_cpu_multi_thread_eigen=false {timeouts}",
                    JAX_PLATFORMS="cpu")
         # A fresh process per device count: XLA reads the flag once, at start-up.
         subprocess.run([sys.executable, __file__, test_npz, weights, str(out)], env=env, check=True,
