@@ -7,6 +7,7 @@ constant image (the training mean) has a per-pixel MSE of about 0.09 on Fashion-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -78,14 +79,33 @@ def test_evaluation_classifiers_are_paired(fashion, fitted, monkeypatch):
 
 
 def test_alpha_raises_classifier_accuracy_on_reconstructions(fashion, fitted):
-    _, acts = fitted
-    base = fitted[0].metrics["classifier_accuracy_on_cladec"]
-    config = ClaDecConfig(layer=-3, alpha=0.99, epochs=4, batch_size=64, eval_epochs=0, refae=False)
-    result = ClaDec(config).fit(MODEL, fashion["variables"], fashion["train"], fashion["test"], progress=False,
-                                activations=acts)
-    with_alpha = result.metrics["classifier_accuracy_on_cladec"]
+    # Paired with the module's decoder (alpha = 0, reconstruction only): the same config and seed, so the same
+    # initialisation and the same batches (epoch e shuffles with fold_in(key, e), whatever the epoch count: the first
+    # 4 epochs of a 6-epoch run are the 4-epoch run), with alpha = 1 (eq. (1)'s classification term only) and 2 more
+    # epochs. (Training the alpha = 0 partner here for 6 epochs as well gives the same picture, below, but doubles
+    # this test's time: 34 s instead of 19 s.)
+    # alpha = 0.99 for 4 epochs, as before, did not hold: with the sum reduction the reconstruction term (~37 per
+    # image) still rivals the cross-entropy, which starts at ~2.9 on the mean image and after 64 Adam steps is still
+    # 1.2-1.4 for some seeds; its gap over alpha = 0 ranged from -0.008 (the module's seeds, on an AMD EPYC) to
+    # +0.23 (alpha = 1 for 4 epochs: -0.07 to +0.23). After 6 epochs the cross-entropy is ~0.5 for every seed.
+    base_result, acts = fitted
+    assert base_result.config.alpha == 0.0
+    config = dataclasses.replace(base_result.config, alpha=1.0, epochs=6, refae=False)
+    metrics = ClaDec(config).fit(MODEL, fashion["variables"], fashion["train"], fashion["test"], progress=False,
+                                 activations=acts).metrics
+    base, with_alpha = base_result.metrics["classifier_accuracy_on_cladec"], metrics["classifier_accuracy_on_cladec"]
+    # Measured (AMD EPYC, 2 cores) over decoder seeds 0-4 x classifier seeds 0 (the fixture's) and 1, 10 pairs:
+    # the frozen classifier's accuracy on the reconstructions of the 256 test images (its own: 0.746 / 0.738):
+    #   alpha = 0, 4 epochs (this module's decoder): min 0.508  mean 0.600  max 0.672
+    #   alpha = 1, 6 epochs:                          min 0.734  mean 0.769  max 0.801
+    #   gap:                                          min 0.109  mean 0.169  max 0.254  (classifier seed 0: 0.109 /
+    #                                                 0.127 / 0.148)
+    # (alpha = 0 trained for 6 epochs too: 0.574 / 0.628 / 0.668, gap 0.113 / 0.141 / 0.176; for 8: gap from 0.086.)
+    # alpha = 1 over the classifier's own accuracy: 0.995 to 1.073. Test MSE of the reconstructions, the paper's
+    # trade-off (Tables 4-5): alpha = 0 (4 epochs) 0.035-0.042, alpha = 1 0.136-0.168, ratio 3.3-4.6.
     assert with_alpha > base + 0.05, (base, with_alpha)
-    assert with_alpha > 0.8 * result.metrics["classifier_accuracy"]
+    assert with_alpha > 0.9 * metrics["classifier_accuracy"], metrics
+    assert metrics["rec_loss_cladec"] > 2 * base_result.metrics["rec_loss_cladec"], (base_result.metrics, metrics)
 
 
 def test_occlusion_vmap_equals_loop_and_compiles_once(fashion, fitted):
