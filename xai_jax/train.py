@@ -63,11 +63,17 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
     return step
 
 
-def _step_on_device_data(step):
+@functools.lru_cache(maxsize=64)
+def _jitted_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation):
+    """``(step on device-resident data, step on a host batch)``, jitted once per ``(loss_fn, optimizer)``: calling
+    :func:`fit` again with the same two objects (another epoch count, other data of the same shapes, a restored
+    state) reuses the compiled programs."""
+    step = make_train_step(loss_fn, optimizer)
+
     def gathered_step(state, data, idx, key):
         return step(state, jax.tree.map(lambda a: a[idx], data), key)
 
-    return jax.jit(gathered_step, donate_argnums=0)
+    return jax.jit(gathered_step, donate_argnums=0), jax.jit(step, donate_argnums=0)
 
 
 @dataclasses.dataclass
@@ -109,14 +115,11 @@ def fit(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainSt
         raise XaiJaxError("the training set is empty")
     batch_size = min(batch_size, n)
     steps = n // batch_size
-    step = make_train_step(loss_fn, optimizer)
+    device_step, host_step = _jitted_steps(loss_fn, optimizer)
     state = jax.tree.map(jnp.array, state)  # steps donate their input: keep the caller's arrays alive
     on_device = sum(np.asarray(v).nbytes for v in data.values()) <= device_bytes
     if on_device:
         device_data = jax.device_put({k: np.asarray(v) for k, v in data.items()})
-        device_step = _step_on_device_data(step)
-    else:
-        host_step = jax.jit(step, donate_argnums=0)
     show = sys.stderr.isatty() if progress is None else progress
     history = History()
     for epoch in range(epochs):

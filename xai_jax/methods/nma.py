@@ -92,29 +92,34 @@ class NMAConfig:
 
 # --- the streamed pass -------------------------------------------------------------------------------------
 
+# The thresholds travel in the step's params (traced), not in its closure: a new t or min_confidence reuses the
+# compiled pass, backbone included. Only K (a shape) and the model select the program.
+
 @functools.lru_cache(maxsize=None)
-def _probability_step(k: int, t: float, min_confidence: float, from_logits: bool):
-    def step(state, batch, _):
+def _probability_step(k: int, from_logits: bool):
+    def step(state, batch, thresholds):
         scores = batch["images"].astype(jnp.float32)
         probs = jax.nn.softmax(scores, axis=-1) if from_logits else scores
-        return near_miss_update(state, probs, batch["labels"], batch["mask"], k=k, t=t,
-                                min_confidence=min_confidence)
+        return near_miss_update(state, probs, batch["labels"], batch["mask"], k=k, **thresholds)
 
     return step
 
 
 @functools.lru_cache(maxsize=None)
-def _model_step(name: str, num_classes: int, k: int, t: float, min_confidence: float,
-                compute_dtype: str | None):
+def _model_step(name: str, num_classes: int, k: int, compute_dtype: str | None):
     from xai_jax.models import make_forward
     forward = make_forward(name, (), num_classes, compute_dtype)
 
-    def step(state, batch, variables):
+    def step(state, batch, params):
+        variables, thresholds = params
         probs = jax.nn.softmax(forward(batch["images"], variables)["logits"], axis=-1)
-        return near_miss_update(state, probs, batch["labels"], batch["mask"], k=k, t=t,
-                                min_confidence=min_confidence)
+        return near_miss_update(state, probs, batch["labels"], batch["mask"], k=k, **thresholds)
 
     return step
+
+
+def _thresholds(config: "NMAConfig") -> dict:
+    return {"t": jnp.float32(config.t), "min_confidence": jnp.float32(config.min_confidence)}
 
 
 class _Rows(Source):
@@ -400,8 +405,8 @@ class NearMissAnalysis:
         classes = num_classes or get(model).num_classes
         self.config.validate(classes)
         c = self.config
-        step = _model_step(model, classes, c.k, float(c.t), float(c.min_confidence), compute_dtype)
-        state = engine.run(step, near_miss_init(classes), source, variables, batch_size=batch_size,
+        step = _model_step(model, classes, c.k, compute_dtype)
+        state = engine.run(step, near_miss_init(classes), source, (variables, _thresholds(c)), batch_size=batch_size,
                            desc="near misses", progress=progress)
         return jax.device_get(state)
 
@@ -412,9 +417,9 @@ class NearMissAnalysis:
         check_scores(scores, labels, from_logits)
         self.config.validate(scores.shape[1])
         c = self.config
-        step = _probability_step(c.k, float(c.t), float(c.min_confidence), from_logits)
+        step = _probability_step(c.k, from_logits)
         rows = _Rows(scores, labels, [str(i) for i in range(scores.shape[1])])
-        state = engine.run(step, near_miss_init(scores.shape[1]), rows, None,
+        state = engine.run(step, near_miss_init(scores.shape[1]), rows, _thresholds(c),
                            batch_size=min(batch_size, max(len(labels), 1)), desc="near misses", progress=progress)
         return jax.device_get(state)
 

@@ -324,6 +324,20 @@ def _class_step(model: str, tap: str, num_classes: int | None, mode: str, class_
 
 
 @functools.lru_cache(maxsize=None)
+def _sample_contributions_fn(model: str, tap: str, num_classes: int | None, mode: str, tap_shape: tuple,
+                             given_classes: bool):
+    """``fn(images, variables, classes) -> w [B, U]``, jitted once: the classes are an argument, not a constant."""
+    from xai_jax.models import make_forward
+    forward = make_forward(model, (tap,), num_classes)
+
+    def fn(images, variables, classes):
+        pick = (lambda logits: classes) if given_classes else (lambda logits: jnp.argmax(logits, -1))
+        return _contributions(forward, images, variables, tap, pick, mode, tap_shape)[0]
+
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
 def _explain_fn(model: str, tap: str, map_tap: str, num_classes: int | None, mode: str, k: int,
                 percentile: float, tap_shape: tuple, full: bool):
     from xai_jax.models import make_forward
@@ -584,13 +598,12 @@ class WWW:
         """``[B, U]`` Taylor-Shapley contributions of ``images`` for ``classes`` (default: the prediction)."""
         self._need_model("contributions")
         images = _check_images(images, self.model)
-        from xai_jax.models import make_forward
-        forward = make_forward(self.model, (self.tap,), self.num_classes)
-        chosen = None if classes is None else jnp.asarray(classes, jnp.int32)
-        pick = (lambda lg: jnp.argmax(lg, -1)) if chosen is None else (lambda lg: chosen)
-        w = jax.jit(lambda x, v: _contributions(forward, x, v, self.tap, pick, self.config.contribution,
-                                                      self.tap_shape)[0])(images, self.variables)
-        return np.asarray(w)
+        fn = _sample_contributions_fn(self.model, self.tap, self.num_classes, self.config.contribution,
+                                      self.tap_shape, classes is not None)
+        chosen = jnp.zeros(len(images), jnp.int32) if classes is None else jnp.asarray(classes, jnp.int32)
+        if chosen.shape != (len(images),):
+            raise XaiJaxError(f"classes must be [{len(images)}] (one per image); got shape {chosen.shape}")
+        return np.asarray(fn(images, self.variables, chosen))
 
     # --- where, why, trust ---
 
