@@ -27,7 +27,7 @@ import numpy as np
 
 from xai_jax import models, weights
 from xai_jax.data import JpegNpzSource, subset
-from xai_jax.dec_cli import layer_emphasis
+from xai_jax.methods.dec import layer_emphasis
 from xai_jax.methods.dec import ActivationClusteringSurrogate, DECConfig
 from xai_jax.viz.dec import concept_grid, similar_samples
 

@@ -16,6 +16,7 @@ from conftest import REQUIRE_DATA, require_module
 from xai_jax.errors import XaiJaxError
 from xai_jax.models import clip
 from xai_jax.models.clip_tokenizer import ClipTokenizer, default_tokenizer
+from xai_jax.weights import clip as clip_weights
 from xai_jax.weights.clip import convert_hf, convert_openai
 
 
@@ -146,7 +147,7 @@ def test_hf_clip_parity(tmp_path, activation):
     config = clip.CONFIGS["tiny"]
     reference = _hf_clip(config, activation)
     reference.save_pretrained(tmp_path / "hf")  # config.json + model.safetensors, as users have them
-    model = clip.load(tmp_path / "hf")
+    model = clip_weights.load(tmp_path / "hf")
     assert model.config == (config if activation == "quick_gelu" else
                             clip.ClipConfig(**{**config.__dict__, "name": "custom", "activation": "gelu"}))
     assert model.logit_scale == pytest.approx(float(reference.logit_scale.exp()), rel=1e-6)
@@ -208,7 +209,7 @@ def test_openai_clip_parity(tmp_path, form):
         torch.jit.trace(reference, (images_t[:1], torch.from_numpy(tokens[:1]).long())).save(str(path))
     else:
         torch.save(reference.state_dict(), path)
-    model = clip.load(path)
+    model = clip_weights.load(path)
     assert (model.config.vision_heads, model.config.text_heads, model.config.text_layers) == (2, 2, 3)
     with torch.no_grad():
         expected_images = reference.encode_image(images_t).numpy()
@@ -276,23 +277,23 @@ def test_encoders_compile_once_per_batch_shape():
 
 def test_load_errors_name_the_accepted_formats(tmp_path):
     with pytest.raises(XaiJaxError, match="no CLIP weights ship with xai_jax.*OpenAI.*Hugging Face"):
-        clip.load(tmp_path / "ViT-B-32.pt")
+        clip_weights.load(tmp_path / "ViT-B-32.pt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(XaiJaxError, match="without config.json"):
-        clip.load(tmp_path / "empty")
+        clip_weights.load(tmp_path / "empty")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a checkpoint" * 10)
     with pytest.raises(XaiJaxError, match="not a readable PyTorch checkpoint"):
-        clip.load(garbage)
+        clip_weights.load(garbage)
     torch = require_module("torch")
     wrong = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, wrong)
     with pytest.raises(XaiJaxError, match="not a CLIP checkpoint of a known layout.*OpenAI"):
-        clip.load(wrong)
+        clip_weights.load(wrong)
     rn = tmp_path / "rn50.pth"
     torch.save({"visual.layer1.0.conv1.weight": torch.zeros(4, 3, 1, 1)}, rn)
     with pytest.raises(XaiJaxError, match="ResNet CLIP"):
-        clip.load(rn)
+        clip_weights.load(rn)
     # A checkpoint missing a tensor.
     tensors = {k: v.detach().numpy() for k, v in _openai_clip().state_dict().items()}
     del tensors["visual.ln_post.bias"]
@@ -303,6 +304,6 @@ def test_load_errors_name_the_accepted_formats(tmp_path):
     (hf_dir / "config.json").write_text(json.dumps({"model_type": "bert"}))
     (hf_dir / "model.safetensors").write_bytes(b"")
     with pytest.raises(XaiJaxError, match="not a Hugging Face CLIPModel"):
-        clip.load(hf_dir)
+        clip_weights.load(hf_dir)
     with pytest.raises(XaiJaxError, match="unknown CLIP config"):
         clip.create("ViT-Q/7", jax.random.key(0))

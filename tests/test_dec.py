@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from xai_jax import cli, dec_cli, models
+from xai_jax import cli, models
+from xai_jax.cli import dec as dec_cli
 from xai_jax.data import DigitsSource, subset
 from xai_jax.errors import XaiJaxError
 from xai_jax.methods import dec

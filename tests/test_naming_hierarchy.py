@@ -423,13 +423,13 @@ def test_label_synset_errors(wn, tmp_path):
     one_line_error("names one class twice", H.label_synsets, ["cat"], table={"Cat": "cat.n.01", "cat": "dog.n.01"},
                    wordnet=wn)
     missing = tmp_path / "missing.json"
-    one_line_error(f"table file {missing} not found", H.label_synsets, ["cat"], table=missing, wordnet=wn)
+    one_line_error(f"synset table not found: {missing}", H.label_synsets, ["cat"], table=missing, wordnet=wn)
     broken = tmp_path / "broken.json"
     broken.write_text('{"cat": "cat.n.01",\n')
-    one_line_error(f"table file {broken} is not valid JSON", H.label_synsets, ["cat"], table=broken, wordnet=wn)
+    one_line_error(f"synset table {broken} is not valid JSON", H.label_synsets, ["cat"], table=broken, wordnet=wn)
     listed = tmp_path / "list.json"
     listed.write_text('["cat.n.01"]')
-    one_line_error(f"table file {listed} must be a JSON object", H.label_synsets, ["cat"], table=listed, wordnet=wn)
+    one_line_error(f"synset table {listed} must hold an object at its top level, not a list", H.label_synsets, ["cat"], table=listed, wordnet=wn)
     one_line_error("must be a JSON object", H.label_synsets, ["cat"], table={"cat": 1}, wordnet=wn)
 
 

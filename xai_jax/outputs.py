@@ -317,7 +317,8 @@ def _commit_file(tmp: str, target: str, kind: str) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_file(path: PathLike, kind: str, inputs: Sequence[PathLike | None]) -> Iterator[tuple[str, io.BufferedWriter]]:
+def _atomic_file(path: PathLike, kind: str,
+                 inputs: Sequence[PathLike | None]) -> Iterator[tuple[str, io.BufferedWriter]]:
     target = check_output(path, kind, file=True, inputs=inputs)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target))
     try:

@@ -15,7 +15,7 @@ TAPS = ("pool2", "conv3", "fc")
 
 def section(report: Report, context: DemoContext) -> dict:
     """Fits the surrogate on the training digits (3 layers, 10 clusters each) and scores it on the test digits."""
-    from xai_jax.dec_cli import layer_emphasis
+    from xai_jax.methods.dec import layer_emphasis
     from xai_jax.methods.dec import ActivationClusteringSurrogate, DECConfig
     from xai_jax.viz.dec import concept_grid, similar_samples
     # Smaller than the paper's CIFAR setting so the section stays within seconds on a 2-core CPU: 10 clusters

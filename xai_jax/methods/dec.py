@@ -52,6 +52,13 @@ from xai_jax.readers import read_json, read_npz, reading
 POSTERIORS = ("labels", "predictions")
 
 
+
+def layer_emphasis(num_layers: int, which: str) -> tuple[float, ...]:
+    """The paper's low-/high-layer weightings (figure 12: 2, 1, 0, 0 and 0, 0, 1, 2) for any number of layers."""
+    half = -(-num_layers // 2)
+    low = tuple(float(max(half - j, 0)) for j in range(num_layers))
+    return low if which == "low" else tuple(reversed(low))
+
 #: the kind of output folder a DEC surrogate is (see :mod:`xai_jax.outputs`)
 KIND = "dec"
 

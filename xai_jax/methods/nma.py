@@ -406,7 +406,8 @@ class NearMissAnalysis:
         self.config.validate(classes)
         c = self.config
         step = _model_step(model, classes, c.k, compute_dtype)
-        state = engine.run(step, near_miss_init(classes), source, (variables, _thresholds(c)), batch_size=batch_size,
+        state = engine.run(step, near_miss_init(classes), source, (variables, _thresholds(c)),
+                           batch_size=batch_size,
                            desc="near misses", progress=progress)
         return jax.device_get(state)
 

@@ -9,7 +9,7 @@ names; :mod:`xai_jax.weights.clip` converts both.
 Usage::
 
     from xai_jax.models import clip
-    model = clip.load("ViT-B-32.pt")            # or clip.tiny(jax.random.key(0)) for tests
+    model = weights.clip.load("ViT-B-32.pt")    # or clip.tiny(jax.random.key(0)) for tests
     v = model.encode_images(images_uint8_nhwc)  # [N, D], not normalised
     t = model.encode_texts(["a photo of a dog"])
 
@@ -21,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -376,16 +375,3 @@ def create(name_or_config: str | ClipConfig, key) -> ClipModel:
 def tiny(key=None) -> ClipModel:
     """The tiny configuration (32x32 images, 2+2 layers of width 64, D = 32) with random weights."""
     return create("tiny", jax.random.key(0) if key is None else key)
-
-
-def load(path: str | os.PathLike, **kwargs: Any) -> ClipModel:
-    """Loads CLIP weights the user has (none ship with the library and nothing is downloaded).
-
-    Accepted: an OpenAI checkpoint (``ViT-B-32.pt``, a TorchScript archive, or a state dict of that layout as
-    ``.pt``/``.pth``/``.safetensors``), a Hugging Face ``CLIPModel`` directory (``config.json`` +
-    ``model.safetensors`` or ``pytorch_model.bin``) or a Hugging Face state-dict file. See
-    :func:`xai_jax.weights.clip.load_clip` for the keyword arguments.
-    """
-    from xai_jax.weights.clip import load_clip
-    config, params = load_clip(path, **kwargs)
-    return ClipModel(config, params)

@@ -26,7 +26,7 @@ from typing import Mapping
 import numpy as np
 
 from xai_jax.errors import XaiJaxError
-from xai_jax.models.clip import CONFIGS, ClipConfig
+from xai_jax.models.clip import CONFIGS, ClipConfig, ClipModel
 from xai_jax.weights.layout import StateDict, strip_prefix
 from xai_jax.weights.torch_reader import read_safetensors, read_torch_state_dict
 
@@ -334,3 +334,16 @@ def load_clip(path: str | os.PathLike, *, vision_heads: int | None = None, text_
     tensors, hf_json = read_clip_checkpoint(path)
     return convert_clip(tensors, hf_json, config=config, vision_heads=vision_heads, text_heads=text_heads,
                         activation=activation)
+
+
+def load(path: str | os.PathLike, **kwargs) -> ClipModel:
+    """Loads CLIP weights the user has into a :class:`~xai_jax.models.clip.ClipModel` (none ship with the library
+    and nothing is downloaded).
+
+    Accepted: an OpenAI checkpoint (``ViT-B-32.pt``, a TorchScript archive, or a state dict of that layout as
+    ``.pt``/``.pth``/``.safetensors``), a Hugging Face ``CLIPModel`` directory (``config.json`` +
+    ``model.safetensors`` or ``pytorch_model.bin``) or a Hugging Face state-dict file; ``kwargs`` as
+    :func:`load_clip` takes them.
+    """
+    config, params = load_clip(path, **kwargs)
+    return ClipModel(config, params)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 
-from xai_jax.cli_options import index_range, int_list, non_negative_int, positive_int, probability
+from xai_jax.cli.common import add_sample_seed, inputs_of
+from xai_jax.cli.options import index_range, int_list, non_negative_int, positive_int, probability
 from xai_jax.errors import XaiJaxError
 
 DATA_HELP = ("data source KIND:PATH (idx:DIR for MNIST/Fashion-MNIST, jpeg-npz:FILE, npz:FILE, folder:DIR, "
@@ -18,7 +19,6 @@ DATA_HELP = ("data source KIND:PATH (idx:DIR for MNIST/Fashion-MNIST, jpeg-npz:F
 
 
 def register(subparsers) -> None:
-    from xai_jax.cli import add_sample_seed
     p = subparsers.add_parser("cladec", help="ClaDec: decode a layer's activations into images, compared with RefAE",
                               description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -81,7 +81,6 @@ def train_cmd(args) -> None:
     import numpy as np
 
     from xai_jax import data, models, outputs, weights
-    from xai_jax.cli import inputs_of
     from xai_jax.methods.cladec import KIND, ClaDec, ClaDecConfig, train_classifier
     from xai_jax.models.cladec import architecture
     from xai_jax.viz.cladec import layer_rows
@@ -153,7 +152,6 @@ def explain_cmd(args) -> None:
     import numpy as np
 
     from xai_jax import outputs
-    from xai_jax.cli import inputs_of
     from xai_jax.readers import read_image
     from xai_jax.viz.cladec import layer_rows
     if not args.out.endswith(".png"):
@@ -181,7 +179,6 @@ def occlusion_cmd(args) -> None:
     from xai_jax.methods.cladec import occlusion_analysis
     from xai_jax.viz.cladec import occlusion_rows
     from xai_jax import outputs
-    from xai_jax.cli import inputs_of
     from xai_jax.methods.cladec import OCCLUSION_KIND
     outputs.check_output(args.out, OCCLUSION_KIND, inputs=inputs_of(args, "result", "weights", "data"))
     result, variables = _result_and_weights(args)

@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 
-from xai_jax.cli_options import number_in, positive_int
+from xai_jax.cli.common import add_data_args, data_meta, inputs_of, load_model_and_data
+from xai_jax.cli.options import number_in, positive_int
 from xai_jax.errors import XaiJaxError
 from xai_jax.readers import numeric, read_lines, read_npz
 
@@ -25,7 +26,6 @@ NO_CLIP = ("concept discovery from images needs CLIP weights: --clip PATH (an Op
 
 
 def register(subparsers) -> None:
-    from xai_jax.cli import add_data_args
     p = subparsers.add_parser("www", help="WWW: what neurons mean (CLIP concepts), where they fire, why the "
                                           "prediction, and whether to trust it",
                               description=__doc__.split("\n\n")[0])
@@ -92,7 +92,6 @@ def _read_words(path: str) -> list[str]:
 
 
 def _method(args, config, result=None):
-    from xai_jax.cli import data_meta, load_model_and_data
     from xai_jax.methods.www import WWW
     if not args.model:
         raise XaiJaxError("--model, --weights, --data and --tap are required")
@@ -107,7 +106,6 @@ def _method(args, config, result=None):
 
 def concepts(args) -> None:
     from xai_jax import outputs
-    from xai_jax.cli import inputs_of
     from xai_jax.methods.www import KIND, WWW, WWWConfig
     config = WWWConfig(n_examples=args.n_examples, alpha_major=args.alpha_major, alpha_minor=args.alpha_minor,
                        max_concepts=args.max_concepts)
@@ -141,7 +139,7 @@ def concepts(args) -> None:
             raise XaiJaxError(f"CLIP weights not found: {args.clip}. " + NO_CLIP.split(". ", 1)[1])
         words = _read_words(args.concepts)
         www, source = _method(args, config)
-        from xai_jax.models import clip
+        from xai_jax.weights import clip
         model = clip.load(args.clip)
         result = www.fit_concepts(source, model, words, minor=not args.no_minor, batch_size=args.batch_size,
                                   progress=progress)
@@ -157,7 +155,6 @@ def concepts(args) -> None:
 
 def contributions(args) -> None:
     from xai_jax import outputs
-    from xai_jax.cli import inputs_of
     from xai_jax.methods.www import KIND, WWWConfig, WWWResult
     config = WWWConfig(contribution=args.contribution, class_by=args.class_by)
     outputs.check_output(args.out, KIND, inputs=inputs_of(args, "result", "weights", "data", "synsets"))
@@ -177,7 +174,6 @@ def contributions(args) -> None:
 
 def explain(args) -> None:
     from xai_jax import models, outputs, weights
-    from xai_jax.cli import inputs_of
     from xai_jax.methods.www import EXPLANATION_KIND, WWW, WWWResult
     from xai_jax.readers import read_image
     if args.out:

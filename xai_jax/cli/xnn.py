@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from xai_jax.cli import DATA_HELP, add_sample_seed, data_meta
-from xai_jax.cli_options import int_list, name_list, non_negative_int, number_in, positive_int, positive_number
+from xai_jax.cli.common import DATA_HELP, add_sample_seed, data_meta, inputs_of
+from xai_jax.cli.options import int_list, name_list, non_negative_int, number_in, positive_int, positive_number
 from xai_jax.errors import XaiJaxError
 from xai_jax.readers import numeric, read_npz
 
@@ -94,7 +94,6 @@ def _config(args, variant: str):
 
 def fit(args) -> None:
     from xai_jax import outputs
-    from xai_jax.cli import inputs_of
     from xai_jax.methods.xnn import KIND, XNN, extract_features, metrics_table
     from xai_jax.viz.report import Report
     from xai_jax.viz.xnn import metrics_bars
@@ -181,7 +180,6 @@ def _result_dir(path: str, variant: str | None) -> str:
 
 def explain(args) -> None:
     from xai_jax import models, outputs, weights
-    from xai_jax.cli import inputs_of
     from xai_jax.methods.xnn import EXPLANATION_KIND, XNN, XNNResult
     from xai_jax.readers import read_image
     from xai_jax.viz.xnn import explanation_figure

@@ -14,45 +14,15 @@ import signal
 import sys
 import threading
 
-from xai_jax.cli_options import (Parser, non_negative_int, number_in, positive_int, probability)
+from xai_jax.cli.common import add_data_args, add_model_args, add_num_classes, inputs_of, load_model_and_data
+from xai_jax.cli.options import Parser, non_negative_int, positive_int
 from xai_jax.errors import Terminated, XaiJaxError
-
-DATA_HELP = ("data source KIND:PATH: idx:DIR (MNIST/Fashion-MNIST), jpeg-npz:FILE, folder:DIR (one folder per "
-             "class), npz:FILE (arrays images, labels), tfds:NAME[:SPLIT], digits")
-
-
-def add_sample_seed(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sample-seed", type=non_negative_int, metavar="S",
-                   help="with --limit (and the command's other limits): a random draw of N images with seed S "
-                        "instead of the first N; files sorted by class, like the CIFAR-10 archives, need it")
-
-
-def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--data", required=required, metavar="SPEC", help=DATA_HELP)
-    p.add_argument("--split", help="split where the source has several (train/test; tfds split names)")
-    p.add_argument("--limit", type=positive_int, help="use only the first N images (a random N with --sample-seed)")
-    add_sample_seed(p)
-    p.add_argument("--synsets", metavar="FILE", help="for folder: sources named by WordNet id, the label order "
-                   "(one wnid a line, e.g. the 1,000 ILSVRC-2012 wnids)")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size (default 128)")
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="backbone name (see `xai-jax info`)")
-    p.add_argument("--weights", required=True, metavar="PATH",
-                   help="PyTorch (.pt/.pth/.th), safetensors, or xai_jax checkpoint directory")
-    add_num_classes(p)
-    p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16")
-
-
-def add_num_classes(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-classes", type=positive_int, help="outputs of the head if not the model's default")
-
 
 # Method subcommands that live in their own modules. Each module has ``register(subparsers)``, which adds its
 # parser(s) with ``set_defaults(func=...)``; ``func(args)`` runs the command. Imports inside ``func`` stay lazy
 # so that ``xai-jax --help`` does not load JAX.
-METHOD_CLIS: tuple[str, ...] = ("xai_jax.cladec_cli", "xai_jax.dec_cli", "xai_jax.www_cli", "xai_jax.xnn_cli")
+METHOD_CLIS: tuple[str, ...] = ("xai_jax.cli.nma", "xai_jax.cli.cladec", "xai_jax.cli.dec", "xai_jax.cli.www",
+                                "xai_jax.cli.xnn")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,45 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, metavar="PATH", help="PyTorch (.pt/.pth/.th) or safetensors file")
     add_num_classes(p)
     p.add_argument("--out", required=True, metavar="DIR")
-
-    p = sub.add_parser("nma", help="near-miss analysis: the concept hierarchy of a model's confusions",
-                       description="Fit: --model/--weights/--data or --from-probs, with --out. "
-                                   "Explain: `xai-jax nma explain --result DIR --label NAME | --image FILE`.")
-    p.add_argument("action", nargs="?", choices=["explain"], help="explain a label or an image with a result")
-    p.add_argument("--model", help="backbone name (fit from images, or explain --image)")
-    p.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
-    add_num_classes(p)
-    p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16")
-    p.add_argument("--data", metavar="SPEC", help=DATA_HELP)
-    p.add_argument("--split")
-    p.add_argument("--limit", type=positive_int, help="use only the first N images (a random N with --sample-seed)")
-    add_sample_seed(p)
-    p.add_argument("--synsets", metavar="FILE", help="folder data: wnid order file")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--from-probs", metavar="FILE.npz", help="precomputed `probs` (or `logits`) and `labels`")
-    p.add_argument("--class-names", metavar="FILE", help="one class name a line (or a JSON list)")
-    p.add_argument("--dataset", choices=["cifar10", "cifar100", "mnist", "fashion_mnist", "imagenet"],
-                   help="names and WordNet synsets of a known label set")
-    p.add_argument("--synset-table", metavar="FILE.json", help="class name -> WordNet synset (or wnid)")
-    p.add_argument("--no-names", action="store_true", help="skip WordNet naming")
-    p.add_argument("--k", type=positive_int, default=3, help="near misses among the top K (default 3)")
-    p.add_argument("--t", type=number_in(0.0, 1.0, high_open=True), default=1e-6,
-                   help="probability cutoff (default 1e-6)")
-    p.add_argument("--min-confidence", type=probability, default=0.0)
-    p.add_argument("--symmetrize", choices=["mean", "max"], default="mean")
-    p.add_argument("--edge-weight", choices=["probability", "summed", "count"], default="probability")
-    p.add_argument("--linkage", choices=["average", "single", "complete", "weighted", "ward"], default="average")
-    p.add_argument("--linkage-input", choices=["condensed", "rows"], default="condensed")
-    p.add_argument("--block-size", type=positive_int, help="Floyd-Warshall tile size (default: blocked by 32 from 256 labels on, unblocked below)")
-    p.add_argument("--names", metavar="FILE.json", help="human overrides: cluster (ids or class names, "
-                   "comma-separated) -> name")
-    p.add_argument("--human", default="wordnet", metavar="REF",
-                   help="reference of the explanatory score: wordnet, cifar100-superclasses, or a JSON file "
-                        "{group name: [class names]}")
-    p.add_argument("--out", metavar="DIR", help="output folder (fit)")
-    p.add_argument("--result", metavar="DIR", help="a fitted result (explain)")
-    p.add_argument("--label", help="explain this label")
-    p.add_argument("--image", metavar="FILE", help="classify this image with the model and explain it")
 
     for module in METHOD_CLIS:
         importlib.import_module(module).register(sub)
@@ -162,39 +93,6 @@ def cmd_info(args) -> None:
     print(f"{'models':<20} {', '.join(models.names())}")
 
 
-def load_model_and_data(args):
-    """The model spec, its weights (shapes checked against the model) and the data source of a pass command.
-
-    The source is opened first: opening checks the files, decoding waits for the pass.
-    """
-    from xai_jax import data, models, weights
-    spec = models.get(args.model)
-    if not args.weights:
-        raise XaiJaxError(f"--weights is required with --model {args.model}")
-    if not args.data:
-        raise XaiJaxError("--data is required with --model")
-    source = data.open_source(args.data, split=args.split, limit=args.limit, resize=spec.resize,
-                              crop=spec.input_shape[:2] if spec.resize else None, synsets=args.synsets,
-                              sample_seed=args.sample_seed)
-    variables = weights.load(spec, args.weights, num_classes=getattr(args, "num_classes", None))
-    return spec, variables, source
-
-
-def inputs_of(args, *names: str) -> list[str | None]:
-    """The paths a command reads, from its flags (data specs reduced to their path): ``--out`` may be none."""
-    from xai_jax.data import spec_path
-    found = []
-    for name in names:
-        value = getattr(args, name, None)
-        found.append(spec_path(value) if name.endswith("data") else value)
-    return found
-
-
-def data_meta(args) -> dict:
-    """Where a result's images came from, so that a later command can reopen the same ones."""
-    return {"data": args.data, "split": args.split, "limit": args.limit, "sample_seed": args.sample_seed}
-
-
 def cmd_predict(args) -> None:
     from xai_jax import evaluation, outputs
     if not args.out.endswith(".npz"):
@@ -227,14 +125,6 @@ def cmd_convert(args) -> None:
     print(f"wrote {args.out}: {spec.name}, {count:,} values")
 
 
-def cmd_nma(args) -> None:
-    from xai_jax import nma_cli
-    if args.action == "explain":
-        nma_cli.explain(args)
-    else:
-        nma_cli.fit(args)
-
-
 def cmd_demo(args) -> None:
     from xai_jax import outputs
     from xai_jax.demo import run_demo
@@ -250,7 +140,7 @@ def cmd_setup(args) -> None:
     print(f"WordNet 3.0 is ready under {path}; nltk finds it there (or set NLTK_DATA={path})")
 
 
-COMMANDS = {"info": cmd_info, "predict": cmd_predict, "convert": cmd_convert, "nma": cmd_nma, "demo": cmd_demo, "setup": cmd_setup}
+COMMANDS = {"info": cmd_info, "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo, "setup": cmd_setup}
 
 
 def _terminate(signum, frame):
@@ -285,7 +175,3 @@ def main(argv: list[str] | None = None) -> int:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

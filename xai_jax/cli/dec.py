@@ -14,13 +14,13 @@ import os
 
 import numpy as np
 
-from xai_jax.cli_options import (int_at_least, int_list, name_list, non_negative_int, number_list, positive_int,
+from xai_jax.cli.common import add_data_args, add_model_args, add_sample_seed, data_meta, inputs_of, load_model_and_data
+from xai_jax.cli.options import (int_at_least, int_list, name_list, non_negative_int, number_list, positive_int,
                                  positive_number, probability)
 from xai_jax.errors import XaiJaxError
 
 
 def register(subparsers) -> None:
-    from xai_jax.cli import add_data_args, add_model_args
     p = subparsers.add_parser("dec", help="activation clustering surrogate (DEC per layer): fit, similar, concepts")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -66,7 +66,6 @@ def register(subparsers) -> None:
 
 
 def _add_result_args(p: argparse.ArgumentParser) -> None:
-    from xai_jax.cli import add_sample_seed
     p.add_argument("--result", required=True, metavar="DIR", help="output folder of `xai-jax dec fit`")
     p.add_argument("--weights", metavar="PATH", help="model weights (default: those the surrogate was fitted with)")
     p.add_argument("--data", metavar="SPEC", help="the training data (default: what the surrogate was fitted on)")
@@ -77,16 +76,8 @@ def _add_result_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=128)
 
 
-def layer_emphasis(num_layers: int, which: str) -> tuple[float, ...]:
-    """The paper's low-/high-layer weightings (figure 12: 2, 1, 0, 0 and 0, 0, 1, 2) for any number of layers."""
-    half = -(-num_layers // 2)
-    low = tuple(float(max(half - j, 0)) for j in range(num_layers))
-    return low if which == "low" else tuple(reversed(low))
-
-
 def fit(args) -> None:
     from xai_jax import data, outputs
-    from xai_jax.cli import data_meta, inputs_of, load_model_and_data
     from xai_jax.evaluation import check_taps
     from xai_jax.methods.dec import KIND, ActivationClusteringSurrogate, DECConfig
     from xai_jax.viz.dec import concept_grid
@@ -151,7 +142,6 @@ def _cluster_titles(result, tap) -> list[str]:
 
 def _open_result(args, kind: str | None = None):
     from xai_jax import data, models, outputs, weights
-    from xai_jax.cli import data_meta, inputs_of
     from xai_jax.methods.dec import ActivationClusteringSurrogate, DECResult
     if kind and args.out:
         outputs.check_output(args.out, kind, file=True, inputs=inputs_of(args, "result", "weights", "data", "image"))
@@ -184,6 +174,7 @@ def _check_png(path: str | None) -> None:
 def similar(args) -> None:
     from xai_jax import outputs
     from xai_jax.data import ArraySource
+    from xai_jax.methods.dec import layer_emphasis
     from xai_jax.readers import read_image
     from xai_jax.viz.dec import similar_samples
     _check_png(args.out)

@@ -3,12 +3,64 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xai_jax.cli.common import DATA_HELP, add_num_classes, add_sample_seed, data_meta, inputs_of, load_model_and_data
+from xai_jax.cli.options import number_in, positive_int, probability
 from xai_jax.errors import XaiJaxError
 from xai_jax.readers import numeric, read_json, read_names, read_npz
-from xai_jax.methods.nma import NearMissAnalysis, NMAConfig, NMAResult, classes_without_images
+
+if TYPE_CHECKING:  # the methods import JAX: loaded by the commands that run, not by `xai-jax --help`
+    from xai_jax.methods.nma import NMAConfig, NMAResult
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("nma", help="near-miss analysis: the concept hierarchy of a model's confusions",
+                       description="Fit: --model/--weights/--data or --from-probs, with --out. "
+                                   "Explain: `xai-jax nma explain --result DIR --label NAME | --image FILE`.")
+    p.add_argument("action", nargs="?", choices=["explain"], help="explain a label or an image with a result")
+    p.add_argument("--model", help="backbone name (fit from images, or explain --image)")
+    p.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
+    add_num_classes(p)
+    p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16")
+    p.add_argument("--data", metavar="SPEC", help=DATA_HELP)
+    p.add_argument("--split")
+    p.add_argument("--limit", type=positive_int, help="use only the first N images (a random N with --sample-seed)")
+    add_sample_seed(p)
+    p.add_argument("--synsets", metavar="FILE", help="folder data: wnid order file")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--from-probs", metavar="FILE.npz", help="precomputed `probs` (or `logits`) and `labels`")
+    p.add_argument("--class-names", metavar="FILE", help="one class name a line (or a JSON list)")
+    p.add_argument("--dataset", choices=["cifar10", "cifar100", "mnist", "fashion_mnist", "imagenet"],
+                   help="names and WordNet synsets of a known label set")
+    p.add_argument("--synset-table", metavar="FILE.json", help="class name -> WordNet synset (or wnid)")
+    p.add_argument("--no-names", action="store_true", help="skip WordNet naming")
+    p.add_argument("--k", type=positive_int, default=3, help="near misses among the top K (default 3)")
+    p.add_argument("--t", type=number_in(0.0, 1.0, high_open=True), default=1e-6,
+                   help="probability cutoff (default 1e-6)")
+    p.add_argument("--min-confidence", type=probability, default=0.0)
+    p.add_argument("--symmetrize", choices=["mean", "max"], default="mean")
+    p.add_argument("--edge-weight", choices=["probability", "summed", "count"], default="probability")
+    p.add_argument("--linkage", choices=["average", "single", "complete", "weighted", "ward"], default="average")
+    p.add_argument("--linkage-input", choices=["condensed", "rows"], default="condensed")
+    p.add_argument("--block-size", type=positive_int, help="Floyd-Warshall tile size (default: blocked by 32 from 256 labels on, unblocked below)")
+    p.add_argument("--names", metavar="FILE.json", help="human overrides: cluster (ids or class names, "
+                   "comma-separated) -> name")
+    p.add_argument("--human", default="wordnet", metavar="REF",
+                   help="reference of the explanatory score: wordnet, cifar100-superclasses, or a JSON file "
+                        "{group name: [class names]}")
+    p.add_argument("--out", metavar="DIR", help="output folder (fit)")
+    p.add_argument("--result", metavar="DIR", help="a fitted result (explain)")
+    p.add_argument("--label", help="explain this label")
+    p.add_argument("--image", metavar="FILE", help="classify this image with the model and explain it")
+
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    (explain if args.action == "explain" else fit)(args)
 
 
 def _read_class_names(path: str) -> list[str]:
@@ -51,6 +103,7 @@ def guess_dataset(class_names) -> str | None:
 
 
 def _config(args) -> NMAConfig:
+    from xai_jax.methods.nma import NMAConfig
     return NMAConfig(k=args.k, t=args.t, min_confidence=args.min_confidence, symmetrize=args.symmetrize,
                      edge_weight=args.edge_weight, linkage=args.linkage, linkage_input=args.linkage_input,
                      block_size=args.block_size)
@@ -102,8 +155,7 @@ def _check_human(reference: str) -> None:
 
 def fit(args) -> None:
     from xai_jax import outputs
-    from xai_jax.cli import inputs_of
-    from xai_jax.methods.nma import KIND
+    from xai_jax.methods.nma import KIND, NearMissAnalysis, classes_without_images
     from xai_jax.viz.dendrogram import dendrogram
     from xai_jax.viz.report import Report
     if not args.out:
@@ -148,7 +200,6 @@ def fit(args) -> None:
     else:
         if not args.model:
             raise XaiJaxError("give --model/--weights/--data, or --from-probs FILE.npz")
-        from xai_jax.cli import data_meta, load_model_and_data
         spec, variables, source = load_model_and_data(args)
         class_names = _read_class_names(args.class_names) if args.class_names else list(source.class_names)
         if len(class_names) != (args.num_classes or spec.num_classes):
@@ -205,6 +256,7 @@ def explain(args) -> None:
         raise XaiJaxError("explain needs exactly one of --label NAME or --image FILE")
     if args.out:
         raise XaiJaxError("explain prints its explanation; it takes no --out")
+    from xai_jax.methods.nma import NMAResult
     result = NMAResult.load(args.result)
     if args.names:
         result = result.with_overrides(_read_names(args.names))

@@ -1,0 +1,73 @@
+"""What every ``xai-jax`` subcommand shares: the model, data and output argument groups, opening a pass's model
+and data, the paths a command reads, and where a result's images came from."""
+
+from __future__ import annotations
+
+import argparse
+
+from xai_jax.cli.options import non_negative_int, positive_int
+from xai_jax.errors import XaiJaxError
+
+DATA_HELP = ("data source KIND:PATH: idx:DIR (MNIST/Fashion-MNIST), jpeg-npz:FILE, folder:DIR (one folder per "
+             "class), npz:FILE (arrays images, labels), tfds:NAME[:SPLIT], digits")
+
+
+def add_sample_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample-seed", type=non_negative_int, metavar="S",
+                   help="with --limit (and the command's other limits): a random draw of N images with seed S "
+                        "instead of the first N; files sorted by class, like the CIFAR-10 archives, need it")
+
+
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", required=required, metavar="SPEC", help=DATA_HELP)
+    p.add_argument("--split", help="split where the source has several (train/test; tfds split names)")
+    p.add_argument("--limit", type=positive_int, help="use only the first N images (a random N with --sample-seed)")
+    add_sample_seed(p)
+    p.add_argument("--synsets", metavar="FILE", help="for folder: sources named by WordNet id, the label order "
+                   "(one wnid a line, e.g. the 1,000 ILSVRC-2012 wnids)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size (default 128)")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="backbone name (see `xai-jax info`)")
+    p.add_argument("--weights", required=True, metavar="PATH",
+                   help="PyTorch (.pt/.pth/.th), safetensors, or xai_jax checkpoint directory")
+    add_num_classes(p)
+    p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16")
+
+
+def add_num_classes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-classes", type=positive_int, help="outputs of the head if not the model's default")
+
+
+def load_model_and_data(args):
+    """The model spec, its weights (shapes checked against the model) and the data source of a pass command.
+
+    The source is opened first: opening checks the files, decoding waits for the pass.
+    """
+    from xai_jax import data, models, weights
+    spec = models.get(args.model)
+    if not args.weights:
+        raise XaiJaxError(f"--weights is required with --model {args.model}")
+    if not args.data:
+        raise XaiJaxError("--data is required with --model")
+    source = data.open_source(args.data, split=args.split, limit=args.limit, resize=spec.resize,
+                              crop=spec.input_shape[:2] if spec.resize else None, synsets=args.synsets,
+                              sample_seed=args.sample_seed)
+    variables = weights.load(spec, args.weights, num_classes=getattr(args, "num_classes", None))
+    return spec, variables, source
+
+
+def inputs_of(args, *names: str) -> list[str | None]:
+    """The paths a command reads, from its flags (data specs reduced to their path): ``--out`` may be none."""
+    from xai_jax.data import spec_path
+    found = []
+    for name in names:
+        value = getattr(args, name, None)
+        found.append(spec_path(value) if name.endswith("data") else value)
+    return found
+
+
+def data_meta(args) -> dict:
+    """Where a result's images came from, so that a later command can reopen the same ones."""
+    return {"data": args.data, "split": args.split, "limit": args.limit, "sample_seed": args.sample_seed}
