@@ -34,14 +34,13 @@ from xai_jax import engine
 from xai_jax.data.base import Source
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels.floyd_warshall import floyd_warshall, floyd_warshall_auto
-from xai_jax.kernels.near_miss import (connection_weights, fill_disconnected, near_miss_init, near_miss_matrix,
-                                       near_miss_update)
+from xai_jax.kernels.near_miss import (MODES, SYMMETRIZE, connection_weights, fill_disconnected, near_miss_init,
+                                       near_miss_matrix, near_miss_update)
 from xai_jax.outputs import atomic_dir, save_npz, write_files
 from xai_jax.readers import read_json, read_npz, reading
 
 LINKAGE_METHODS = ("average", "single", "complete", "weighted", "ward")
-SYMMETRIZE = ("mean", "max")
-EDGE_WEIGHTS = ("probability", "summed", "count")
+EDGE_WEIGHTS = MODES  # the kernel's edge-weight modes, under the name of the config field
 LINKAGE_INPUTS = ("condensed", "rows")
 #: the kind of output folder a near-miss result is (see :mod:`xai_jax.outputs`)
 KIND = "nma"
