@@ -186,7 +186,7 @@ def test_jpeg_npz_errors(tmp_path):
 
     missing = tmp_path / "missing_key.npz"
     np.savez(missing, jpeg_bytes=data, labels=np.array([0]))
-    with pytest.raises(XaiJaxError, match=f"{q(missing)} lacks offsets; expected keys jpeg_bytes, offsets, labels"):
+    with pytest.raises(XaiJaxError, match=f"{q(missing)} must hold `offsets`; it holds jpeg_bytes, labels"):
         JpegNpzSource(missing)
     bad_offsets = tmp_path / "bad_offsets.npz"
     np.savez(bad_offsets, jpeg_bytes=data, offsets=np.array([0, len(data) + 3]), labels=np.array([0]))
@@ -200,7 +200,7 @@ def test_jpeg_npz_errors(tmp_path):
         JpegNpzSource(corrupt).read([0, 1])
     not_npz = tmp_path / "not.npz"
     not_npz.write_bytes(b"hello")
-    with pytest.raises(XaiJaxError, match=f"cannot read npz file {q(not_npz)}"):
+    with pytest.raises(XaiJaxError, match=f"npz file {q(not_npz)} is not an .npz file"):
         JpegNpzSource(not_npz)
 
 
@@ -351,7 +351,7 @@ def test_npz_source(tmp_path):
             NpzSource(path)
 
     images = np.zeros((3, 4, 4, 3), np.uint8)
-    bad("nolabels", "nolabels.npz lacks labels; expected keys images, labels", images=images)
+    bad("nolabels", "nolabels.npz must hold `labels`; it holds images", images=images)
     bad("range", r"labels must lie in \[0, 2\), got \[0, 2\]", images=images, labels=np.array([0, 1, 2]),
         class_names=np.array(["a", "b"]))
     bad("negative", r"labels must lie in \[0, 2\), got \[-1, 1\]", images=images, labels=np.array([0, 1, -1]))

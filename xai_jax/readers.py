@@ -20,7 +20,8 @@ from xai_jax.errors import XaiJaxError
 PathLike = str | os.PathLike
 
 
-def _existing_file(path: PathLike | None, what: str) -> str:
+def existing_file(path: PathLike | None, what: str) -> str:
+    """``path`` as a string, or one line saying it is missing, empty or a folder."""
     if path is None or not os.fspath(path).strip():
         raise XaiJaxError(f"{what}: no file given")
     path = os.fspath(path)
@@ -33,7 +34,7 @@ def _existing_file(path: PathLike | None, what: str) -> str:
 
 def read_text(path: PathLike | None, what: str) -> str:
     """The whole of a UTF-8 text file."""
-    path = _existing_file(path, what)
+    path = existing_file(path, what)
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
@@ -97,7 +98,7 @@ def read_npz(path: PathLike | None, what: str, required: Sequence[str] = (), *,
       required: keys that must be there.
       allow_npy: also take a ``.npy`` file, returned as ``{required[0]: array}``.
     """
-    path = _existing_file(path, what)
+    path = existing_file(path, what)
     if not zipfile.is_zipfile(path):
         if allow_npy and required:
             return {required[0]: read_npy(path, what)}
@@ -134,7 +135,7 @@ def _is_npy(path: str) -> bool:
 
 def read_npy(path: PathLike | None, what: str) -> np.ndarray:
     """The array of a ``.npy`` file (or the only array of an ``.npz``)."""
-    path = _existing_file(path, what)
+    path = existing_file(path, what)
     if zipfile.is_zipfile(path):
         arrays = read_npz(path, what)
         if len(arrays) != 1:
@@ -189,28 +190,3 @@ def reading(path: PathLike, what: str) -> Iterator[None]:
         raise XaiJaxError(f"{os.fspath(path)} is not a readable {what} (missing {err})") from None
     except (TypeError, ValueError, IndexError, AttributeError) as err:
         raise XaiJaxError(f"{os.fspath(path)} is not a readable {what} ({_first_line(err)})") from None
-
-
-def read_image(path: PathLike | None, spec=None, what: str = "image") -> np.ndarray:
-    """A query image file decoded to uint8 ``[H, W, C]``, made ready for a model when ``spec`` is given.
-
-    With ``spec`` (a :class:`xai_jax.models.ModelSpec`): resized and centre-cropped as the model's image-folder
-    preprocessing does (models with ``spec.resize``), its channels matched to the model's (grey: the rounded mean
-    of the decoded RGB; RGB from grey: repeated), and its shape checked against ``spec.input_shape``.
-    """
-    import pathlib
-
-    from xai_jax.data.sources import load_folder_image
-    path = _existing_file(path, what)
-    if spec is None:
-        return load_folder_image(pathlib.Path(path), None, None)
-    image = load_folder_image(pathlib.Path(path), spec.resize, tuple(spec.input_shape[:2]) if spec.resize else None)
-    channels = spec.input_shape[-1]
-    if channels == 1:
-        image = np.round(image.mean(-1, keepdims=True)).astype(np.uint8)
-    elif image.shape[-1] != channels:
-        image = np.repeat(image[..., :1], channels, -1)
-    if tuple(image.shape) != tuple(spec.input_shape):
-        raise XaiJaxError(f"{what} {path} is {image.shape[1]}x{image.shape[0]}; {spec.name} takes "
-                          f"{spec.input_shape[1]}x{spec.input_shape[0]} images")
-    return image

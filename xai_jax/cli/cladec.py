@@ -152,7 +152,7 @@ def explain_cmd(args) -> None:
     import numpy as np
 
     from xai_jax import outputs
-    from xai_jax.readers import read_image
+    from xai_jax.data.sources import read_image
     from xai_jax.viz.cladec import layer_rows
     if not args.out.endswith(".png"):
         raise XaiJaxError(f"--out must name a .png file, got {args.out}")

@@ -71,3 +71,21 @@ def inputs_of(args, *names: str) -> list[str | None]:
 def data_meta(args) -> dict:
     """Where a result's images came from, so that a later command can reopen the same ones."""
     return {"data": args.data, "split": args.split, "limit": args.limit, "sample_seed": args.sample_seed}
+
+
+def model_and_weights(args, meta: dict, model: str | None = None, fitted_from: str = "saved arrays"):
+    """The model spec and weights path of a command that reads a result: the flags, else what the result names.
+
+    Args:
+      args: the parsed flags (``--model``, ``--weights``; either may be absent from the command).
+      meta: the result's provenance (``model``, ``weights``).
+      model: the result's model where it keeps it outside ``meta``.
+      fitted_from: what the result was fitted from when it names no model, for the message.
+    """
+    from xai_jax import models
+    name = getattr(args, "model", None) or model or meta.get("model")
+    weights_path = getattr(args, "weights", None) or meta.get("weights")
+    if not name or not weights_path:
+        raise XaiJaxError(f"this needs the model: --model NAME --weights PATH (the result was fitted from "
+                          f"{fitted_from} and names none)")
+    return models.get(name), weights_path

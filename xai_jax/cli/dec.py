@@ -175,7 +175,7 @@ def similar(args) -> None:
     from xai_jax import outputs
     from xai_jax.data import ArraySource
     from xai_jax.methods.dec import layer_emphasis
-    from xai_jax.readers import read_image
+    from xai_jax.data.sources import read_image
     from xai_jax.viz.dec import similar_samples
     _check_png(args.out)
     result, method, train, spec = _open_result(args, "dec.similar")

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xai_jax.cli.common import DATA_HELP, add_num_classes, add_sample_seed, data_meta, inputs_of, load_model_and_data
+from xai_jax.cli.common import (DATA_HELP, add_num_classes, add_sample_seed, data_meta, inputs_of,
+                                load_model_and_data, model_and_weights)
 from xai_jax.cli.options import number_in, positive_int, probability
 from xai_jax.errors import XaiJaxError
 from xai_jax.readers import numeric, read_json, read_names, read_npz
@@ -266,20 +267,15 @@ def explain(args) -> None:
     import jax
 
     from xai_jax import models, weights
-    from xai_jax.readers import read_image
-    model = args.model or result.meta.get("model")
-    weights_path = args.weights or result.meta.get("weights")
-    if not model or not weights_path:
-        raise XaiJaxError("explaining an image needs the model: --model NAME --weights PATH "
-                          "(this result was fitted from saved scores)")
-    spec = models.get(model)
+    from xai_jax.data.sources import read_image
+    spec, weights_path = model_and_weights(args, result.meta, fitted_from="saved scores")
     image = read_image(args.image, spec)
     num_classes = args.num_classes or (result.num_classes if result.num_classes != spec.num_classes else None)
     variables = weights.load(spec, weights_path, num_classes=num_classes)
     logits = models.make_forward(spec.name, (), num_classes)(image[None], variables)["logits"]
     probs = np.asarray(jax.nn.softmax(logits[0]))
     if len(probs) != result.num_classes:
-        raise XaiJaxError(f"{model} has {len(probs)} outputs but the result has {result.num_classes} labels")
+        raise XaiJaxError(f"{spec.name} has {len(probs)} outputs but the result has {result.num_classes} labels")
     label = int(probs.argmax())
     print(f"classified as {result.class_names[label]} (p = {probs[label]:.3f})")
     print(result.explain(label).text())

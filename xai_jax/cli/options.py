@@ -79,32 +79,28 @@ positive_number = number_in(0.0, None, low_open=True)
 non_negative_number = number_in(0.0, None)
 
 
-def int_list(low: int | None = None) -> Callable[[str], tuple[int, ...]]:
-    """A comma-separated list of integers (each ``>= low``), at least one."""
-    def parse(text: str) -> tuple[int, ...]:
+def _list(parse_one: Callable[[str], float], kind: str, low: float | None) -> Callable[[str], tuple]:
+    """A comma-separated list of ``kind`` parsed by ``parse_one`` (each ``>= low``), at least one."""
+    def parse(text: str) -> tuple:
         parts = [p.strip() for p in text.split(",")]
         if not any(parts) or not all(parts):
-            raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}")
-        values = tuple(_integer(p) for p in parts)
+            raise argparse.ArgumentTypeError(f"must be comma-separated {kind}, got {text!r}")
+        values = tuple(parse_one(p) for p in parts)
         if low is not None and min(values) < low:
-            raise argparse.ArgumentTypeError(f"must be comma-separated integers >= {low}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be comma-separated {kind} >= {low:g}, got {text!r}")
         return values
-    parse.__name__ = "integer list"
+    parse.__name__ = f"{kind} list"
     return parse
+
+
+def int_list(low: int | None = None) -> Callable[[str], tuple[int, ...]]:
+    """A comma-separated list of integers (each ``>= low``), at least one."""
+    return _list(_integer, "integers", low)
 
 
 def number_list(low: float | None = None) -> Callable[[str], tuple[float, ...]]:
     """A comma-separated list of finite numbers (each ``>= low``), at least one."""
-    def parse(text: str) -> tuple[float, ...]:
-        parts = [p.strip() for p in text.split(",")]
-        if not any(parts) or not all(parts):
-            raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}")
-        values = tuple(_number(p) for p in parts)
-        if low is not None and min(values) < low:
-            raise argparse.ArgumentTypeError(f"must be comma-separated numbers >= {low:g}, got {text!r}")
-        return values
-    parse.__name__ = "number list"
-    return parse
+    return _list(_number, "numbers", low)
 
 
 def name_list(text: str) -> tuple[str, ...]:

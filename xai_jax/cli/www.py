@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from xai_jax.cli.common import add_data_args, data_meta, inputs_of, load_model_and_data
+from xai_jax.cli.common import add_data_args, data_meta, inputs_of, load_model_and_data, model_and_weights
 from xai_jax.cli.options import number_in, positive_int
 from xai_jax.errors import XaiJaxError
 from xai_jax.readers import numeric, read_lines, read_npz
@@ -173,20 +173,17 @@ def contributions(args) -> None:
 
 
 def explain(args) -> None:
-    from xai_jax import models, outputs, weights
+    from xai_jax import outputs, weights
     from xai_jax.methods.www import EXPLANATION_KIND, WWW, WWWResult
-    from xai_jax.readers import read_image
+    from xai_jax.data.sources import read_image
     if args.out:
         outputs.check_output(args.out, EXPLANATION_KIND, inputs=inputs_of(args, "result", "weights", "image"))
     result = WWWResult.load(args.result)
     if result.class_contributions is None:
         raise XaiJaxError(f"{args.result} has no contributions.npz; run `xai-jax www contributions ... --result "
                           f"{args.result} --out DIR` first")
-    model = args.model or result.model
-    weights_path = args.weights or result.meta.get("weights")
-    if not model or not weights_path:
-        raise XaiJaxError("explaining an image needs the model: --model NAME --weights PATH")
-    spec = models.get(model)
+    spec, weights_path = model_and_weights(args, result.meta, result.model, fitted_from="embeddings")
+    model = spec.name
     image = read_image(args.image, spec)
     config = dataclasses.replace(result.config, top_k=args.top_k)
     www = WWW(model, weights.load(spec, weights_path, num_classes=args.num_classes), tap=result.tap,

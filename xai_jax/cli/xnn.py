@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from xai_jax.cli.common import DATA_HELP, add_sample_seed, data_meta, inputs_of
+from xai_jax.cli.common import DATA_HELP, add_sample_seed, data_meta, inputs_of, model_and_weights
 from xai_jax.cli.options import int_list, name_list, non_negative_int, number_in, positive_int, positive_number
 from xai_jax.errors import XaiJaxError
 from xai_jax.readers import numeric, read_npz
@@ -181,16 +181,11 @@ def _result_dir(path: str, variant: str | None) -> str:
 def explain(args) -> None:
     from xai_jax import models, outputs, weights
     from xai_jax.methods.xnn import EXPLANATION_KIND, XNN, XNNResult
-    from xai_jax.readers import read_image
+    from xai_jax.data.sources import read_image
     from xai_jax.viz.xnn import explanation_figure
     outputs.check_output(args.out, EXPLANATION_KIND, inputs=inputs_of(args, "result", "weights", "image"))
     result = XNNResult.load(_result_dir(args.result, args.variant))
-    model = args.model or result.meta.get("model")
-    weights_path = args.weights or result.meta.get("weights")
-    if not model or not weights_path:
-        raise XaiJaxError("explaining an image needs the model: --model NAME --weights PATH "
-                          "(this result was fitted from saved features)")
-    spec = models.get(model)
+    spec, weights_path = model_and_weights(args, result.meta, fitted_from="saved features")
     image = read_image(args.image, spec)
     variables = weights.load(spec, weights_path, num_classes=args.num_classes)
     label = args.label

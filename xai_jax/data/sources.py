@@ -23,6 +23,7 @@ from PIL import Image
 
 from xai_jax.data.base import Source
 from xai_jax.errors import XaiJaxError
+from xai_jax.readers import existing_file, read_npz
 
 PathLike = str | os.PathLike
 
@@ -231,20 +232,8 @@ class IdxSource(Source):
 
 
 def _load_npz(path: pathlib.Path, required: Sequence[str]) -> dict[str, np.ndarray]:
-    """All arrays of an npz file, checking that ``required`` keys are there."""
-    if not path.is_file():
-        raise XaiJaxError(f"npz file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [key for key in required if key not in npz.files]
-            if missing:
-                raise XaiJaxError(f"{path} lacks {', '.join(missing)}; expected keys {', '.join(required)} "
-                                  f"(found {', '.join(npz.files) or 'none'})")
-            return {key: npz[key] for key in npz.files}
-    except XaiJaxError:
-        raise
-    except Exception as err:  # zipfile, pickle and format errors all mean a corrupt file
-        raise XaiJaxError(f"cannot read npz file {path}: {err}") from None
+    """All arrays of an npz file, checking that ``required`` keys are there (:func:`xai_jax.readers.read_npz`)."""
+    return read_npz(path, "npz file", required)
 
 
 def _class_names_from(arrays: dict[str, np.ndarray], labels: np.ndarray, path: pathlib.Path) -> tuple[str, ...]:
@@ -355,6 +344,28 @@ def load_folder_image(path: pathlib.Path, resize: int | None, crop: tuple[int, i
             return np.asarray(image)
     except _IMAGE_ERRORS as err:
         raise XaiJaxError(f"cannot decode image {path}: {err}") from None
+
+
+def read_image(path: PathLike | None, spec=None, what: str = "image") -> np.ndarray:
+    """A query image file decoded to uint8 ``[H, W, C]``, made ready for a model when ``spec`` is given.
+
+    With ``spec`` (a :class:`xai_jax.models.ModelSpec`): resized and centre-cropped as the model's image-folder
+    preprocessing does (models with ``spec.resize``), its channels matched to the model's (grey: the rounded mean
+    of the decoded RGB; RGB from grey: repeated), and its shape checked against ``spec.input_shape``.
+    """
+    path = existing_file(path, what)
+    if spec is None:
+        return load_folder_image(pathlib.Path(path), None, None)
+    image = load_folder_image(pathlib.Path(path), spec.resize, tuple(spec.input_shape[:2]) if spec.resize else None)
+    channels = spec.input_shape[-1]
+    if channels == 1:
+        image = np.round(image.mean(-1, keepdims=True)).astype(np.uint8)
+    elif image.shape[-1] != channels:
+        image = np.repeat(image[..., :1], channels, -1)
+    if tuple(image.shape) != tuple(spec.input_shape):
+        raise XaiJaxError(f"{what} {path} is {image.shape[1]}x{image.shape[0]}; {spec.name} takes "
+                          f"{spec.input_shape[1]}x{spec.input_shape[0]} images")
+    return image
 
 
 def read_synsets(path: PathLike) -> tuple[str, ...]:
