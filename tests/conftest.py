@@ -61,3 +61,22 @@ def random_variables(module, shape, seed):
         return (rng.standard_normal(s) * 0.1).astype(np.float32)  # biases
 
     return jax.tree_util.tree_map_with_path(fill, {k: v for k, v in abstract.items() if k != "taps"})
+
+
+def snapshot(root, contents: bool = False) -> dict:
+    """Every path under ``root``, hidden ones included: ``None`` for a folder, else the file's bytes
+    (``contents``) or its size and modification time, so that a test can assert nothing was written or removed."""
+    found = {}
+    for directory, folders, files in os.walk(root):
+        for name in folders:
+            found[os.path.relpath(os.path.join(directory, name), root)] = None
+        for name in files:
+            path = os.path.join(directory, name)
+            if contents:
+                with open(path, "rb") as f:
+                    found[os.path.relpath(path, root)] = f.read()
+            else:
+                st = os.stat(path)
+                found[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return found
+

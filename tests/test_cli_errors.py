@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, require_module, shared_path
+from conftest import REPO, require_module, shared_path, snapshot
 from xai_jax import cli
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -34,18 +34,6 @@ class Evil:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
-
-
-def _tree(root) -> dict[str, tuple[int, float] | None]:
-    found = {}
-    for directory, folders, files in os.walk(root):
-        for name in folders:
-            found[os.path.relpath(os.path.join(directory, name), root)] = None
-        for name in files:
-            path = os.path.join(directory, name)
-            st = os.stat(path)
-            found[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -348,13 +336,13 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(inputs, tmp_path, monk
         if "--synset-table" in what:  # a table is read only where names are made
             argv.remove("--no-names")
         argv = argv + [resolve(v) if v.endswith((".json", ".txt")) or v.startswith("jpeg-npz:") else v for v in what]
-    before = _tree(p["root"]), _tree(tmp_path)
+    before = snapshot(p["root"]), snapshot(tmp_path)
     code = cli.main(["--quiet", *argv])
     captured = capsys.readouterr()
     assert code == 2, (argv, captured.err)
     assert captured.err.startswith("xai-jax: error: ") and captured.err.count("\n") == 1, captured.err
     assert "Traceback" not in captured.err and "weights_only=False" not in captured.err
-    assert (_tree(p["root"]), _tree(tmp_path)) == before
+    assert (snapshot(p["root"]), snapshot(tmp_path)) == before
     if os.environ.get("XAI_JAX_SHOW_ERRORS"):
         with open(os.environ["XAI_JAX_SHOW_ERRORS"], "a") as f:
             f.write(f"{row[0]:<55} {captured.err}")
@@ -388,13 +376,13 @@ def test_out_never_deletes_what_xai_jax_did_not_write(inputs, tmp_path, monkeypa
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"mine")
     (tmp_path / "notes.txt").write_text("notes")
     fit = ["nma", "--from-probs", probs, "--dataset", "cifar10", "--no-names", "--out"]
-    before = _tree(tmp_path)
+    before = snapshot(tmp_path)
     for target in ("photos", "run1", ".", "notes.txt", str(tmp_path)):
         assert cli.main([*fit, target]) == 2
     assert cli.main(["convert", "--model", "cifar_resnet20", "--weights", inputs["r20"], "--out", "notes.txt"]) == 2
     assert cli.main(["predict", "--model", "cifar_resnet20", "--weights", inputs["r20"], "--data",
                      f"npz:{inputs['empty_images.npz']}", "--out", "notes.npz"]) == 2
-    assert _tree(tmp_path) == before
+    assert snapshot(tmp_path) == before
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 7 and all(e.startswith("xai-jax: error: ") for e in errors), errors
     # An earlier result of the same kind is replaced; the first run writes a new folder.

@@ -12,21 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import snapshot
 from xai_jax import outputs
 from xai_jax.errors import XaiJaxError
 
 
 def tree(root) -> dict[str, bytes | None]:
-    """Every path under ``root`` (hidden ones included) with its bytes (None for folders)."""
-    found = {}
-    for directory, folders, files in os.walk(root):
-        for name in folders:
-            found[os.path.relpath(os.path.join(directory, name), root)] = None
-        for name in files:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, root)] = f.read()
-    return found
+    return snapshot(root, contents=True)
 
 
 def write_result(path, kind="nma", value="1", **kwargs):
