@@ -24,7 +24,8 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _integer(text: str) -> int:
+def integer(text: str) -> int:
+    """Any integer option."""
     try:
         return int(text.strip())
     except ValueError:
@@ -44,12 +45,38 @@ def _number(text: str) -> float:
 def int_at_least(low: int) -> Callable[[str], int]:
     """An integer option ``>= low``."""
     def parse(text: str) -> int:
-        value = _integer(text)
+        value = integer(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
         return value
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+def int_in(low: int | None, high: int | None) -> Callable[[str], int]:
+    """An integer option in ``[low, high]`` (``None``: unbounded on that side)."""
+    if high is None:
+        return int_at_least(low) if low is not None else integer
+
+    def parse(text: str) -> int:
+        value = integer(text)
+        if (low is not None and value < low) or value > high:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{'-inf' if low is None else low}, {high}], "
+                                             f"got {text!r}")
+        return value
+    parse.__name__ = f"integer in [{low}, {high}]"
+    return parse
+
+
+def int_or_name(text: str) -> int | str:
+    """An integer if the text is one (``-2``), else the name itself (a layer given by index or by tap)."""
+    stripped = text.strip()
+    if not stripped:
+        raise argparse.ArgumentTypeError("must be an integer or a name, got ''")
+    try:
+        return int(stripped)
+    except ValueError:
+        return stripped
 
 
 positive_int = int_at_least(1)
@@ -95,7 +122,7 @@ def _list(parse_one: Callable[[str], float], kind: str, low: float | None) -> Ca
 
 def int_list(low: int | None = None) -> Callable[[str], tuple[int, ...]]:
     """A comma-separated list of integers (each ``>= low``), at least one."""
-    return _list(_integer, "integers", low)
+    return _list(integer, "integers", low)
 
 
 def number_list(low: float | None = None) -> Callable[[str], tuple[float, ...]]:
@@ -109,6 +136,18 @@ def name_list(text: str) -> tuple[str, ...]:
     if not any(parts) or not all(parts):
         raise argparse.ArgumentTypeError(f"must be comma-separated names, got {text!r}")
     return parts
+
+
+def choice_list(choices) -> Callable[[str], tuple[str, ...]]:
+    """A comma-separated list of names, each one of ``choices``."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = name_list(text)
+        bad = [n for n in names if n not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{', '.join(bad)} not among {', '.join(choices)}")
+        return names
+    parse.__name__ = "name list"
+    return parse
 
 
 def index_range(text: str) -> tuple[int, int]:
