@@ -1,4 +1,7 @@
-"""The ``xai-jax`` command: ``info``, ``predict``, ``convert``, ``demo``, ``setup``; one per method as they land.
+"""The xai-jax command: explain image classifiers with the concept-based methods of xai_jax.
+
+``info``, ``predict``, ``convert``, ``demo``, ``setup``, and one subcommand per method of
+:data:`xai_jax.methods.METHODS`.
 
 Bad input ends with one line, ``xai-jax: error: ...``, and exit status 2; outputs are written atomically.
 """
@@ -6,7 +9,6 @@ Bad input ends with one line, ``xai-jax: error: ...``, and exit status 2; output
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.metadata
 import json
 import os
@@ -17,13 +19,7 @@ import threading
 from xai_jax.cli.common import add_data_args, add_model_args, add_num_classes, inputs_of, load_model_and_data
 from xai_jax.cli.options import Parser, non_negative_int, positive_int
 from xai_jax.errors import Terminated, XaiJaxError
-
-# Method subcommands that live in their own modules. Each module has ``register(subparsers)``, which adds its
-# parser(s) with ``set_defaults(func=...)``; ``func(args)`` runs the command. Imports inside ``func`` stay lazy
-# so that ``xai-jax --help`` does not load JAX.
-METHOD_CLIS: tuple[str, ...] = ("xai_jax.cli.nma", "xai_jax.cli.cladec", "xai_jax.cli.dec", "xai_jax.cli.www",
-                                "xai_jax.cli.xnn")
-
+from xai_jax.methods import METHODS
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="xai-jax", description=__doc__.splitlines()[0],
@@ -47,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_num_classes(p)
     p.add_argument("--out", required=True, metavar="DIR")
 
-    for module in METHOD_CLIS:
-        importlib.import_module(module).register(sub)
+    # Each method's module `xai_jax.cli.<name>` adds its subcommand with `register(subparsers)`; its commands
+    # import the method inside `func`, so that `xai-jax --help` does not load JAX.
+    for method in METHODS.values():
+        method.cli.register(sub)
 
     p = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and explain it")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
