@@ -29,6 +29,7 @@ class Example:
       channels: a range of channels.
       refae: also train the reference, see :class:`xai_jax.methods.cladec.ClaDecResult`.
       fast: go fast.
+      batch_size: the training batch (the command's own --batch-size is another).
       hidden: not a flag.
 
     Returns:
@@ -45,6 +46,7 @@ class Example:
     layer: int | str = -2
     channels: tuple[int, int] | None = None
     refae: bool = C.option(True, negative="--no-refae")
+    batch_size: int = C.option(256, low=1, flag="--train-batch-size")
     fast: bool = False
     hidden: int = C.option(7, command_line=False)
 
@@ -96,10 +98,18 @@ def test_bad_values_stop_with_one_line_naming_the_flag(argv, message, capsys):
     assert err.count("\n") == 1 and message in err, err
 
 
+def test_a_field_with_its_own_flag_does_not_clash_with_the_command_s_flag():
+    p = Parser(prog="t")
+    p.add_argument("--batch-size", type=int, default=128)
+    fields = add_config_flags(p, Example)
+    args = p.parse_args(["--batch-size", "64", "--train-batch-size", "32"])
+    assert args.batch_size == 64 and config_from_args(Example, args, fields).batch_size == 32
+
+
 def test_to_argv_round_trips_a_config():
     p, fields = parser_and_fields()
     config = Example(k=9, t=0.25, mode="max", other="y", widths=(1,), weights=(0.0, 2.0), taps=("pool",),
-                     layer="layer1", channels=(2, 5), refae=False, fast=True)
+                     layer="layer1", channels=(2, 5), refae=False, fast=True, batch_size=3)
     assert config_from_args(Example, p.parse_args(to_argv(config, fields)), fields) == config
     assert to_argv(Example(), fields) == []
 

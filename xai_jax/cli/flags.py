@@ -21,6 +21,13 @@ def flag_name(field: dataclasses.Field) -> str:
     return C.option_of(field).flag or "--" + field.name.replace("_", "-")
 
 
+def dest_of(field: dataclasses.Field) -> str:
+    """Where the parsed value lands: the field's name, or the flag's when it has its own (``--train-batch-size``
+    for a ``batch_size`` that would clash with the command's own ``--batch-size``)."""
+    flag = C.option_of(field).flag
+    return flag[2:].replace("-", "_") if flag else field.name
+
+
 def _number_parser(kind, opt: C.Option) -> Callable[[str], Any]:
     if kind is float:
         return options.number_in(opt.low, opt.high, low_open=opt.low_open, high_open=opt.high_open)
@@ -90,10 +97,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, only: Iterab
         names = [flag_name(field), *opt.aliases]
         if annotation is bool or C.split_optional(annotation)[0] is bool:
             if opt.negative:
-                parser.add_argument(opt.negative, dest=field.name, action="store_false", default=field.default,
+                parser.add_argument(opt.negative, dest=dest_of(field), action="store_false", default=field.default,
                                     help=text)
             else:
-                parser.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction,
+                parser.add_argument(*names, dest=dest_of(field), action=argparse.BooleanOptionalAction,
                                     default=field.default, help=f"{text} (default: {field.default})")
             added.append(field.name)
             continue
@@ -101,7 +108,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, only: Iterab
         default = field.default
         shown = "" if field.name in required else (
             f" (default: {_shown(default)})" if default is not None else "")
-        kwargs = dict(dest=field.name, help=text + shown, metavar=opt.metavar or metavar)
+        kwargs = dict(dest=dest_of(field), help=text + shown, metavar=opt.metavar or metavar)
         if field.name in required:
             kwargs["required"] = True
         else:
@@ -119,9 +126,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, only: Iterab
 def config_from_args(cls: type, args: argparse.Namespace, fields: Iterable[str] | None = None, **overrides):
     """The config the parsed flags describe: the flagged ``fields`` (default: every field ``args`` has), then
     ``overrides``; the rest keep the library's defaults."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    chosen = names if fields is None else list(fields)
-    values = {n: getattr(args, n) for n in chosen if hasattr(args, n)}
+    chosen = None if fields is None else set(fields)
+    values = {f.name: getattr(args, dest_of(f)) for f in dataclasses.fields(cls)
+              if (chosen is None or f.name in chosen) and hasattr(args, dest_of(f))}
     values.update(overrides)
     return cls(**values)
 
