@@ -26,7 +26,8 @@ def statistics(state: Mapping[str, Any], num_classes: int) -> dict[str, np.ndarr
 
     Args:
       state: ``{"sums": [C, C], "events": [C, C], "counts": [C]}``: a pass's state, or the same arrays read
-        back from a file (an ``np.load`` of an ``.npz`` is such a mapping).
+        back from a file (an ``np.load`` of an ``.npz`` is such a mapping); a NamedTuple with these fields
+        is taken too.
       num_classes: ``C``.
 
     Returns:
@@ -35,6 +36,8 @@ def statistics(state: Mapping[str, Any], num_classes: int) -> dict[str, np.ndarr
     Raises:
       XaiJaxError: an array is missing or has the wrong shape.
     """
+    if hasattr(state, "_asdict"):  # a kernel state of named fields (a NamedTuple) rather than a mapping
+        state = state._asdict()
     missing = [name for name in STATISTICS if name not in state]
     if missing:
         raise XaiJaxError(f"near-miss statistics without {', '.join(missing)} (need {', '.join(STATISTICS)})")
