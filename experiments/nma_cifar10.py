@@ -19,8 +19,7 @@ import matplotlib.pyplot as plt
 
 from xai_jax import models, weights
 from xai_jax.data import JpegNpzSource
-from xai_jax.methods.nma import NearMissAnalysis
-from xai_jax.viz.dendrogram import draw_dendrogram
+from xai_jax.methods.nma import NearMissAnalysis, draw_dendrogram
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(os.environ.get("XAI_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -12,8 +12,9 @@ from scipy.sparse.csgraph import floyd_warshall as scipy_floyd_warshall
 from scipy.spatial.distance import pdist, squareform
 
 from conftest import shared_path
-from xai_jax import XaiJaxError, cli
-from xai_jax.methods.nma import NearMissAnalysis, NMAConfig, NMAResult, classes_without_images
+from xai_jax import XaiJaxError, cli, debug
+from xai_jax.methods.nma import (EDGE_WEIGHTS, STATISTICS, SYMMETRIZE, NearMissAnalysis, NMAConfig, NMAResult,
+                                 classes_without_images)
 
 NAMES = ["cat", "dog", "horse", "car", "truck", "airplane"]
 TABLE = {"cat": "cat.n.01", "dog": "dog.n.01", "horse": "horse.n.01", "car": "car.n.01", "truck": "truck.n.01",
@@ -141,6 +142,27 @@ def test_bad_scores_are_one_clear_error(change, message):
         NearMissAnalysis().fit_scores(probs, labels, names, names=False, progress=False)
 
 
+def test_the_option_sets_are_the_kernels():
+    # config.py may not import the kernel (JAX): its tuples are literal copies, kept equal here.
+    from xai_jax.kernels import near_miss
+    assert SYMMETRIZE == near_miss.SYMMETRIZE and EDGE_WEIGHTS == near_miss.MODES
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"k": 0}, "k must be >= 1; got 0"), ({"t": 1.0}, "t must be < 1; got 1.0"), ({"t": -0.1}, "t must be >= 0"),
+    ({"min_confidence": 1.5}, "min_confidence must be <= 1"), ({"symmetrize": "min"}, "symmetrize must be one of"),
+    ({"edge_weight": "x"}, "edge_weight must be one of probability, summed, count"),
+    ({"linkage_input": "cols"}, "linkage_input must be one of"), ({"block_size": 0}, "block_size must be >= 1"),
+])
+def test_config_bounds_and_choices_are_declared_once(change, message):
+    config = NMAConfig(**change)
+    with pytest.raises(XaiJaxError, match=message):
+        config.validate()
+    with pytest.raises(XaiJaxError, match=message):  # the same check on the way into a pass
+        NearMissAnalysis(config).fit_scores(*synthetic(), NAMES, names=False, progress=False)
+    NMAConfig(k=1).validate(2)  # the smallest label set
+
+
 def test_bad_configuration_and_missing_synset_are_clear():
     probs, labels = synthetic()
     with pytest.raises(XaiJaxError, match="K < C = 6"):
@@ -150,6 +172,64 @@ def test_bad_configuration_and_missing_synset_are_clear():
     with pytest.raises(XaiJaxError, match="horse"):
         NearMissAnalysis().fit_scores(probs, labels, NAMES, synsets={k: v for k, v in TABLE.items() if k != "horse"},
                                       progress=False)
+
+
+def test_from_state_takes_saved_statistics(tmp_path):
+    probs, labels = synthetic()
+    method = NearMissAnalysis()
+    state = method.accumulate_scores(probs, labels, progress=False)
+    np.savez(tmp_path / "state.npz", **{name: np.asarray(state[name]) for name in STATISTICS})
+    with np.load(tmp_path / "state.npz") as saved:
+        again = method.from_state(saved, NAMES, synsets=TABLE)
+    direct = method.fit_scores(probs, labels, NAMES, synsets=TABLE, progress=False)
+    for field in ("p", "events", "counts", "distances", "linkage"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(direct, field))
+    assert again.names == direct.names and again.synsets == direct.synsets
+    with pytest.raises(XaiJaxError, match="without events"):
+        method.from_state({"sums": state["sums"], "counts": state["counts"]}, NAMES, names=False)
+    with pytest.raises(XaiJaxError, match=r"`counts` has shape \(6,\), expected \(5,\)"):
+        method.from_state({**state, "sums": state["sums"][:5, :5], "events": state["events"][:5, :5]},
+                          NAMES[:5], names=False)
+
+
+def test_saved_result_is_the_generic_layout(tmp_path):
+    result = NearMissAnalysis().fit_scores(*synthetic(), NAMES, synsets=TABLE, progress=False)
+    result.save(tmp_path / "r", notes={"score": {"phi_M": 1.0}})
+    summary = json.loads((tmp_path / "r" / "nma.json").read_text())
+    assert summary["kind"] == "nma" and summary["class_names"] == NAMES and summary["notes"]["score"]["phi_M"] == 1
+    assert summary["config"] == {"k": 3, "t": 1e-6, "min_confidence": 0.0, "symmetrize": "mean",
+                                 "edge_weight": "probability", "linkage": "average", "linkage_input": "condensed",
+                                 "block_size": None}
+    with np.load(tmp_path / "r" / "nma.npz") as arrays:
+        assert {"p", "events", "counts", "distances", "linkage"} <= set(arrays.files)
+    # A linkage that is no tree of the labels is refused on loading, in one line naming the folder.
+    np.savez(tmp_path / "r" / "nma.npz", p=result.p, events=result.events, counts=result.counts,
+             distances=result.distances, linkage=result.linkage[:3])
+    with pytest.raises(XaiJaxError, match="near-miss analysis result"):
+        NMAResult.load(tmp_path / "r")
+
+
+def test_each_pass_compiles_once_per_shape():
+    # A second source of the same shapes, with other thresholds, reuses the compiled passes (t and
+    # min_confidence are traced), for the backbone pass and the pass over saved scores.
+    import jax
+
+    from xai_jax import models
+    from xai_jax.data import DigitsSource
+    variables = models.init_variables(models.get("small_cnn"), jax.random.key(0))
+    first, second = DigitsSource("test"), DigitsSource("test", seed=1)
+    assert len(first) == len(second) and not np.array_equal(first.labels, second.labels)
+    NearMissAnalysis().accumulate("small_cnn", variables, first, batch_size=64, progress=False)
+    probs, labels = synthetic()
+    NearMissAnalysis().accumulate_scores(probs, labels, progress=False)
+    other = NearMissAnalysis(NMAConfig(t=0.01, min_confidence=0.2))
+    rng = np.random.default_rng(3)
+    shuffled = rng.permutation(len(labels))
+    with debug.assert_max_compiles(0, "a second near-miss pass of the same shapes"):
+        state = other.accumulate("small_cnn", variables, second, batch_size=64, progress=False)
+        scores = other.accumulate_scores(probs[shuffled], labels[shuffled], progress=False)
+    assert np.asarray(state["counts"]).shape == (10,)
+    assert np.asarray(scores["counts"]).sum() == len(labels)  # every synthetic image is confidently correct
 
 
 @pytest.fixture(scope="module")
@@ -165,19 +245,19 @@ def resnet20_logits(tmp_path_factory):
 
 @pytest.mark.slow
 def test_resnet20_on_cifar10_separates_animals_from_vehicles(resnet20_logits, tmp_path, capsys):
-    code = cli.main(["--quiet", "nma", "--from-probs", str(resnet20_logits), "--out", str(tmp_path / "nma")])
+    code = cli.main(["--quiet", "nma", "fit", "--from-probs", str(resnet20_logits), "--out", str(tmp_path / "nma")])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "nma" / "nma.json").read_text())
     arrays = np.load(tmp_path / "nma" / "nma.npz")
     assert arrays["p"].shape == (10, 10) and arrays["distances"].shape == (10, 10)
     assert arrays["linkage"].shape == (9, 4) and (tmp_path / "nma" / "dendrogram.png").stat().st_size > 10_000
-    assert sum(summary["counted_images"]) == 8103  # ResNet-20 classifies 81.03 % of these JPEGs correctly
+    assert arrays["counts"].sum() == 8103  # ResNet-20 classifies 81.03 % of these JPEGs correctly
     result = NMAResult.load(tmp_path / "nma")
     top = [sorted(result.class_names[i] for i in result.members()[int(n)]) for n in result.linkage[-1, :2]]
     assert sorted(top) == [["airplane", "automobile", "ship", "truck"],
                            ["bird", "cat", "deer", "dog", "frog", "horse"]]
     assert ("cat", "dog") in [tuple(sorted((a, b))) for a, b, _ in result.merge_order(1)]
-    assert summary["score"]["phi_M"] > 0.8  # measured 0.867 against WordNet's tree of the 10 labels
+    assert summary["notes"]["score"]["phi_M"] > 0.8  # measured 0.867 against WordNet's tree of the 10 labels
     capsys.readouterr()
     assert cli.main(["nma", "explain", "--result", str(tmp_path / "nma"), "--label", "truck"]) == 0
     assert "A truck is part of the concept motor vehicle (automobile, truck)" in capsys.readouterr().out
@@ -218,6 +298,27 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["s.npz"]
 
 
+def test_fit_verb_the_bare_form_and_flags_before_the_verb_are_one_command(tmp_path, capsys):
+    probs, labels = synthetic()
+    scores = str(tmp_path / "s.npz")
+    np.savez(scores, probs=probs, labels=labels, class_names=np.array(NAMES))
+    given = ["--from-probs", scores, "--no-names", "--t", "0.03", "--linkage", "single"]
+    forms = {"verb": ["nma", "fit", "--k", "2", *given], "bare": ["nma", "--k", "2", *given],
+             "before": ["nma", "--k", "2", "fit", *given]}  # argparse would reset --k to the verb's default
+    linkages = []
+    for name, argv in forms.items():
+        assert cli.main(["--quiet", *argv, "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
+        loaded = NMAResult.load(tmp_path / name)
+        assert loaded.config == NMAConfig(k=2, t=0.03, linkage="single"), name
+        linkages.append(loaded.linkage)
+    np.testing.assert_array_equal(linkages[0], linkages[1])
+    np.testing.assert_array_equal(linkages[0], linkages[2])
+    capsys.readouterr()
+    assert cli.main(["nma", "--names", str(tmp_path / "missing.json"), "explain", "--result",
+                     str(tmp_path / "verb"), "--label", "cat"]) == 2  # the flag before the verb is kept, and read
+    assert "missing.json" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_cli_fit_from_the_model_with_overrides_and_a_user_grouping(tmp_path, capsys):
     (tmp_path / "names.json").write_text(json.dumps({"cat,dog": "pets", "automobile,truck": "road vehicle"}))
@@ -230,10 +331,11 @@ def test_cli_fit_from_the_model_with_overrides_and_a_user_grouping(tmp_path, cap
                      str(tmp_path / "names.json"), "--human", str(tmp_path / "groups.json"), "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "nma.json").read_text())
-    assert summary["score"] == {"reference": str(tmp_path / "groups.json"), "match": "members", "phi_M": 1.0,
-                                "phi": {n: 1.0 for n in summary["labels"]}}  # the root split is exactly the grouping
+    assert summary["notes"]["score"] == {  # the root split is exactly the grouping
+        "reference": str(tmp_path / "groups.json"), "match": "members", "phi_M": 1.0,
+        "phi": {n: 1.0 for n in summary["class_names"]}}
     assert summary["overrides"] == {"3,5": "pets", "1,9": "road vehicle"}
-    assert summary["meta"]["model"] == "cifar_resnet56" and sum(summary["counted_images"]) == 8320
+    assert summary["meta"]["model"] == "cifar_resnet56" and np.load(out / "nma.npz")["counts"].sum() == 8320
     capsys.readouterr()
     image = os.path.join(os.path.dirname(__import__("foolbox").__file__), "data", "cifar10_00_3.png")  # a cat
     assert cli.main(["nma", "explain", "--result", str(out), "--image", image]) == 0

@@ -1,7 +1,13 @@
-"""``xai-jax nma``: fit near-miss analysis from a model or from saved scores, and explain labels or images."""
+"""``xai-jax nma``: fit near-miss analysis from a model or from saved scores, and explain labels or images.
+
+    xai-jax nma fit --model cifar_resnet56 --weights resnet56.th --data jpeg-npz:test.npz --out nma56
+    xai-jax nma fit --from-probs preds.npz --out nma          # `fit` may be left out: xai-jax nma --from-probs ...
+    xai-jax nma explain --result nma56 --label cat            # or --image photo.png
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 from typing import TYPE_CHECKING
 
@@ -9,20 +15,47 @@ import numpy as np
 
 from xai_jax.cli.common import (DATA_HELP, add_num_classes, add_sample_seed, data_meta, inputs_of,
                                 load_model_and_data, model_and_weights)
-from xai_jax.cli.options import number_in, positive_int, probability
+from xai_jax.cli.flags import add_config_flags, config_from_args
+from xai_jax.cli.options import positive_int
 from xai_jax.errors import XaiJaxError
+from xai_jax.methods.nma.config import NMAConfig
 from xai_jax.readers import numeric, read_json, read_names, read_npz
 
 if TYPE_CHECKING:  # the methods import JAX: loaded by the commands that run, not by `xai-jax --help`
-    from xai_jax.methods.nma import NMAConfig, NMAResult
+    from xai_jax.methods.nma import NMAResult
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("nma", help="near-miss analysis: the concept hierarchy of a model's confusions",
-                       description="Fit: --model/--weights/--data or --from-probs, with --out. "
-                                   "Explain: `xai-jax nma explain --result DIR --label NAME | --image FILE`.")
-    p.add_argument("action", nargs="?", choices=["explain"], help="explain a label or an image with a result")
-    p.add_argument("--model", help="backbone name (fit from images, or explain --image)")
+    from xai_jax.methods import METHODS
+    p = subparsers.add_parser("nma", help=METHODS["nma"].summary,
+                              description="Fit: `xai-jax nma [fit] --model/--weights/--data or --from-probs, with "
+                                          "--out`. Explain: `xai-jax nma explain --result DIR --label NAME | "
+                                          "--image FILE`.")
+    _add_fit_args(p)  # the bare `xai-jax nma --out DIR ...` fits, as before the verbs
+    p.set_defaults(func=fit)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+
+    f = actions.add_parser("fit", help="the concept hierarchy of a model's (or saved scores') near misses")
+    _add_fit_args(f)
+    _defer_to(f, p)
+    f.set_defaults(func=fit)
+
+    e = actions.add_parser("explain", help="explain a label, or an image the result's model classifies")
+    e.add_argument("--result", required=True, metavar="DIR", help="output folder of `xai-jax nma fit`")
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--label", help="explain this label")
+    which.add_argument("--image", metavar="FILE", help="classify this image with the model and explain it")
+    e.add_argument("--model", help="backbone of --image (default: the result's)")
+    e.add_argument("--weights", metavar="PATH", help="checkpoint of --model (default: the result's)")
+    add_num_classes(e)
+    e.add_argument("--names", metavar="FILE.json", help="human overrides: cluster (ids or class names, "
+                   "comma-separated) -> name")
+    _defer_to(e, p)
+    e.set_defaults(func=explain)
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="backbone name (fit from images)")
     p.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
     add_num_classes(p)
     p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16")
@@ -38,38 +71,29 @@ def register(subparsers) -> None:
                    help="names and WordNet synsets of a known label set")
     p.add_argument("--synset-table", metavar="FILE.json", help="class name -> WordNet synset (or wnid)")
     p.add_argument("--no-names", action="store_true", help="skip WordNet naming")
-    p.add_argument("--k", type=positive_int, default=3, help="near misses among the top K (default 3)")
-    p.add_argument("--t", type=number_in(0.0, 1.0, high_open=True), default=1e-6,
-                   help="probability cutoff (default 1e-6)")
-    p.add_argument("--min-confidence", type=probability, default=0.0)
-    p.add_argument("--symmetrize", choices=["mean", "max"], default="mean")
-    p.add_argument("--edge-weight", choices=["probability", "summed", "count"], default="probability")
-    p.add_argument("--linkage", choices=["average", "single", "complete", "weighted", "ward"], default="average")
-    p.add_argument("--linkage-input", choices=["condensed", "rows"], default="condensed")
-    p.add_argument("--block-size", type=positive_int, help="Floyd-Warshall tile size (default: blocked by 32 from 256 labels on, unblocked below)")
+    add_config_flags(p, NMAConfig)
     p.add_argument("--names", metavar="FILE.json", help="human overrides: cluster (ids or class names, "
                    "comma-separated) -> name")
     p.add_argument("--human", default="wordnet", metavar="REF",
                    help="reference of the explanatory score: wordnet, cifar100-superclasses, or a JSON file "
                         "{group name: [class names]}")
-    p.add_argument("--out", metavar="DIR", help="output folder (fit)")
-    p.add_argument("--result", metavar="DIR", help="a fitted result (explain)")
-    p.add_argument("--label", help="explain this label")
-    p.add_argument("--image", metavar="FILE", help="classify this image with the model and explain it")
-
-    p.set_defaults(func=run)
+    p.add_argument("--out", metavar="DIR", help="output folder")
 
 
-def run(args) -> None:
-    (explain if args.action == "explain" else fit)(args)
+def _defer_to(verb: argparse.ArgumentParser, parent: argparse.ArgumentParser) -> None:
+    """A verb's flags that the parent also has keep the parent's value unless given after the verb.
+
+    argparse copies every default of a sub-parser over the parent's namespace, so without this
+    ``xai-jax nma --k 2 fit ...`` would silently fit with the default K.
+    """
+    shared = {a.dest for a in parent._actions if a.dest != "help"}
+    for action in verb._actions:
+        if action.dest in shared:
+            action.default = argparse.SUPPRESS
 
 
 def _read_class_names(path: str) -> list[str]:
     return read_names(path, "class names file")
-
-
-def _read_json(path: str, what: str):
-    return read_json(path, what)
 
 
 def _read_groups(path: str) -> dict[str, list[str]]:
@@ -101,13 +125,6 @@ def guess_dataset(class_names) -> str | None:
         if table == wanted:
             return dataset
     return None
-
-
-def _config(args) -> NMAConfig:
-    from xai_jax.methods.nma import NMAConfig
-    return NMAConfig(k=args.k, t=args.t, min_confidence=args.min_confidence, symmetrize=args.symmetrize,
-                     edge_weight=args.edge_weight, linkage=args.linkage, linkage_input=args.linkage_input,
-                     block_size=args.block_size)
 
 
 def human_reference(result: NMAResult, reference: str):
@@ -156,17 +173,14 @@ def _check_human(reference: str) -> None:
 
 def fit(args) -> None:
     from xai_jax import outputs
-    from xai_jax.methods.nma import KIND, NearMissAnalysis, classes_without_images
-    from xai_jax.viz.dendrogram import dendrogram
+    from xai_jax.methods.nma import KIND, NearMissAnalysis, classes_without_images, dendrogram
     from xai_jax.viz.report import Report
     if not args.out:
         raise XaiJaxError("--out DIR is required")
-    if args.result or args.label or args.image:
-        raise XaiJaxError("--result, --label and --image belong to `xai-jax nma explain`")
     inputs = inputs_of(args, "from_probs", "weights", "data", "synsets", "class_names", "synset_table", "names",
                        "human")
     outputs.check_output(args.out, KIND, inputs=inputs)
-    method = NearMissAnalysis(_config(args))
+    method = NearMissAnalysis(config_from_args(NMAConfig, args))
     progress = False if args.quiet else None
     overrides = _read_names(args.names) if args.names else None
     _check_human(args.human)
@@ -239,7 +253,8 @@ def fit(args) -> None:
                          f"(concepts matched by {match}).")
     report.table([{"merge": i + 1, "left": a, "right": b, "height": h}
                   for i, (a, b, h) in enumerate(result.merge_order(min(10, result.num_classes - 1)))])
-    result.save(args.out, {"dendrogram.png": png, "report.html": report.render().encode()}, score=score)
+    result.save(args.out, {"dendrogram.png": png, "report.html": report.render().encode()},
+                notes={"score": score} if score else None)
     print(f"wrote {args.out}: nma.json, nma.npz, dendrogram.png, report.html "
           f"({int(result.counts.sum())} images counted"
           + (f", phi(M) = {score['phi_M']:.3f} vs {args.human}" if score and score["phi_M"] is not None else "")
@@ -251,11 +266,7 @@ def fit(args) -> None:
 
 
 def explain(args) -> None:
-    if not args.result:
-        raise XaiJaxError("explain needs --result DIR (the output of `xai-jax nma ... --out DIR`)")
-    if bool(args.label) == bool(args.image):
-        raise XaiJaxError("explain needs exactly one of --label NAME or --image FILE")
-    if args.out:
+    if args.out:  # given before the verb, where the fit flags are
         raise XaiJaxError("explain prints its explanation; it takes no --out")
     from xai_jax.methods.nma import NMAResult
     result = NMAResult.load(args.result)

@@ -1,21 +1,24 @@
-"""The demo's near-miss section: which digits the CNN nearly confuses, named with WordNet."""
+"""The near-miss section of ``xai-jax demo``: which digits the CNN nearly confuses, named with WordNet."""
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xai_jax.demo.context import DemoContext
 from xai_jax.errors import XaiJaxError
-from xai_jax.viz.report import Report
+
+if TYPE_CHECKING:
+    from xai_jax.demo.context import DemoContext
+    from xai_jax.viz.report import Report
 
 
 def section(report: Report, context: DemoContext) -> dict:
     """Near-miss analysis of the demo CNN on the test digits: dendrogram, names, an explanation, phi(M)."""
-    from xai_jax.methods.nma import NearMissAnalysis
+    from xai_jax.methods.nma.figures import dendrogram
+    from xai_jax.methods.nma.passes import NearMissAnalysis
     from xai_jax.naming.wordnet import load_wordnet
-    from xai_jax.viz.dendrogram import dendrogram
     try:
         load_wordnet()
         named = True
@@ -42,7 +45,7 @@ def section(report: Report, context: DemoContext) -> dict:
         if np.isnan(phi_m):
             report.paragraph("The explanatory score phi(M) is not defined here: WordNet puts all ten digits "
                              "directly under 'digit', so no label has a concept between it and the root to match. "
-                             "Score digits against a grouping of your own (xai-jax nma --human FILE.json).")
+                             "Score digits against a grouping of your own (xai-jax nma fit --human FILE.json).")
         else:
             report.paragraph(f"Explanatory score against the WordNet hierarchy of the digits: phi(M) = {phi_m:.3f}.")
     else:
