@@ -109,7 +109,14 @@ class ActivationClusteringSurrogate:
         self.compute_dtype, self.progress = compute_dtype, progress
 
     def activations(self, source: Source) -> Activations:
-        """One pass of the model over ``source``; taps written into preallocated float16 host arrays."""
+        """One pass of the model over ``source``; taps written into preallocated float16 host arrays.
+
+        Args:
+          source: the images (labels included).
+
+        Returns:
+          the flattened taps ``{tap: [n, d]}`` with labels, the model's predictions and positions ``0..n-1``.
+        """
         from xai_jax.models import tap_shapes
         n = len(source)
         if n == 0:
@@ -130,7 +137,17 @@ class ActivationClusteringSurrogate:
 
     def fit(self, source: Source | None = None, *, activations: Activations | None = None,
             class_names: Sequence[str] | None = None, meta: dict | None = None) -> DECResult:
-        """Trains the surrogate on ``source`` (or on precomputed ``activations``)."""
+        """Trains the surrogate: one DEC per tap, then the clusters' posteriors and the training scores.
+
+        Args:
+          source: the training images (one pass of :meth:`activations`), or ``None`` with ``activations``.
+          activations: precomputed taps, labels and predictions (reused across fits).
+          class_names: one per class (default: the source's, else ``"0"``, ``"1"``, ...).
+          meta: provenance stored in the result.
+
+        Returns:
+          a new :class:`DECResult` with ``metrics["train"]`` and each layer's ``history``.
+        """
         if activations is None:
             if source is None:
                 raise XaiJaxError("fit needs a source or activations")
