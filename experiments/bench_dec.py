@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from benchutil import median_seconds  # noqa: E402
 
 from xai_jax.kernels.clustering import kmeans  # noqa: E402
-from xai_jax.methods.dec import DECConfig, MLP, dec_refine  # noqa: E402
+from xai_jax.methods.dec import DECConfig, dec_refine, embed_rows  # noqa: E402
+from xai_jax.models.mlp import MLP  # noqa: E402
 
 E = 20
 
@@ -112,8 +113,7 @@ def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int,
                        update_interval=140, max_dec_steps=140 * refreshes, batch_size=256)
     params = MLP((E,)).init(jax.random.key(1), jnp.zeros((1, E)))["params"]
     layer = {"encoder": params, "norm": {"mean": jnp.zeros(E), "scale": jnp.ones(())}}
-    from xai_jax.methods.dec import _blocked_rows, _embed_block
-    z = _blocked_rows(lambda b: _embed_block((), E, 8.0)(layer, b), x)
+    z = embed_rows((), E, 8.0, layer, x)
     centroids, _, _ = kmeans(jnp.asarray(z), k, jax.random.key(2), n_init=5)
     centroids = np.asarray(centroids)
 

@@ -27,9 +27,8 @@ import numpy as np
 
 from xai_jax import models, weights
 from xai_jax.data import JpegNpzSource, subset
-from xai_jax.methods.dec import layer_emphasis
-from xai_jax.methods.dec import ActivationClusteringSurrogate, DECConfig
-from xai_jax.viz.dec import concept_grid, similar_samples
+from xai_jax.methods.dec import ActivationClusteringSurrogate, DECConfig, layer_emphasis
+from xai_jax.methods.dec.figures import concept_grid, similar_samples
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(os.environ.get("XAI_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -129,11 +129,11 @@ def inputs(tmp_path_factory):
         os.makedirs(path(f"{kind}_bad"))
         for name in files:
             open(os.path.join(p[f"{kind}_bad"], name), "w").write("{")
-        shutil.copytree(p["ck_nometa"], os.path.join(p[f"{kind}_bad"], {"dec": "encoders", "xnn": "explainers",
+        shutil.copytree(p["ck_nometa"], os.path.join(p[f"{kind}_bad"], {"dec": "layers", "xnn": "explainers",
                                                                          "cladec": "decoder"}[kind]))
         os.makedirs(path(f"{kind}_keys"))
         open(os.path.join(p[f"{kind}_keys"], files[0]), "w").write('{"config": {}}')
-        shutil.copytree(p["ck"], os.path.join(p[f"{kind}_keys"], {"dec": "encoders", "xnn": "explainers",
+        shutil.copytree(p["ck"], os.path.join(p[f"{kind}_keys"], {"dec": "layers", "xnn": "explainers",
                                                                    "cladec": "decoder"}[kind]))
         if kind == "dec":
             np.savez(os.path.join(p["dec_keys"], "dec.npz"), centroids=np.zeros(3))

@@ -1,5 +1,6 @@
 """The activation clustering surrogate (xai_jax.methods.dec): DEC recovers a mixture, the surrogate is faithful on
-CIFAR-10 with ResNet-56, bad input, save/load, one compile of the DEC loop, the CLI."""
+CIFAR-10 with ResNet-56, bad input, the config's bounds and flags, save/load, one compile per shape of every pass,
+the CLI."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ import pytest
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from xai_jax import cli, models
+from xai_jax import cli, debug, models
 from xai_jax.cli import dec as dec_cli
-from xai_jax.data import DigitsSource, subset
+from xai_jax.data import DigitsSource, Subset, subset
 from xai_jax.errors import XaiJaxError
-from xai_jax.methods import dec
-from xai_jax.methods.dec import Activations, ActivationClusteringSurrogate, DECConfig, DECResult
+from xai_jax.methods.dec import Activations, ActivationClusteringSurrogate, DECConfig, DECResult, embed_rows
 
 from conftest import shared_path
 
@@ -37,8 +37,8 @@ def _mixture(n_per=(97, 61, 131, 83, 45), dim=128, seed=0):
     return x[order].astype(np.float16), labels[order]
 
 
-def _fit_mixture(**overrides):
-    x, labels = _mixture()
+def _fit_mixture(data_seed=0, **overrides):
+    x, labels = _mixture(seed=data_seed)
     # tolerance 0: DEC runs all its 200 steps (10 target refreshes), which must keep the components apart
     config = DECConfig(taps=("fc",), clusters=5, pretrain_epochs=30, tolerance=0.0, **{**SMALL, **overrides})
     method = ActivationClusteringSurrogate("small_cnn", None, config, progress=False)
@@ -65,13 +65,48 @@ def test_dec_recovers_a_gaussian_mixture(mixture_fit):
     np.testing.assert_allclose(result.posteriors.sum(-1), 1.0, rtol=1e-6)
 
 
-def test_dec_refinement_compiles_once(mixture_fit):
-    method, result, _ = mixture_fit
-    c = result.config
-    _, run = dec._dec_steps(tuple(c.hidden), c.embedding_size, float(c.radius), float(c.alpha),
-                            float(c.dec_learning_rate))
+def test_fit_on_new_data_of_the_same_shapes_compiles_nothing(mixture_fit):
+    """The fixture's fit was the warm-up: pretraining, k-means, the T-step DEC scan (refreshed 10 times) and the
+    blocked embeddings all reuse their programs on another mixture of the same sizes."""
+    _, result, _ = mixture_fit
     assert len(result.history["fc"]["changed"]) > 1  # several refreshes of the target ...
-    assert run._cache_size() == 1  # ... one compiled T-step program
+    with debug.assert_max_compiles(0, "a second DEC fit of the same shapes"):  # ... no program compiled again
+        method, again, _ = _fit_mixture(data_seed=1)
+    assert again.history["fc"]["dec_steps"] == 200
+
+
+@pytest.fixture(scope="module")
+def digits_surrogate():
+    """A quick surrogate of the (untrained) digits CNN on 200 training digits, and the source it was fitted on."""
+    variables = models.init_variables(models.get("small_cnn"), jax.random.key(0))
+    config = DECConfig(taps=("conv3", "fc"), clusters=4, **{**SMALL, "max_dec_steps": 20}, pretrain_epochs=1)
+    method = ActivationClusteringSurrogate("small_cnn", variables, config, batch_size=64, progress=False)
+    train = subset(DigitsSource("train"), 200, seed=0)
+    return method, method.fit(train), train
+
+
+def test_activations_pass_compiles_once_per_shape(digits_surrogate):
+    method, _, _ = digits_surrogate
+    digits = DigitsSource("train")
+    first = method.activations(Subset(digits, np.arange(0, 150)))  # 150 = 2 batches of 64 and a padded one
+    with debug.assert_max_compiles(0, "the taps pass over new images of the same shapes"):
+        second = method.activations(Subset(digits, np.arange(150, 300)))
+    assert second.taps["conv3"].shape == first.taps["conv3"].shape == (150, 4 * 4 * 64)
+    assert second.taps["fc"].dtype == np.float16 and not np.array_equal(first.taps["fc"], second.taps["fc"])
+
+
+def test_embed_and_evaluate_compile_once_per_shape(digits_surrogate):
+    method, result, _ = digits_surrogate
+    digits = DigitsSource("test")
+    warm = method.evaluate(result, Subset(digits, np.arange(0, 100)))
+    with debug.assert_max_compiles(0, "embed and evaluate on new images of the same shapes"):
+        scores = method.evaluate(result, Subset(digits, np.arange(100, 200)))
+        embedded = method.embed(result, Subset(digits, np.arange(200, 300)))
+    assert warm["samples"] == scores["samples"] == 100 and set(scores["layers"]) == {"conv3", "fc"}
+    assert embedded["embeddings"].shape == (2, 100, SMALL["embedding_size"])
+    # the pass embeds as the training bank was embedded: the fitted images come back onto their own embeddings
+    train = digits_surrogate[2]
+    np.testing.assert_allclose(method.embed(result, train)["embeddings"], result.train_embeddings, atol=1e-4)
 
 
 def test_posteriors_match_a_numpy_reference(mixture_fit):
@@ -139,11 +174,16 @@ def test_save_load_round_trip(mixture_fit, tmp_path):
     # the encoders come back: embedding raw activations with the loaded ones gives the stored bank
     x, _ = _mixture()
     c = loaded.config
-    embed = dec._embed_block(tuple(c.hidden), c.embedding_size, float(c.radius))
-    np.testing.assert_allclose(np.asarray(embed(jax.tree.map(np.asarray, loaded.layers["fc"]), x)),
+    np.testing.assert_allclose(embed_rows(c.hidden, c.embedding_size, c.radius,
+                                          jax.tree.map(np.asarray, loaded.layers["fc"]), x),
                                result.train_embeddings[0], atol=1e-4)
+    assert {"dec.json", "dec.npz", "layers"} <= set(os.listdir(tmp_path / "dec"))
     with pytest.raises(XaiJaxError, match="not a DEC surrogate"):
         DECResult.load(tmp_path)
+    # the shape checks of the old loader run on the generic one
+    np.savez(tmp_path / "dec" / "dec.npz", **{**np.load(tmp_path / "dec" / "dec.npz"), "centroids": np.zeros((1, 3, 8))})
+    with pytest.raises(XaiJaxError, match="do not fit 1 taps x 5 clusters"):
+        DECResult.load(tmp_path / "dec")
 
 
 def test_bad_input(mixture_fit):
@@ -162,6 +202,42 @@ def test_bad_input(mixture_fit):
         result.concepts("conv1")
     with pytest.raises(XaiJaxError, match="m must be in"):
         result.similar(result.train_embeddings[:, :1], 10_000)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("clusters", 1, "clusters must be >= 2"),  # the library took 1 before; the command line never did
+    ("embedding_size", 0, "embedding_size must be >= 1"), ("batch_size", 0, "batch_size must be >= 1"),
+    ("update_interval", 0, "update_interval must be >= 1"), ("kmeans_inits", 0, "kmeans_inits must be >= 1"),
+    ("pretrain_epochs", -1, "pretrain_epochs must be >= 0"), ("max_dec_steps", -1, "max_dec_steps must be >= 0"),
+    ("alpha", 0.0, "alpha must be > 0"), ("radius", -1.0, "radius must be > 0"),
+    ("tolerance", 1.5, "tolerance must be <= 1"), ("tolerance", -0.1, "tolerance must be >= 0"),
+    ("layer_weights", (1.0, -1.0, 0.0, 0.0), "layer_weights must be >= 0"),
+    ("layer_weights", (1.0, 2.0), "expected 4 layer weights, got 2"), ("hidden", (500, 0), "hidden must be >= 1"),
+    ("posterior", "votes", "posterior must be one of labels, predictions"), ("taps", (), "at least one tap"),
+    ("taps", ("fc", "fc"), "taps repeat: fc, fc"), ("seed", -1, "seed must be >= 0"),
+])
+def test_config_bounds_are_one_line_errors(field, value, message):
+    with pytest.raises(XaiJaxError, match=message):
+        DECConfig(**{field: value}).validate()
+
+
+def test_fit_flags_come_from_the_config():
+    parse = cli.build_parser().parse_args
+    base = ["dec", "fit", "--model", "small_cnn", "--weights", "w", "--data", "digits", "--out", "o"]
+    args = parse([*base, "--taps", "conv3,fc", "--batch-size", "32", "--train-batch-size", "16", "--clusters", "3",
+                  "--layer-weights", "1,2", "--posterior", "predictions", "--kmeans-inits", "2"])
+    config = dec_cli.fit_config(args)
+    assert args.batch_size == 32  # the passes' batch: the command's own flag keeps its meaning
+    assert config == DECConfig(taps=("conv3", "fc"), batch_size=16, clusters=3, layer_weights=(1.0, 2.0),
+                               posterior="predictions", kmeans_inits=2)
+    defaults = dec_cli.fit_config(parse([*base, "--taps", "fc"]))
+    assert defaults == DECConfig(taps=("fc",))  # every other field keeps the library's default
+    assert dec_cli.to_argv(config, args.config_fields) == [
+        "--taps", "conv3,fc", "--clusters", "3", "--layer-weights", "1.0,2.0", "--train-batch-size", "16",
+        "--kmeans-inits", "2", "--posterior", "predictions"]
+    with pytest.raises(SystemExit):  # the taps stay required on the command line
+        parse(base)
+    assert parse(["dec", "explain", "--result", "r", "--image", "i"]).func is dec_cli.similar
 
 
 @pytest.mark.slow
@@ -211,7 +287,7 @@ def test_cli_fit_similar_concepts(tmp_path, capsys):
     for key in ("baseline_accuracy", "surrogate_accuracy", "fidelity"):
         assert 0 <= summary[key] <= 1
     assert set(summary["layers"]) == {"conv3", "fc"} and summary["samples"] == 100
-    assert {"dec.json", "dec.npz", "encoders", "report.html", "concepts_fc.png"} <= set(os.listdir(out))
+    assert {"dec.json", "dec.npz", "layers", "report.html", "concepts_fc.png"} <= set(os.listdir(out))
     # The later commands reopen the same random 300 training images.
     reopened = dec_cli._open_result(cli.build_parser().parse_args(["dec", "similar", "--result", str(out),
                                                                    "--image", "x.png"]))[2]

@@ -3,25 +3,39 @@
     xai-jax dec fit --model cifar_resnet56 --weights resnet56.th --data jpeg-npz:train.npz \\
         --eval-data jpeg-npz:test.npz --taps stem,layer1,layer2,layer3 --out dec-out
     xai-jax dec similar --result dec-out --image query.png --weights resnet56.th --out similar.png
+    xai-jax dec explain ...     # the same as similar
     xai-jax dec concepts --result dec-out --tap layer3 --out concepts.png
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
 import numpy as np
 
 from xai_jax.cli.common import add_data_args, add_model_args, add_sample_seed, data_meta, inputs_of, load_model_and_data
-from xai_jax.cli.options import (int_at_least, int_list, name_list, non_negative_int, number_list, positive_int,
-                                 positive_number, probability)
+from xai_jax.cli.flags import add_config_flags, config_from_args, to_argv
+from xai_jax.cli.options import number_list, positive_int
+from xai_jax.config import to_json
 from xai_jax.errors import XaiJaxError
+from xai_jax.methods.dec.config import KIND, DECConfig, layer_emphasis
+
+
+#: where ``--train-batch-size`` (DECConfig.batch_size) is parsed to, beside the passes' ``--batch-size``
+TRAIN_BATCH_SIZE = "train_batch_size"
+
+
+def fit_config(args: argparse.Namespace) -> DECConfig:
+    """The :class:`DECConfig` of parsed ``dec fit`` flags."""
+    return config_from_args(DECConfig, args, args.config_fields, batch_size=getattr(args, TRAIN_BATCH_SIZE))
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("dec", help="activation clustering surrogate (DEC per layer): fit, similar, concepts")
+    from xai_jax.methods import METHODS
+    p = subparsers.add_parser("dec", help=METHODS["dec"].summary)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     f = actions.add_parser("fit", help="cluster the taps of a training set, fit the surrogate, report fidelity")
@@ -30,30 +44,23 @@ def register(subparsers) -> None:
     f.add_argument("--eval-data", metavar="SPEC", help="held-out data to report accuracy and fidelity on")
     f.add_argument("--eval-split", help="split of --eval-data")
     f.add_argument("--eval-limit", type=positive_int, help="use only the first N held-out images (random with --sample-seed)")
-    f.add_argument("--taps", required=True, type=name_list, help="comma-separated taps to cluster, in forward order")
-    f.add_argument("--clusters", type=int_at_least(2), default=15, help="clusters per layer (default 15)")
-    f.add_argument("--embedding-size", type=positive_int, default=20, help="embedding size e (default 20)")
-    f.add_argument("--alpha", type=positive_number, default=100.0, help="Student-t degrees of freedom (default 100)")
-    f.add_argument("--radius", type=positive_number, default=8.0, help="hypersphere radius (default 8)")
-    f.add_argument("--layer-weights", type=number_list(0.0), help="comma-separated weight per tap (default equal)")
-    f.add_argument("--hidden", type=int_list(1), default=(500, 500, 2000),
-                   help="autoencoder hidden widths (default 500,500,2000)")
-    f.add_argument("--pretrain-epochs", type=non_negative_int, default=20, help="autoencoder epochs (default 20)")
-    f.add_argument("--update-interval", type=positive_int, default=140, help="DEC steps between target updates (T)")
-    f.add_argument("--max-dec-steps", type=non_negative_int, default=2000)
-    f.add_argument("--tolerance", type=probability, default=0.001,
-                   help="stop below this fraction of changed assignments")
-    f.add_argument("--posterior", choices=("labels", "predictions"), default="labels",
-                   help="p(y | cluster) from training labels (the paper) or the model's predictions")
-    f.add_argument("--seed", type=non_negative_int, default=0)
+    # every DECConfig field; --batch-size (add_data_args) stays the passes' batch, the config's is --train-batch-size
+    f.set_defaults(config_fields=add_config_flags(f, DECConfig, required=("taps",)))
+    # Both flags would write args.batch_size (a config flag's dest is its field): the config's gets its own dest.
+    f._option_string_actions["--train-batch-size"].dest = TRAIN_BATCH_SIZE
     f.add_argument("--out", required=True, metavar="DIR")
     f.set_defaults(func=fit)
 
-    s = actions.add_parser("similar", help="the most similar training images of an image (paper figure 3)")
+    # explain: the paper explains a prediction by these similar samples (section 4), as the other methods'
+    # `explain --result R --image I` explain one image
+    s = actions.add_parser("similar", aliases=["explain"],
+                           help="the most similar training images of an image (paper figure 3)")
     _add_result_args(s)
     s.add_argument("--image", required=True, metavar="FILE", help="query image file")
     s.add_argument("--m", type=positive_int, default=10, help="similar images per weighting (default 10)")
-    s.add_argument("--layer-weights", type=number_list(0.0), help="comma-separated weight per tap (default: equal, low- and high-layer rows)")
+    # not DECConfig.layer_weights (fixed at fit): the weighting of this query's similarity (section 4)
+    s.add_argument("--layer-weights", type=number_list(0.0),
+                   help="comma-separated weight per tap (default: equal, low- and high-layer rows)")
     s.add_argument("--out", metavar="FILE.png", help="write the figure here")
     s.set_defaults(func=similar)
 
@@ -79,16 +86,12 @@ def _add_result_args(p: argparse.ArgumentParser) -> None:
 def fit(args) -> None:
     from xai_jax import data, outputs
     from xai_jax.evaluation import check_taps
-    from xai_jax.methods.dec import KIND, ActivationClusteringSurrogate, DECConfig
-    from xai_jax.viz.dec import concept_grid
+    from xai_jax.methods.dec import ActivationClusteringSurrogate
+    from xai_jax.methods.dec.figures import concept_grid
     from xai_jax.viz.report import Report
-    taps = args.taps
-    config = DECConfig(taps=taps, embedding_size=args.embedding_size, clusters=args.clusters, alpha=args.alpha,
-                       radius=args.radius, layer_weights=args.layer_weights, hidden=args.hidden,
-                       pretrain_epochs=args.pretrain_epochs, batch_size=256, update_interval=args.update_interval,
-                       tolerance=args.tolerance, max_dec_steps=args.max_dec_steps, posterior=args.posterior,
-                       seed=args.seed)
+    config = fit_config(args)
     config.validate()
+    taps = config.taps
     check_taps(args.model, taps, args.num_classes)
     outputs.check_output(args.out, KIND, inputs=inputs_of(args, "weights", "data", "eval_data", "synsets"))
     held_out = None
@@ -100,15 +103,16 @@ def fit(args) -> None:
     method = ActivationClusteringSurrogate(spec.name, variables, config, num_classes=args.num_classes,
                                            batch_size=args.batch_size,
                                            compute_dtype="bfloat16" if args.bf16 else None, progress=progress)
-    meta = {"weights": os.path.abspath(args.weights), **data_meta(args)}
+    meta = {"weights": os.path.abspath(args.weights), **data_meta(args),
+            "config_flags": to_argv(config, args.config_fields)}
     result = method.fit(source, meta=meta)
     if held_out is not None:
-        result.metrics["eval"] = method.evaluate(result, held_out)
+        result = dataclasses.replace(result, metrics={**result.metrics, "eval": method.evaluate(result, held_out)})
     shown = result.metrics.get("eval", result.metrics["train"])
     summary = {"evaluated_on": "eval" if args.eval_data else "train",
                "baseline_accuracy": shown["baseline_accuracy"], "surrogate_accuracy": shown["surrogate_accuracy"],
                "fidelity": shown["fidelity"], "layers": shown["layers"], "train": result.metrics["train"],
-               "samples": shown["samples"], "config": json.loads(json.dumps(result.config.__dict__)),
+               "samples": shown["samples"], "config": to_json(result.config),
                "seconds_per_layer": {t: h["seconds"] for t, h in result.history.items()}}
     report = Report(f"Activation clustering surrogate of {spec.name}")
     report.paragraph(f"{len(source)} training images, taps {', '.join(taps)}, {config.clusters} clusters each, "
@@ -174,9 +178,8 @@ def _check_png(path: str | None) -> None:
 def similar(args) -> None:
     from xai_jax import outputs
     from xai_jax.data import ArraySource
-    from xai_jax.methods.dec import layer_emphasis
     from xai_jax.data.sources import read_image
-    from xai_jax.viz.dec import similar_samples
+    from xai_jax.methods.dec.figures import similar_samples
     _check_png(args.out)
     result, method, train, spec = _open_result(args, "dec.similar")
     image = read_image(args.image, spec)
@@ -207,7 +210,7 @@ def similar(args) -> None:
 
 def concepts(args) -> None:
     from xai_jax import outputs
-    from xai_jax.viz.dec import concept_grid
+    from xai_jax.methods.dec.figures import concept_grid
     _check_png(args.out)
     result, _, train, _ = _open_result(args, "dec.concepts")
     rows, _ = result.concepts(args.tap, args.per_cluster)

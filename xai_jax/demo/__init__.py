@@ -1,14 +1,15 @@
 """``xai-jax demo``: train the small CNN on scikit-learn's digits and explain it with every method there is.
 
-Runs on a 2-core CPU in well under two minutes, needs nothing but the package's dependencies, and writes
-``report.html`` (figures inlined), ``summary.json`` and the trained model (orbax) to the output folder.
-Each method adds a section: a module ``xai_jax.demo.<method>`` with ``section(report, context) -> dict`` (see
-:class:`DemoContext`), listed in :data:`SECTIONS`. A section should take at most ~15 s on a 2-core CPU.
+Runs on a 2-core CPU in about two minutes, needs nothing but the package's dependencies, and writes
+``report.html`` (figures inlined), ``summary.json``, the trained model (orbax, ``model/``) and every method's
+fitted result (``<method>/``, ready for the method's other commands, e.g. ``xai-jax nma explain --result
+demo-out/nma --label 8``) to the output folder. Each method of :data:`xai_jax.methods.METHODS` adds a section:
+its module ``<package>.demo`` has ``section(report, context) -> (summary dict, result)`` (see
+:class:`DemoContext`). A section should take at most ~15 s on a 2-core CPU.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ import optax
 from xai_jax import __version__, evaluation, models, train
 from xai_jax.data import DigitsSource
 from xai_jax.demo.context import DemoContext
+from xai_jax.methods import METHODS
 from xai_jax.outputs import atomic_dir
 from xai_jax.viz import figures
 from xai_jax.viz.report import Report
@@ -28,9 +30,6 @@ from xai_jax.weights import save_variables
 
 MODEL = DemoContext.model
 
-# (summary key, module under xai_jax.demo or a full module path), in report order.
-SECTIONS: tuple[tuple[str, str], ...] = (("nma", "xai_jax.methods.nma.demo"), ("dec", "dec"), ("xnn", "xnn"),
-                                          ("www", "www"), ("cladec", "cladec"))
 
 
 def train_digits_model(epochs: int = 30, seed: int = 0, progress: bool | None = None):
@@ -94,9 +93,9 @@ def run_demo(out: str, epochs: int = 30, seed: int = 0, progress: bool | None = 
     report.table([{"tap": k, "shape": " x ".join(map(str, v))} for k, v in models.tap_shapes(MODEL).items()])
     context = DemoContext(variables=variables, train_set=DigitsSource("train"), test_set=test_set, seed=seed,
                           progress=progress)
-    for key, module in SECTIONS:
-        section = importlib.import_module(module if "." in module else f"xai_jax.demo.{module}").section
-        summary["methods"][key] = section(report, context)
+    results = {}
+    for name, method in METHODS.items():
+        summary["methods"][name], results[name] = method.demo.section(report, context)
 
     summary["seconds"] = round(time.perf_counter() - started, 2)
     with atomic_dir(out, "demo") as tmp:
@@ -105,4 +104,7 @@ def run_demo(out: str, epochs: int = 30, seed: int = 0, progress: bool | None = 
             json.dump(summary, f, indent=2)
         with open(os.path.join(tmp, "report.html"), "w") as f:
             f.write(report.render())
+        for name, result in results.items():
+            os.mkdir(os.path.join(tmp, name))
+            result.write(os.path.join(tmp, name))
     return summary
