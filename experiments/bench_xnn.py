@@ -31,17 +31,13 @@ from xai_jax.methods.xnn import XNNConfig  # noqa: E402
 
 def jax_trainer(config, z, targets, w, classes):
     """A closure that trains the explainers of ``classes`` once (compiled on first call)."""
-    solver = xnn.XNN(config)
     batch = min(config.batch_size, len(z))
-    key = jax.random.key(config.seed)
-    init_key, order_key = jax.random.split(key)
-    params = jax.vmap(lambda c: xnn.init_explainer(jax.random.fold_in(init_key, c), z.shape[1], config))(
-        jnp.asarray(classes))
-    optimizer, train = xnn._trainer(config, z.shape[1], len(z), batch)
-    opt_state = optimizer.init(params)
+    order_key = jax.random.split(jax.random.key(config.seed))[1]
     zj, tj, wj = jnp.asarray(z), jnp.asarray(targets[:, classes]), jnp.asarray(w[:, classes])
+    params = xnn.init_params(config, z.shape[1], classes, tj, wj)
+    optimizer, train = xnn.make_trainer(config, z.shape[1], len(z), batch)
+    opt_state = optimizer.init(params)
     keys = jax.random.split(order_key, config.epochs)
-    del solver
 
     def run():
         out = train(params, opt_state, zj, tj, wj, keys)
@@ -101,7 +97,7 @@ def vgg_cmwp_case(images: np.ndarray, labels: np.ndarray):
     variables = models.init_variables(models.get("vgg11"), jax.random.key(0))
     source = data.ArraySource(images, labels, [str(i) for i in range(10)])
     feats = evaluation.predict("vgg11", variables, source, ("fc7",), batch_size=16, progress=False)
-    result = xnn.XNN(XNNConfig(tap="fc7", hidden=(128, 32), epochs=1, batch_size=16)).fit_features(
+    result = xnn.fit_features(XNNConfig(tap="fc7", hidden=(128, 32), epochs=1, batch_size=16),
         feats["fc7"], feats["logits"], labels, classes=[3])
     return result, variables
 
@@ -126,7 +122,7 @@ def main() -> None:
     z = ((feats["pool"] - feats["pool"].mean(0)) / feats["pool"].std()).astype(np.float32)
     logits, labels = feats["logits"], feats["labels"]
     classes = np.arange(10)
-    w = xnn._class_weights(labels, classes, None)
+    w = xnn.class_weights(labels, classes, None)
     config = XNNConfig(epochs=epochs, batch_size=256)
     steps = epochs * (len(z) // 256)
     threads = args.torch_threads
@@ -152,10 +148,10 @@ def main() -> None:
     d_images, d_labels = digits.read(np.arange(256))
     cnn = models.init_variables(models.get("small_cnn"), jax.random.key(0))
     d_feats = evaluation.predict("small_cnn", cnn, digits, ("pool",), progress=False)
-    small = xnn.XNN(XNNConfig(hidden=(128, 32), epochs=1)).fit_features(
+    small = xnn.fit_features(XNNConfig(hidden=(128, 32), epochs=1),
         d_feats["pool"], d_feats["logits"], d_feats["labels"], classes=[3])
-    r_small = xnn.XNN(XNNConfig(epochs=1)).fit_features(feats["pool"], logits, labels, classes=[3])
-    r_small.meta["heatmap_tap"] = "layer3"
+    r_small = xnn.fit_features(XNNConfig(epochs=1, heatmap_tap="layer3"), feats["pool"], logits, labels,
+                               classes=[3])
     rows = []
     cases = [("c-MWP, digits CNN (8x8), 5 x-features + 1-heatmap", small, "small_cnn", cnn, d_images, "cmwp", 256),
              ("Grad-CAM at layer3, ResNet-56 (32x32), 5 x-features + 1-heatmap", r_small, spec.name, variables,
@@ -169,11 +165,11 @@ def main() -> None:
         one_count = min(batch, 16 if args.quick else 32)
 
         def batched():
-            jax.block_until_ready(xnn.XNN.explain(result, model, variables_, imgs[:batch], 3, method=method).heatmaps)
+            jax.block_until_ready(xnn.explain(result, model, variables_, imgs[:batch], 3, method=method).heatmaps)
 
         def one_at_a_time():
             for i in range(one_count):
-                xnn.XNN.explain(result, model, variables_, imgs[i:i + 1], 3, method=method)
+                xnn.explain(result, model, variables_, imgs[i:i + 1], 3, method=method)
 
         t_b = median_seconds(batched, repeats)
         t_o = median_seconds(one_at_a_time, repeats)

@@ -23,8 +23,7 @@ import time
 import numpy as np
 
 from xai_jax import data, evaluation, models, weights
-from xai_jax.methods.xnn import XNN, XNNConfig, metrics_table
-from xai_jax.viz.xnn import explanation_figure
+from xai_jax.methods.xnn import XNNConfig, explain, explanation_figure, fit, metrics_table
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(os.environ.get("XAI_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -81,8 +80,8 @@ def main() -> None:
         for variant in args.variants.split(","):
             tic = time.perf_counter()
             config = XNNConfig(tap=tap, variant=variant, epochs=epochs)
-            results[variant] = XNN(config).fit(
-                MODEL, variables, data.Subset(train_source, np.arange(count)), test_source=test_source,
+            results[variant] = fit(
+                config, MODEL, variables, data.Subset(train_source, np.arange(count)), test_source=test_source,
                 orthogonality_images=args.orthogonality_images, progress=False, features=features,
                 test_features=test_features, batch_size=128)
             seconds[variant] = time.perf_counter() - tic
@@ -104,7 +103,7 @@ def main() -> None:
         index = test_source.class_names.index(label)
         images, labels = test_source.read(np.arange(len(test_source)))
         shown = np.flatnonzero(labels == index)[:4]
-        explanation = XNN.explain(results_pool["srae"], MODEL, variables, images[shown], label)
+        explanation = explain(results_pool["srae"], MODEL, variables, images[shown], label)
         (out / "xnn_figure8.png").write_bytes(explanation_figure(images[shown], explanation, label))
         print(f"\nwrote {out / 'xnn_figure8.png'}")
     (out / "xnn_cifar10.json").write_text(json.dumps(summary, indent=2))

@@ -124,21 +124,22 @@ def inputs(tmp_path_factory):
     np.savez(os.path.join(p["nma_npz"], "nma.npz"), p=np.zeros((10, 10)))
     shutil.copytree(p["www"], path("www_npz"))
     open(os.path.join(p["www_npz"], "contributions.npz"), "wb").write(b"\x00" * 50)
-    for kind, files in (("dec", ("dec.json", "dec.npz")), ("xnn", ("xnn.json", "history.npz")),
+    for kind, files in (("dec", ("dec.json", "dec.npz")), ("xnn", ("xnn.json", "xnn.npz")),
                         ("cladec", ("cladec.json", "history.json"))):
         os.makedirs(path(f"{kind}_bad"))
         for name in files:
             open(os.path.join(p[f"{kind}_bad"], name), "w").write("{")
-        shutil.copytree(p["ck_nometa"], os.path.join(p[f"{kind}_bad"], {"dec": "layers", "xnn": "explainers",
+        shutil.copytree(p["ck_nometa"], os.path.join(p[f"{kind}_bad"], {"dec": "layers", "xnn": "params",
                                                                          "cladec": "decoder"}[kind]))
         os.makedirs(path(f"{kind}_keys"))
         open(os.path.join(p[f"{kind}_keys"], files[0]), "w").write('{"config": {}}')
-        shutil.copytree(p["ck"], os.path.join(p[f"{kind}_keys"], {"dec": "layers", "xnn": "explainers",
+        shutil.copytree(p["ck"], os.path.join(p[f"{kind}_keys"], {"dec": "layers", "xnn": "params",
                                                                    "cladec": "decoder"}[kind]))
         if kind == "dec":
             np.savez(os.path.join(p["dec_keys"], "dec.npz"), centroids=np.zeros(3))
-        if kind == "xnn":
-            np.savez(os.path.join(p["xnn_keys"], "history.npz"), history=np.zeros(3))
+        if kind == "xnn":  # the current result format, with fields missing
+            open(os.path.join(p["xnn_keys"], "xnn.json"), "w").write('{"xai_jax_format": 1, "config": {}}')
+            np.savez(os.path.join(p["xnn_keys"], "xnn.npz"), history=np.zeros(3))
     os.makedirs(path("empty_dir"))
     os.makedirs(path("photos"))
     open(os.path.join(p["photos"], "holiday.jpg"), "wb").write(b"\xff\xd8\xff mine")

@@ -1,8 +1,9 @@
-"""XNN / SRAE: vmap training equals one-at-a-time, real ResNet-56 faithfulness and orthogonality, locality,
-save/load, the CLI and bad input."""
+"""XNN / SRAE: the config agrees with the kernel, vmap training equals one-at-a-time, one compilation per
+shape, real ResNet-56 faithfulness and orthogonality, locality, save/load, the CLI and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import random_variables, shared_path
-from xai_jax import cli, models
+from xai_jax import cli, debug, models
 from xai_jax.errors import XaiJaxError
 from xai_jax.methods import xnn
 from xai_jax.methods.xnn import XNN, XNNConfig, XNNResult
@@ -28,6 +29,28 @@ def synthetic(m=97, s=13, k=4, seed=0):
 SMALL = dict(hidden=(11, 7), num_x_features=3, epochs=3, batch_size=16)
 
 
+def test_the_config_options_are_the_kernels():
+    from xai_jax.kernels import srae
+    from xai_jax.methods.xnn import config
+    assert config.VARIANTS == srae.VARIANTS + ("lasso",)
+    assert (config.DEFAULT_Q, config.DEFAULT_BETA, config.DEFAULT_ETA) == (srae.DEFAULT_Q, srae.DEFAULT_BETA,
+                                                                           srae.DEFAULT_ETA)
+    defaults = XNNConfig()
+    assert (defaults.q, defaults.beta, defaults.eta) == (srae.DEFAULT_Q, srae.DEFAULT_BETA, srae.DEFAULT_ETA)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(variant="bogus"), "variant must be one of srae, nn, sae, cae, lasso; got 'bogus'"),
+    (dict(num_x_features=0), "num_x_features must be >= 1"), (dict(hidden=(8, 0)), "hidden must be >= 1"),
+    (dict(q=0.0), "q must be > 0"), (dict(eta=-1.0), "eta must be >= 0"),
+    (dict(positive_weight=0.0), "positive_weight must be > 0"), (dict(x_activation="tanh"), "x_activation"),
+])
+def test_bad_configs_are_refused_before_any_work(change, message):
+    with pytest.raises(XaiJaxError, match=message.replace("(", r"\(")):
+        XNN(XNNConfig(**change))
+    XNN(XNNConfig(positive_weight=None, beta=0.0))
+
+
 @pytest.mark.parametrize("variant", ["srae", "cae"])
 def test_vmap_trained_explainers_equal_one_at_a_time_and_compile_once(variant):
     z, logits, labels = synthetic()
@@ -40,10 +63,20 @@ def test_vmap_trained_explainers_equal_one_at_a_time_and_compile_once(variant):
         np.testing.assert_allclose(together.history[:, position], alone.history[:, 0], rtol=2e-4)
         assert together.metrics[str(c)]["f_reg_train"] == pytest.approx(alone.metrics[str(c)]["f_reg_train"], rel=1e-3)
     # One program per shape: 3 classes at once and 1 class; new values of the same shapes reuse them.
-    _, train = xnn._trainer(config, z.shape[1], len(z), 16)
-    compiled = train._cache_size()
-    XNN(config).fit_features(z * 2, logits + 1, labels, classes=[1, 2, 3])
-    assert train._cache_size() == compiled == 2
+    with debug.assert_max_compiles(0, "fit_features on new data of the same shapes"):
+        XNN(config).fit_features(z * 2, logits + 1, labels, classes=[1, 2, 3])
+
+
+def test_fit_features_compiles_once_per_shape_whatever_the_seed_and_data():
+    z, logits, labels = synthetic(m=61, s=7, k=3, seed=5)
+    test = {"features": z[:20], "logits": logits[:20], "labels": labels[:20]}
+    config = XNNConfig(hidden=(6,), num_x_features=2, epochs=2, batch_size=16)
+    XNN(config).fit_features(z, logits, labels, test=test)  # warm-up: the programs of these shapes
+    z2, logits2, labels2 = synthetic(m=61, s=7, k=3, seed=6)
+    with debug.assert_max_compiles(0, "fit_features with another seed on new data of the same shapes"):
+        result = XNN(dataclasses.replace(config, seed=3)).fit_features(
+            z2, logits2, labels2, test={**test, "logits": logits2[:20]})
+    assert result.history.shape == (2, 3) and np.all(np.isfinite(result.history))
 
 
 def test_contributions_sum_to_the_approximation_and_lasso_selects_n_units():
@@ -164,8 +197,32 @@ def test_save_load_round_trip_and_cmwp_explanation(tmp_path, digits_model):
         assert np.all(before.heatmaps >= 0) and np.all(before.heatmaps <= 1)
     with pytest.raises(XaiJaxError, match="explained classes: 1, 7"):
         loaded.class_position(3)
-    with pytest.raises(XaiJaxError, match="not an XNN result"):
+    with pytest.raises(XaiJaxError, match="is not a fitted XNN"):
         XNNResult.load(tmp_path)
+    assert sorted(os.listdir(tmp_path / "r")) == ["params", "xai_jax_result.json", "xnn.json", "xnn.npz"]
+
+
+def test_the_heatmap_passes_compile_once_per_shape(digits_model):
+    """fit's heatmap orthogonality pass and explain (Grad-CAM and c-MWP) on new images of the same shapes, and
+    for another class, reuse the programs of the first call."""
+    from xai_jax.data import DigitsSource, Subset
+    variables, _ = digits_model
+    source = DigitsSource("test")
+    config = XNNConfig(hidden=(8,), num_x_features=2, epochs=1, batch_size=32)
+    first, second = Subset(source, np.arange(64)), Subset(source, np.arange(64, 128))
+    features = [xnn.extract_features("small_cnn", variables, s, "pool", progress=False) for s in (first, second)]
+    result = xnn.fit(config, "small_cnn", variables, first, classes=[1, 7], orthogonality_images=40,
+                     batch_size=20, progress=False, features=features[0])
+    with debug.assert_max_compiles(0, "fit on new images of the same shapes"):
+        again = xnn.fit(config, "small_cnn", variables, second, classes=[1, 7], orthogonality_images=40,
+                        batch_size=20, progress=False, features=features[1])
+    assert again.orthogonality_basis == "heatmaps" and again.metrics != result.metrics
+    images, _ = source.read(np.arange(10))
+    for method in ("gradcam", "cmwp"):
+        xnn.explain(result, "small_cnn", variables, images[:5], 1, method=method)
+        with debug.assert_max_compiles(0, f"explain ({method}) of new images and another class"):
+            e = xnn.explain(again, "small_cnn", variables, images[5:], 7, method=method)
+        assert e.class_index == 7 and e.heatmaps.shape == (5, 2, 8, 8)
 
 
 def test_cli_fit_from_features_and_from_model_then_explain(tmp_path, digits_model, capsys):
@@ -226,7 +283,7 @@ def test_cli_fit_on_the_class_sorted_cifar_files_with_a_sample_seed(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--variants", "srae,bogus"], "unknown XNN variant 'bogus'"),
+    (["--variants", "srae,bogus"], "argument --variants: bogus not among srae, nn, sae, cae, lasso"),
     (["--x-features", "0"], "argument --x-features: must be an integer >= 1"),
     (["--classes", "0,7"], "classes must lie in [0, 3)"),
     (["--hidden", "8,x"], "argument --hidden: must be an integer, got 'x'"),

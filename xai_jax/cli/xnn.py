@@ -8,14 +8,16 @@ import os
 import numpy as np
 
 from xai_jax.cli.common import DATA_HELP, add_sample_seed, data_meta, inputs_of, model_and_weights
-from xai_jax.cli.options import int_list, name_list, non_negative_int, number_in, positive_int, positive_number
+from xai_jax.cli.flags import add_config_flags, config_from_args, to_argv
+from xai_jax.cli.options import choice_list, int_list, positive_int
 from xai_jax.errors import XaiJaxError
+from xai_jax.methods import METHODS
+from xai_jax.methods.xnn.config import VARIANTS, XNNConfig
 from xai_jax.readers import numeric, read_npz
 
-
 def register(subparsers) -> None:
-    p = subparsers.add_parser("xnn", help="explanation networks (SRAE): a few x-features that reproduce a logit")
-    sub = p.add_subparsers(dest="xnn_command", required=True, metavar="ACTION")
+    p = subparsers.add_parser("xnn", help=METHODS["xnn"].summary)
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     f = sub.add_parser("fit", help="train one-vs-all explainers for every class (or --classes)")
     f.add_argument("--model", help="backbone name (see `xai-jax info`)")
@@ -30,30 +32,21 @@ def register(subparsers) -> None:
     f.add_argument("--test-split", help="held-out split of --data (or of --test-data) for the _test metrics")
     f.add_argument("--test-limit", type=positive_int, help="use only the first N held-out images")
     f.add_argument("--synsets", metavar="FILE", help="folder data: wnid order file")
-    f.add_argument("--batch-size", type=positive_int, default=128)
+    f.add_argument("--batch-size", type=positive_int, default=128, help="images per backbone pass (default 128)")
     f.add_argument("--features", metavar="Z.npz", help="precomputed arrays `features`, `logits`, `labels` "
                    "(optional `class_names`) instead of --model/--data")
     f.add_argument("--test-features", metavar="Z.npz", help="held-out arrays like --features")
-    f.add_argument("--tap", default="pool", help="the explained layer (default pool)")
-    f.add_argument("--heatmap-tap", help="convolutional tap for Grad-CAM heatmaps (default: the last one "
-                   "at or before --tap)")
-    f.add_argument("--variants", type=name_list, default=("srae",), help="comma-separated: srae, nn, sae, cae, lasso (default srae)")
+    default_variant = XNNConfig().variant
+    f.add_argument("--variants", type=choice_list(VARIANTS), default=(default_variant,), metavar="A,B,...",
+                   help=f"comma-separated, each fitted on the same features: {', '.join(VARIANTS)} "
+                        f"(default {default_variant})")
     f.add_argument("--classes", type=int_list(0), help="comma-separated class indices to explain (default all)")
-    f.add_argument("--x-features", type=positive_int, default=5, help="x-features per explainer (default 5)")
-    f.add_argument("--hidden", type=int_list(1), default=(800, 100), help="encoder widths before the x-layer (default 800,100)")
-    f.add_argument("--x-activation", choices=["linear", "relu"], default="linear")
-    f.add_argument("--q", type=positive_number, default=100.0)
-    f.add_argument("--beta", type=number_in(0.0), default=10.0)
-    f.add_argument("--eta", type=number_in(0.0), default=10.0)
-    f.add_argument("--positive-weight", type=positive_number, help="weight of a positive (default #neg/#pos)")
-    f.add_argument("--epochs", type=positive_int, default=30)
-    f.add_argument("--train-batch-size", type=positive_int, default=256, help="explainer minibatch (default 256)")
-    f.add_argument("--lr", type=positive_number, default=1e-3)
-    f.add_argument("--seed", type=non_negative_int, default=0)
+    # `variant` is no flag: fit() sets it per --variants entry
+    fields = add_config_flags(f, XNNConfig, skip=("variant",))
     f.add_argument("--orthogonality-images", type=positive_int, default=512,
                    help="images whose heatmaps give O1/O2 (with --model; default 512)")
     f.add_argument("--out", required=True, metavar="DIR")
-    f.set_defaults(func=fit)
+    f.set_defaults(func=fit, config_fields=fields)
 
     e = sub.add_parser("explain", help="x-features, contributions and heatmaps of one image (figure 8)")
     e.add_argument("--result", required=True, metavar="DIR", help="output of `xai-jax xnn fit` (or one variant in it)")
@@ -81,24 +74,22 @@ def _read_features(path: str, what: str) -> dict:
     return arrays
 
 
-def _config(args, variant: str):
-    from xai_jax.methods.xnn import XNNConfig
-    config = XNNConfig(tap=args.tap, num_x_features=args.x_features, hidden=tuple(args.hidden),
-                       variant=variant, q=args.q, beta=args.beta, eta=args.eta,
-                       positive_weight=args.positive_weight, learning_rate=args.lr, epochs=args.epochs,
-                       batch_size=args.train_batch_size, seed=args.seed, heatmap_tap=args.heatmap_tap,
-                       x_activation=args.x_activation)
-    config.validate()
-    return config
+def _configs(args) -> dict[str, XNNConfig]:
+    """One validated config per --variants entry (all checked before any work)."""
+    configs = {}
+    for variant in dict.fromkeys(args.variants):
+        config = config_from_args(XNNConfig, args, args.config_fields, variant=variant)
+        config.validate()
+        configs[variant] = config
+    return configs
 
 
 def fit(args) -> None:
     from xai_jax import outputs
-    from xai_jax.methods.xnn import KIND, XNN, extract_features, metrics_table
+    from xai_jax.methods.xnn import KIND, extract_features, fit_features, metrics_bars, metrics_table
+    from xai_jax.methods.xnn import fit as fit_xnn
     from xai_jax.viz.report import Report
-    from xai_jax.viz.xnn import metrics_bars
-    variants = list(dict.fromkeys(args.variants))
-    configs = {v: _config(args, v) for v in variants}  # validates every variant before any work
+    configs = _configs(args)
     classes = list(args.classes) if args.classes else None
     outputs.check_output(args.out, KIND, inputs=inputs_of(args, "features", "test_features", "weights", "data",
                                                          "test_data", "synsets"))
@@ -111,9 +102,10 @@ def fit(args) -> None:
         test = _read_features(args.test_features, "test features") if args.test_features else None
         names = [str(c) for c in train["class_names"]] if "class_names" in train else None
         for variant, config in configs.items():
-            results[variant] = XNN(config).fit_features(
-                train["features"], train["logits"], train.get("labels"), classes=classes, class_names=names,
-                test=test, meta={"features": os.path.abspath(args.features)})
+            results[variant] = fit_features(
+                config, train["features"], train["logits"], train.get("labels"), classes=classes,
+                class_names=names, test=test, meta={"features": os.path.abspath(args.features),
+                                                    "flags": to_argv(config, args.config_fields)})
     else:
         if not args.model:
             raise XaiJaxError("give --model/--weights/--data, or --features Z.npz")
@@ -139,11 +131,13 @@ def fit(args) -> None:
             spec.name, variables, test_source, args.tap, num_classes=args.num_classes, batch_size=args.batch_size,
             progress=progress)
         for variant, config in configs.items():
-            results[variant] = XNN(config).fit(
-                spec.name, variables, source, test_source=test_source, classes=classes, num_classes=args.num_classes,
-                batch_size=args.batch_size, orthogonality_images=args.orthogonality_images, progress=progress,
-                meta={"weights": os.path.abspath(args.weights), **data_meta(args)}, features=features,
-                test_features=test_features)
+            results[variant] = fit_xnn(
+                config, spec.name, variables, source, test_source=test_source, classes=classes,
+                num_classes=args.num_classes, batch_size=args.batch_size,
+                orthogonality_images=args.orthogonality_images, progress=progress,
+                meta={"weights": os.path.abspath(args.weights), **data_meta(args),
+                      "flags": to_argv(config, args.config_fields)},
+                features=features, test_features=test_features)
     table = metrics_table(results)
     summary = {"methods": {v: r.metrics for v, r in results.items()}, "mean": table,
                "orthogonality_basis": next(iter(results.values())).orthogonality_basis}
@@ -180,9 +174,9 @@ def _result_dir(path: str, variant: str | None) -> str:
 
 def explain(args) -> None:
     from xai_jax import models, outputs, weights
-    from xai_jax.methods.xnn import EXPLANATION_KIND, XNN, XNNResult
     from xai_jax.data.sources import read_image
-    from xai_jax.viz.xnn import explanation_figure
+    from xai_jax.methods.xnn import EXPLANATION_KIND, XNNResult, explanation_figure
+    from xai_jax.methods.xnn import explain as explain_xnn
     outputs.check_output(args.out, EXPLANATION_KIND, inputs=inputs_of(args, "result", "weights", "image"))
     result = XNNResult.load(_result_dir(args.result, args.variant))
     spec, weights_path = model_and_weights(args, result.meta, fitted_from="saved features")
@@ -192,7 +186,7 @@ def explain(args) -> None:
     if label is None:
         logits = models.make_forward(spec.name, (), args.num_classes)(image[None], variables)["logits"]
         label = int(np.argmax(logits[0]))
-    explanation = XNN.explain(result, spec.name, variables, image[None], label, method=args.heatmap,
+    explanation = explain_xnn(result, spec.name, variables, image[None], label, method=args.heatmap,
                               num_classes=args.num_classes)
     name = result.class_names[explanation.class_index]
     record = {"class": name, "class_index": explanation.class_index, "logit": float(explanation.logit[0]),

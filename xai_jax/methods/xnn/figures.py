@@ -60,7 +60,15 @@ def explanation_figure(images: np.ndarray, explanation, class_name: str, rows: S
 
 
 def metrics_bars(rows: Sequence[dict], keys: Sequence[str] = ("f_cls_test", "o1")) -> bytes:
-    """Bars of the methods' mean metrics (rows of :func:`xai_jax.methods.xnn.metrics_table`)."""
+    """Bars of the methods' mean metrics (rows of :func:`xai_jax.methods.xnn.metrics_table`).
+
+    Args:
+      rows: one dict per method, with ``"method"`` and the metrics.
+      keys: the metrics shown, one panel each.
+
+    Returns:
+      PNG bytes.
+    """
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
     names = [row["method"] for row in rows]
     for ax, key in zip(axes[0], keys):

@@ -4,11 +4,13 @@ figure 8 (x-feature heatmaps by contrastive marginal winning probability) for a 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xai_jax.demo.context import DemoContext
-from xai_jax.viz.report import Report
+if TYPE_CHECKING:
+    from xai_jax.demo.context import DemoContext
+    from xai_jax.viz.report import Report
 
 # Small enough for ~10 s on a 2-core CPU; the paper's (800, 100) encoder changes little on 64 features.
 HIDDEN = (128, 32)
@@ -20,23 +22,21 @@ def section(report: Report, context: DemoContext) -> dict:
 
     (NN and the other baselines are left out to stay within the section's time budget; the comparison is
     ``experiments/xnn_cifar10.py``'s.)"""
-    from xai_jax.methods.xnn import XNN, XNNConfig, extract_features, metrics_table
-    from xai_jax.viz.xnn import explanation_figure
+    from xai_jax.methods.xnn import XNNConfig, explain, explanation_figure, extract_features, fit, metrics_table
     start = time.perf_counter()
     features = extract_features(context.model, context.variables, context.train_set, "pool", progress=False)
     test_features = extract_features(context.model, context.variables, context.test_set, "pool", progress=False)
     results = {}
     for variant in ("srae",):
         config = XNNConfig(tap="pool", hidden=HIDDEN, variant=variant, epochs=EPOCHS, batch_size=128, seed=context.seed)
-        results[variant] = XNN(config).fit(context.model, context.variables, context.train_set,
-                                           test_source=context.test_set, orthogonality_images=100,
-                                           progress=False, features=features, test_features=test_features)
+        results[variant] = fit(config, context.model, context.variables, context.train_set,
+                               test_source=context.test_set, orthogonality_images=100, progress=False,
+                               features=features, test_features=test_features)
     table = metrics_table(results)
     images, labels = context.test_set.read(np.arange(len(context.test_set)))
     digit = 4
     shown = np.flatnonzero(labels == digit)[:3]
-    explanation = XNN.explain(results["srae"], context.model, context.variables, images[shown], digit,
-                              method="cmwp")
+    explanation = explain(results["srae"], context.model, context.variables, images[shown], digit, method="cmwp")
     seconds = time.perf_counter() - start
     report.heading("XNN: explanation networks (SRAE)")
     report.paragraph(f"One-vs-all explainers of all ten digit logits from the CNN's 64 pooled features, trained "

@@ -1,0 +1,321 @@
+"""Training the one-vs-all explainers: on precomputed activations (:func:`fit_features`) or through a backbone
+(:func:`fit`, which adds the heatmap orthogonality), all ``C`` classes at once.
+
+``C`` one-vs-all explainers train together: their parameters are stacked on a leading class axis, the loss
+and its gradient are ``vmap``-ped over classes, and all classes see the same minibatches. Adam is
+element-wise, so this is exactly ``C`` independent trainings (``tests/test_xnn.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from xai_jax.errors import XaiJaxError
+from xai_jax.kernels import srae
+from xai_jax.methods.xnn import heatmaps
+from xai_jax.methods.xnn import metrics
+from xai_jax.methods.xnn.config import XNNConfig
+from xai_jax.methods.xnn.result import Explanation, XNNResult
+from xai_jax.models.xnn_explainer import decode, encode, init_explainer
+
+
+def variant_beta(config: XNNConfig, num_inputs: int) -> float:
+    """The ``beta`` the loss uses: SAE's plain reconstruction is summed over ``S`` features, so ``beta / S``
+    puts it on the SRAE's per-feature scale."""
+    return config.beta / num_inputs if config.variant == "sae" else config.beta
+
+
+def explainer_loss(params, z, targets, weights, *, config: XNNConfig, beta: float):
+    """:func:`xai_jax.kernels.srae.srae_loss` of one explainer on a minibatch: ``(loss, terms)``."""
+    x_features = encode(params, z, config.x_activation)
+    z_rec = decode(params, x_features) if config.variant != "nn" else None
+    head_w, head_b = params["head"]["w"], params["head"]["b"]
+    return srae.srae_loss(x_features, head_w, head_b, targets, z, z_rec, variant=config.variant, beta=beta,
+                          eta=config.eta, q=config.q, sample_weights=weights)
+
+
+def _trainer_config(config: XNNConfig) -> XNNConfig:
+    # The fields the compiled training does not read: a new seed (or tap, epochs, ...) must not recompile.
+    return dataclasses.replace(config, tap="", seed=0, heatmap_tap=None, positive_weight=None, epochs=1,
+                               batch_size=1)
+
+
+def make_trainer(config: XNNConfig, num_inputs: int, num_samples: int, batch_size: int):
+    """``(optimizer, train)``: the Adam optimizer and a jitted
+    ``train(params, opt_state, z, targets, weights, epoch_keys) -> (params, opt_state, losses [epochs, C])``.
+
+    ``params`` carry a leading class axis ``C``; ``targets`` and ``weights`` are ``[M, C]``. One epoch is a
+    ``lax.scan`` over ``M // batch_size`` minibatches of a fresh permutation, the epochs another scan (one per
+    key of ``epoch_keys``), so the whole training is one compiled program. Built once per setting.
+    """
+    return _make_trainer(_trainer_config(config), num_inputs, num_samples, batch_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _make_trainer(config: XNNConfig, num_inputs: int, num_samples: int, batch_size: int):
+    optimizer = optax.adam(config.learning_rate)
+    loss = functools.partial(explainer_loss, config=config, beta=variant_beta(config, num_inputs))
+    value_and_grad = jax.vmap(jax.value_and_grad(lambda p, z, y, w: loss(p, z, y, w)[0]), in_axes=(0, None, 1, 1))
+    steps = num_samples // batch_size
+
+    def step(carry, indices, z, targets, weights):
+        params, opt_state = carry
+        values, grads = value_and_grad(params, z[indices], targets[indices], weights[indices])
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), values
+
+    @jax.jit
+    def train(params, opt_state, z, targets, weights, epoch_keys):
+        def epoch(carry, key):
+            order = jax.random.permutation(key, num_samples)[: steps * batch_size].reshape(steps, batch_size)
+            carry, values = jax.lax.scan(lambda c, i: step(c, i, z, targets, weights), carry, order)
+            return carry, jnp.mean(values, axis=0)
+
+        (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), epoch_keys)
+        return params, opt_state, losses
+
+    return optimizer, train
+
+
+@jax.jit
+def _weighted_head(x_features, targets, weights):
+    """Weighted least squares ``min_v,b sum_i w_i (v.E_i + b - y_i)^2`` (the CAE's head), one class."""
+    design = jnp.concatenate([x_features, jnp.ones((x_features.shape[0], 1), x_features.dtype)], axis=1)
+    root = jnp.sqrt(weights)[:, None]
+    solution = jnp.linalg.lstsq(design * root, targets * root[:, 0])[0]
+    return solution[:-1], solution[-1]
+
+
+def class_weights(labels: np.ndarray, classes: np.ndarray, positive_weight: float | None) -> np.ndarray:
+    """``[M, C]`` one-vs-all sample weights: 1 for negatives, ``positive_weight`` for positives
+    (``labels == class``), or ``#negatives / #positives`` when it is ``None``."""
+    positive = labels[:, None] == classes[None, :]
+    counts = positive.sum(0)
+    if positive_weight is None:
+        negatives = len(labels) - counts
+        weight = np.where((counts > 0) & (negatives > 0), negatives / np.maximum(counts, 1), 1.0)
+    else:
+        weight = np.full(len(classes), positive_weight)
+    return np.where(positive, weight[None, :], 1.0).astype(np.float32)
+
+
+def lasso_explainers(z: np.ndarray, targets: np.ndarray, weights: np.ndarray, n: int) -> dict:
+    """The Lasso baseline: per class, the weakest L1 penalty on the Lasso path that keeps <= ``n`` units.
+
+    scikit-learn's coordinate descent (``lasso_path``) on the weighted, centred problem; the selected
+    units of ``Z`` are the x-features and their coefficients the head. A Python loop over classes: it is
+    the baseline a user would run, not a hot path.
+    """
+    from sklearn.linear_model import lasso_path
+    num_classes = targets.shape[1]
+    select = np.zeros((num_classes, n), np.int32)
+    head_w = np.zeros((num_classes, n), np.float32)
+    head_b = np.zeros((num_classes,), np.float32)
+    for c in range(num_classes):
+        w = weights[:, c] / weights[:, c].sum()
+        z_mean, y_mean = w @ z, w @ targets[:, c]
+        root = np.sqrt(w * len(w))[:, None]
+        x, y = (z - z_mean) * root, (targets[:, c] - y_mean) * root[:, 0]
+        try:  # scikit-learn >= 1.9 takes the number of alphas as `alphas`; older releases as `n_alphas`
+            alphas, coefs, _ = lasso_path(x, y, alphas=60, eps=1e-4)
+        except (TypeError, ValueError):  # sklearn's InvalidParameterError is both
+            alphas, coefs, _ = lasso_path(x, y, n_alphas=60, eps=1e-4)
+        counts = (coefs != 0).sum(0)
+        best = coefs[:, np.flatnonzero(counts <= n)[-1]]
+        units = np.argsort(-np.abs(best))[:n]
+        select[c], head_w[c] = units, best[units]
+        head_b[c] = y_mean - z_mean @ best
+    return {"select": select, "head": {"w": head_w, "b": head_b}}
+
+
+def init_params(config: XNNConfig, num_inputs: int, classes, targets, weights) -> dict:
+    """The explainers of ``classes`` before training, stacked on a class axis; each head's bias starts at its
+    class's weighted mean target. Class ``c``'s initialisation depends on ``c`` alone, so a class trains the
+    same alone or with others."""
+    init_key = jax.random.split(jax.random.key(config.seed))[0]
+    params = jax.vmap(lambda c: init_explainer(jax.random.fold_in(init_key, c), num_inputs, config.hidden,
+                                               config.num_x_features, decoder=config.variant != "nn"))(
+        jnp.asarray(classes))
+    params["head"]["b"] = jnp.asarray((weights * targets).sum(0) / weights.sum(0), jnp.float32)
+    return params
+
+
+def train_explainers(config: XNNConfig, z, targets, weights, classes) -> tuple[dict, np.ndarray]:
+    """Trains the network explainers of ``classes`` on standardised ``z[M, S]``; returns
+    ``(params, losses [epochs, C])``. CAE's heads are fitted afterwards by weighted least squares."""
+    batch_size = min(config.batch_size, len(z))
+    order_key = jax.random.split(jax.random.key(config.seed))[1]
+    params = init_params(config, z.shape[1], classes, targets, weights)
+    optimizer, train = make_trainer(config, z.shape[1], len(z), batch_size)
+    params, _, losses = train(params, optimizer.init(params), jnp.asarray(z), jnp.asarray(targets),
+                              jnp.asarray(weights), jax.random.split(order_key, config.epochs))
+    if config.variant == "cae":
+        x_features = jax.vmap(encode, in_axes=(0, None, None), out_axes=1)(params, jnp.asarray(z),
+                                                                           config.x_activation)
+        head_w, head_b = jax.vmap(_weighted_head, in_axes=(1, 1, 1))(x_features, jnp.asarray(targets),
+                                                                       jnp.asarray(weights))
+        params = {**params, "head": {"w": head_w, "b": head_b}}
+    return params, np.asarray(losses)
+
+
+def check_features(features, logits, labels, what: str = "features") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validates ``features [M, ...]``, ``logits [M, K]`` and ``labels [M]``; returns them as arrays
+    (features flattened to ``[M, S]``, labels the predicted class where ``None``)."""
+    features = np.asarray(features, np.float32)
+    logits = np.asarray(logits, np.float32)
+    if features.ndim < 2 or logits.ndim != 2:
+        raise XaiJaxError(f"{what}: features must be [M, ...] and logits [M, classes], got {features.shape} and "
+                          f"{logits.shape}")
+    features = features.reshape(len(features), -1)
+    if len(features) != len(logits):
+        raise XaiJaxError(f"{what}: {len(features)} feature rows but {len(logits)} logit rows")
+    if len(features) < 2:
+        raise XaiJaxError(f"{what}: need at least 2 samples, got {len(features)}")
+    if not (np.all(np.isfinite(features)) and np.all(np.isfinite(logits))):
+        raise XaiJaxError(f"{what}: features or logits hold NaN or infinite values")
+    labels = np.argmax(logits, 1) if labels is None else np.asarray(labels)
+    if labels.shape != (len(logits),):
+        raise XaiJaxError(f"{what}: labels must be [M] = [{len(logits)}], got {labels.shape}")
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise XaiJaxError(f"{what}: labels must lie in [0, {logits.shape[1]}), got {labels.min()}..{labels.max()}")
+    return features, logits, labels.astype(np.int32)
+
+
+def extract_features(model: str, variables, source, tap: str, *, num_classes: int | None = None,
+                     batch_size: int = 128, progress: bool | None = None) -> dict[str, np.ndarray]:
+    """One pass of the backbone (:func:`xai_jax.evaluation.predict`): ``features`` (the tap, flattened),
+    ``logits`` and ``labels``, in dataset order. Compute once and reuse for every variant."""
+    from xai_jax import evaluation
+    out = evaluation.predict(model, variables, source, (tap,), num_classes=num_classes, batch_size=batch_size,
+                             progress=progress)
+    return {"features": out[tap].reshape(len(out[tap]), -1), "logits": out["logits"], "labels": out["labels"]}
+
+
+def fit_features(config: XNNConfig, features, logits, labels=None, *, classes: Sequence[int] | None = None,
+                 class_names: Sequence[str] | None = None, test: Mapping[str, np.ndarray] | None = None,
+                 meta: dict | None = None) -> XNNResult:
+    """Trains the explainers on precomputed activations.
+
+    Args:
+      config: the hyper-parameters (validated here).
+      features: ``[M, ...]`` activations of the tap (flattened to ``S``).
+      logits: ``[M, K]`` the model's logits (every class: F_cls needs them all).
+      labels: ``[M]`` true labels (positives of a one-vs-all explainer); None: the predicted class.
+      classes: the logits to explain (default all ``K``).
+      class_names: ``K`` names (default "0".."K-1").
+      test: optional held-out ``{"features", "logits", "labels"}`` for the ``_test`` metrics.
+      meta: provenance stored with the result.
+
+    Returns:
+      An :class:`XNNResult`; its orthogonality is on x-feature values (no model to draw heatmaps with).
+    """
+    config.validate()
+    z, logits, labels = check_features(features, logits, labels)
+    num_logits = logits.shape[1]
+    classes = np.arange(num_logits) if classes is None else np.asarray(classes, np.int64).reshape(-1)
+    if len(classes) == 0 or classes.min() < 0 or classes.max() >= num_logits:
+        raise XaiJaxError(f"classes must lie in [0, {num_logits}), got {classes.tolist()}")
+    class_names = [str(i) for i in range(num_logits)] if class_names is None else [str(c) for c in class_names]
+    if len(class_names) != num_logits:
+        raise XaiJaxError(f"{len(class_names)} class names for {num_logits} logits")
+    if test is not None:
+        tz, tl, _ = check_features(test["features"], test["logits"], test.get("labels"), "test set")
+        if tz.shape[1] != z.shape[1] or tl.shape[1] != num_logits:
+            raise XaiJaxError(f"test set: features/logits of width {tz.shape[1]}/{tl.shape[1]}, "
+                              f"expected {z.shape[1]}/{num_logits}")
+    mean = z.mean(0)
+    scale = float(np.std(z - mean)) or 1.0
+    z_std = (z - mean) / scale
+    targets = logits[:, classes]
+    weights = class_weights(labels, classes, config.positive_weight)
+    if config.variant == "lasso":
+        params = jax.tree.map(jnp.asarray, lasso_explainers(z_std, targets, weights, config.num_x_features))
+        history = np.zeros((0, len(classes)), np.float32)
+    else:
+        params, history = train_explainers(config, z_std, targets, weights, classes)
+    result = XNNResult(config=config, classes=classes, class_names=class_names, params=params,
+                       input_mean=mean, input_scale=scale, metrics={}, orthogonality_basis="x-features",
+                       history=history, meta=dict(meta or {}))
+    values = metrics.faithfulness(result, z, logits, "train")
+    if test is not None:
+        values.update(metrics.faithfulness(result, tz, tl, "test"))
+    # Without a model there are no heatmaps: correlate each x-feature's values over the (test) samples.
+    values.update(metrics.x_feature_orthogonality(result, tz if test is not None else z))
+    return dataclasses.replace(result, metrics=metrics.per_class(values, classes, class_names))
+
+
+def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
+        classes: Sequence[int] | None = None, num_classes: int | None = None, batch_size: int = 128,
+        orthogonality_images: int = 512, progress: bool | None = None, meta: dict | None = None,
+        features: Mapping | None = None, test_features: Mapping | None = None) -> XNNResult:
+    """Runs the backbone once over ``source`` (and ``test_source``), trains, and measures O1/O2 on the
+    Grad-CAM heatmaps of the first ``orthogonality_images`` test (else training) images.
+
+    Args:
+      config: the hyper-parameters.
+      model, variables: the backbone.
+      source, test_source: the training and optional held-out images (:mod:`xai_jax.data` sources).
+      classes: the logits to explain (default all).
+      num_classes: outputs of the model's head if not its default.
+      batch_size: images per backbone pass batch.
+      orthogonality_images: images whose heatmaps give O1/O2.
+      progress: show progress bars (None: when on a terminal).
+      meta: provenance stored with the result.
+      features, test_features: the output of :func:`extract_features` for these sources, to reuse one
+        backbone pass for several variants.
+
+    Returns:
+      an :class:`XNNResult` with ``orthogonality_basis == "heatmaps"``.
+    """
+    from xai_jax import evaluation
+    from xai_jax.data import Subset
+    config.validate()
+    evaluation.check_taps(model, (config.tap,), num_classes)
+    heat_tap = config.heatmap_tap or heatmaps.default_heatmap_tap(model, config.tap, num_classes)
+    evaluation.check_taps(model, (heat_tap,), num_classes)
+    train = features or extract_features(model, variables, source, config.tap, num_classes=num_classes,
+                                         batch_size=batch_size, progress=progress)
+    test = None if test_source is None else test_features or extract_features(
+        model, variables, test_source, config.tap, num_classes=num_classes, batch_size=batch_size,
+        progress=progress)
+    result = fit_features(config, train["features"], train["logits"], train["labels"], classes=classes,
+                          class_names=list(source.class_names), test=test,
+                          meta={"model": model, "tap": config.tap, "heatmap_tap": heat_tap, **(meta or {})})
+    ortho_source = test_source if test_source is not None else source
+    ortho_source = Subset(ortho_source, np.arange(min(orthogonality_images, len(ortho_source))))
+    ortho = heatmaps.heatmap_orthogonality(result, model, variables, ortho_source, heat_tap, num_classes,
+                                              batch_size, progress)
+    per_class = {name: {**values, **{k: metrics.number(v[i]) for k, v in ortho.items()}}
+                 for i, (name, values) in enumerate(result.metrics.items())}
+    return dataclasses.replace(result, metrics=per_class, orthogonality_basis="heatmaps")
+
+
+class XNN:
+    """Fits one-vs-all explanation networks (all classes at once) and explains images with them: the
+    functions :func:`fit_features`, :func:`fit` and :func:`xai_jax.methods.xnn.explain` with a config."""
+
+    def __init__(self, config: XNNConfig | None = None):
+        self.config = config or XNNConfig()
+        self.config.validate()
+
+    def fit_features(self, features, logits, labels=None, **kwargs) -> XNNResult:
+        """:func:`fit_features` with this config."""
+        return fit_features(self.config, features, logits, labels, **kwargs)
+
+    def fit(self, model: str, variables, source, **kwargs) -> XNNResult:
+        """:func:`fit` with this config."""
+        return fit(self.config, model, variables, source, **kwargs)
+
+    @staticmethod
+    def explain(result: XNNResult, model: str, variables, images, label: int | str, *, method: str = "gradcam",
+                num_classes: int | None = None) -> Explanation:
+        """:func:`xai_jax.methods.xnn.explain`."""
+        return heatmaps.explain(result, model, variables, images, label, method=method,
+                                   num_classes=num_classes)
