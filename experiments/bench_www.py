@@ -31,7 +31,7 @@ from benchutil import DATA, REPO, median_seconds
 from xai_jax import models, weights
 from xai_jax.data import JpegNpzSource
 from xai_jax.kernels import www as K
-from xai_jax.methods import www as www_method
+from xai_jax.methods.www import clip_dissect
 
 
 def fmt(seconds: float) -> str:
@@ -108,7 +108,7 @@ def bench_soft_wpmi(concept_sizes, units: int, repeats: int) -> None:
         chunk = max(1, int(2e8 // (100 * m * 4)))             # about 200 MB of gathered rows per block
 
         def batched():
-            return www_method.clip_dissect(acts, image_emb, concepts, neuron_chunk=chunk)
+            return clip_dissect(acts, image_emb, concepts, neuron_chunk=chunk)
 
         def loop():
             with torch.no_grad():

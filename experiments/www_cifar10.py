@@ -36,7 +36,7 @@ from benchutil import DATA
 from xai_jax import models, weights
 from xai_jax.data import JpegNpzSource, Subset
 from xai_jax.methods.www import WWW, WWWConfig, rejection_analysis
-from xai_jax.viz.www import explanation_panel, rejection_curves
+from xai_jax.methods.www.figures import explanation_panel, rejection_curves
 
 MODEL = "cifar_resnet56"
 
@@ -80,13 +80,12 @@ def main() -> None:
     for config in configs:
         www = WWW(MODEL, variables, tap="pool", config=config)
         key = (config.contribution, config.class_by)
-        if key not in fitted:
+        if key not in fitted:  # top_k changes only the explanations: one training pass per contribution mode
             start = time.perf_counter()
-            www.fit_class_contributions(train, progress=False)
-            fitted[key] = (www.result.class_contributions, www.result.class_counts, time.perf_counter() - start)
-        www.result.class_contributions, www.result.class_counts, fit_seconds = fitted[key]
+            fitted[key] = (www.fit_class_contributions(train, progress=False), time.perf_counter() - start)
+        result, fit_seconds = fitted[key]
         start = time.perf_counter()
-        scores = www.trust_scores(test, progress=False)
+        scores = www.trust_scores(test, result, progress=False)
         trust_seconds = time.perf_counter() - start
         wrong = scores["predicted"] != scores["labels"]
         analysis = rejection_analysis(scores["trust"], scores["msp"], wrong)
@@ -100,21 +99,21 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         if config == WWWConfig():
-            main_www, main_scores = www, scores
+            main_www, main_result, main_scores = www, result, scores
             with open(os.path.join(args.out, "www_rejection.png"), "wb") as f:
                 f.write(rejection_curves(analysis, f"ResNet-56, CIFAR-10 test ({len(test)} JPEGs), pool, k = 3"))
             np.savez(os.path.join(args.out, "www_trust.npz"), **scores)
-            main_www.result.save(os.path.join(args.out, "result"))
+            main_result.save(os.path.join(args.out, "result"))
     summary["variants"] = rows
 
     # Explanations: two correct and two mispredicted test images, with the training images that activate each
     # neuron most (a probe pass over a slice of the training split) as examples.
-    www, scores = main_www, main_scores
+    www, result, scores = main_www, main_result, main_scores
     wrong = np.flatnonzero(scores["predicted"] != scores["labels"])
     right = np.flatnonzero(scores["predicted"] == scores["labels"])
     picks = np.concatenate([right[:2], wrong[:2]])
     images, labels = test.read(picks)
-    explanation = www.explain(images)
+    explanation = www.explain(images, result)
     probe = _subset(train, 5000, 2)
     topn, _ = www.probe(probe, progress=False)
     examples = {u: probe.read(topn[:3, u])[0] for u in range(topn.shape[1])}
@@ -135,8 +134,8 @@ def main() -> None:
         # "tiny-random" runs the step with a random tiny CLIP: a smoke test of the plumbing, meaningless concepts
         model = clip.tiny(jax.random.key(0)) if args.clip == "tiny-random" else clip.load(args.clip)
         concepts = [c.strip() for c in open(args.concepts) if c.strip()] if args.concepts else names
-        result = WWW(MODEL, variables, tap="pool").fit_concepts(test, model, concepts, progress=False)
-        summary["pool_concepts"] = result.concepts()
+        concept_result = WWW(MODEL, variables, tap="pool").fit_concepts(test, model, concepts, progress=False)
+        summary["pool_concepts"] = concept_result.concepts()
         logits = evaluation.predict(MODEL, variables, test, progress=False)["logits"]
         image_emb = model.encode_images(test.all()[0])
         text_emb = model.encode_texts([WWWConfig().prompt.format(c) for c in concepts])

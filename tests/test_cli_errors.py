@@ -123,7 +123,7 @@ def inputs(tmp_path_factory):
     shutil.copytree(p["nma"], path("nma_npz"))
     np.savez(os.path.join(p["nma_npz"], "nma.npz"), p=np.zeros((10, 10)))
     shutil.copytree(p["www"], path("www_npz"))
-    open(os.path.join(p["www_npz"], "contributions.npz"), "wb").write(b"\x00" * 50)
+    open(os.path.join(p["www_npz"], "www.npz"), "wb").write(b"\x00" * 50)
     for kind, files in (("dec", ("dec.json", "dec.npz")), ("xnn", ("xnn.json", "xnn.npz")),
                         ("cladec", ("cladec.json", "history.json"))):
         os.makedirs(path(f"{kind}_bad"))

@@ -11,11 +11,11 @@ import pytest
 from conftest import shared_path
 from PIL import Image
 
-from xai_jax import cli, engine, models, weights
-from xai_jax.data import JpegNpzSource, Subset
+from xai_jax import cli, debug, models, weights
+from xai_jax.data import DigitsSource, JpegNpzSource, Subset
 from xai_jax.errors import XaiJaxError
-from xai_jax.methods import www as www_method
-from xai_jax.methods.www import WWW, WWWConfig, WWWExplanation, WWWResult, concept_metrics, rejection_analysis
+from xai_jax.methods.www import (CONTRIBUTION_MODES, WWW, WWWConfig, WWWExplanation, WWWResult, clip_dissect,
+                                 concept_metrics, rejection_analysis)
 
 MODEL = "cifar_resnet56"
 
@@ -27,17 +27,18 @@ def resnet():
     test = JpegNpzSource(shared_path("cifar10", "cifar10_test_jpeg.npz"))
     rng = np.random.default_rng(0)
     # the files are sorted by class: random subsets cover every class
-    train_sub = Subset(train, np.sort(rng.choice(len(train), 320, replace=False)))
+    chosen = rng.choice(len(train), 448, replace=False)
+    train_sub = Subset(train, np.sort(chosen[:320]))
     test_sub = Subset(test, np.sort(rng.choice(len(test), 640, replace=False)))
-    return weights.load(models.get(MODEL), path), train_sub, test_sub
+    return weights.load(models.get(MODEL), path), train_sub, test_sub, Subset(train, np.sort(chosen[320:]))
 
 
 @pytest.fixture(scope="module")
 def fitted(resnet):
-    variables, train, _ = resnet
+    """``(method, result)``: WWW at ResNet-56's ``pool`` with class contributions over 320 training images."""
+    variables, train = resnet[:2]
     method = WWW(MODEL, variables, tap="pool")
-    method.fit_class_contributions(train, batch_size=64, progress=False)
-    return method
+    return method, method.fit_class_contributions(train, batch_size=64, progress=False)
 
 
 def _pool_reference(variables, source, mode="signed"):
@@ -53,24 +54,27 @@ def _pool_reference(variables, source, mode="signed"):
 
 @pytest.mark.slow
 def test_class_contributions_at_pool_equal_linear_head(resnet, fitted):
-    variables, train, _ = resnet
-    assert fitted.map_tap == "layer3"
+    variables, train = resnet[:2]
+    method, result = fitted
+    assert method.map_tap == "layer3"
     expected, counts = _pool_reference(variables, train)
-    np.testing.assert_array_equal(fitted.result.class_counts, counts)
-    np.testing.assert_allclose(fitted.result.class_contributions, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(result.class_counts, counts)
+    np.testing.assert_allclose(result.class_contributions, expected, rtol=1e-4, atol=1e-5)
     # the class's own output weights make its top neurons: each class's top-3 contributions are positive
-    assert np.all(np.sort(fitted.result.class_contributions, axis=1)[:, -3:] > 0)
-    # the step compiled once for the several batches (and the padded last one)
-    step = www_method._class_step(MODEL, "pool", None, "signed", "label", (64,))
-    assert engine._jitted_fold(step, engine._default_mesh())._cache_size() == 1
+    assert np.all(np.sort(result.class_contributions, axis=1)[:, -3:] > 0)
+    assert result.class_names == list(train.class_names) and result.config == method.config
+    # other training images in batches of the same shape reuse the fixture's programs
+    with debug.assert_max_compiles(0, "fit_class_contributions on new data of the same shapes"):
+        again = method.fit_class_contributions(resnet[3], batch_size=64, progress=False)
+    assert again.class_counts.sum() == 128 and again is not result
 
 
 @pytest.mark.slow
 def test_layer3_contributions_equal_pool_and_abs_mode(resnet, fitted):
     """Summed over space, a * grad at layer3 equals W_c * mean(a) (mean pool and linear head are linear)."""
-    variables, train, _ = resnet
+    variables, train = resnet[:2]
     images, labels = train.read(np.arange(24))
-    at_pool = fitted.sample_contributions(images, labels)
+    at_pool = fitted[0].sample_contributions(images, labels)
     at_layer3 = WWW(MODEL, variables, tap="layer3").sample_contributions(images, labels)
     np.testing.assert_allclose(at_layer3, at_pool, rtol=1e-3, atol=1e-4)
     abs_method = WWW(MODEL, variables, tap="pool", config=WWWConfig(contribution="abs"))
@@ -79,9 +83,10 @@ def test_layer3_contributions_equal_pool_and_abs_mode(resnet, fitted):
 
 @pytest.mark.slow
 def test_explain_matches_numpy_and_trust_is_informative(resnet, fitted):
-    variables, _, test = resnet
+    variables, _, test = resnet[:3]
+    method, result = fitted
     images, labels = test.read(np.arange(6))
-    e = fitted.explain(images)
+    e = method.explain(images, result)
     forward = jax.jit(models.make_forward(MODEL, ("pool", "layer3")))
     out = forward(images, variables)
     predicted = np.asarray(out["logits"]).argmax(-1)
@@ -90,7 +95,7 @@ def test_explain_matches_numpy_and_trust_is_informative(resnet, fitted):
     w = kernel[:, predicted].T * np.asarray(out["pool"])
     np.testing.assert_array_equal(e.sample_neurons, np.argsort(-w, axis=1)[:, :3])
     np.testing.assert_array_equal(e.class_neurons,
-                                  np.argsort(-fitted.result.class_contributions[predicted], axis=1)[:, :3])
+                                  np.argsort(-result.class_contributions[predicted], axis=1)[:, :3])
     maps = np.asarray(out["layer3"])                                             # [B, 8, 8, 64]
     for i in range(len(images)):
         top = e.sample_neurons[i]
@@ -99,7 +104,7 @@ def test_explain_matches_numpy_and_trust_is_informative(resnet, fitted):
         up = np.asarray(jax.image.resize(low, (32, 32), "bilinear"))
         np.testing.assert_allclose(e.sample_heatmap[i], up, rtol=1e-4, atol=1e-5)
         c_top = e.class_neurons[i]
-        c_w = fitted.result.class_contributions[predicted[i], c_top]
+        c_w = result.class_contributions[predicted[i], c_top]
         c_up = np.asarray(jax.image.resize(np.einsum("k,hwk->hw", c_w / c_w.sum(), maps[i][..., c_top]), (32, 32),
                                            "bilinear"))
         cos = np.sum(up * c_up) / np.linalg.norm(up) / np.linalg.norm(c_up)
@@ -108,7 +113,7 @@ def test_explain_matches_numpy_and_trust_is_informative(resnet, fitted):
     assert abs(e.sample_regions.mean() - 0.3) < 0.03                              # 70th percentile thresholds
     # trust over 640 test images: MSP must catch mispredictions well above chance (the pass is wired to labels),
     # and the heatmap similarity must carry signal too (random scores give 0.5)
-    scores = fitted.trust_scores(test, batch_size=128, progress=False)
+    scores = method.trust_scores(test, result, batch_size=128, progress=False)
     wrong = scores["predicted"] != scores["labels"]
     assert 0.7 < 1 - wrong.mean() < 0.9                                          # ResNet-56 on these JPEGs
     analysis = rejection_analysis(scores["trust"], scores["msp"], wrong)
@@ -157,14 +162,13 @@ def test_concepts_from_embeddings_find_planted_concepts():
 def test_clip_dissect_baseline_finds_planted_concepts():
     rng = np.random.default_rng(1)
     words, texts, template, images, acts = _planted(rng, probe=400)
-    scores = www_method.clip_dissect(acts, images, texts, top_k=20)
+    scores = clip_dissect(acts, images, texts, top_k=20)
     assert scores.shape == (7, 23)
     np.testing.assert_array_equal(scores.argmax(1), 3 * np.arange(7) + 1)
 
 
 def test_fit_concepts_with_tiny_clip_on_digits():
     """The image path end to end with the tiny (random-weight) CLIP: probe, embed, crops, minor concepts."""
-    from xai_jax.data import DigitsSource
     from xai_jax.models import clip
     variables = models.init_variables(models.get("small_cnn"), jax.random.key(0))
     probe = Subset(DigitsSource("test"), np.arange(60))
@@ -191,23 +195,38 @@ def test_fit_concepts_with_tiny_clip_on_digits():
 
 @pytest.mark.slow
 def test_save_load_roundtrip(tmp_path, fitted):
+    method, contributed = fitted
     rng = np.random.default_rng(2)
     words, texts, template, _, _ = _planted(rng, units=64, concepts=23)
     images = rng.normal(size=(90, 16)).astype(np.float32)
     acts = rng.normal(size=(90, 64)).astype(np.float32)
-    fitted.fit_concepts_from_embeddings(words, texts, template, image_embeddings=images, activations=acts)
-    fitted.result.save(tmp_path / "r")
+    result = method.fit_concepts_from_embeddings(words, texts, template, image_embeddings=images, activations=acts,
+                                                 result=contributed)
+    assert contributed.major is None and contributed.topn_indices is None        # a new result, the old one kept
+    np.testing.assert_array_equal(result.class_contributions, contributed.class_contributions)
+    assert result.topn_indices.shape == result.topn_values.shape == (40, 64)
+    result.save(tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["concepts.json", "www.json", "www.npz",
+                                                                  "xai_jax_result.json"]
     loaded = WWWResult.load(tmp_path / "r")
-    assert loaded.concepts() == fitted.result.concepts()
-    np.testing.assert_array_equal(loaded.class_contributions, fitted.result.class_contributions)
-    assert (loaded.model, loaded.tap, loaded.map_tap, loaded.config) == (MODEL, "pool", "layer3", fitted.config)
-    assert json.loads((tmp_path / "r" / "concepts.json").read_text()) == fitted.result.concepts()
-    e = fitted.explain(np.zeros((1, 32, 32, 3), np.uint8) + 100)
-    assert e.sample_concepts[0][0] == fitted.result.concept_label(int(e.sample_neurons[0, 0]))
+    assert loaded.concepts() == result.concepts()
+    for name in ("class_contributions", "class_counts", "topn_indices", "topn_values"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(result, name))
+    for key in result.major:
+        np.testing.assert_array_equal(loaded.major[key], result.major[key])
+    assert loaded.minor is None and loaded.concept_names == words
+    assert (loaded.model, loaded.tap, loaded.map_tap, loaded.config) == (MODEL, "pool", "layer3", method.config)
+    assert json.loads((tmp_path / "r" / "concepts.json").read_text()) == result.concepts()
+    e = method.explain(np.zeros((1, 32, 32, 3), np.uint8) + 100, loaded)
+    assert e.sample_concepts[0][0] == result.concept_label(int(e.sample_neurons[0, 0]))
     e.save(tmp_path / "e.npz")
     back = WWWExplanation.load(tmp_path / "e.npz")
     np.testing.assert_array_equal(back.sample_heatmap, e.sample_heatmap)
     assert back.class_concepts == e.class_concepts
+    # a result whose parts disagree is refused in one line
+    np.savez(tmp_path / "r" / "www.npz", **{"class_contributions": np.zeros((10, 63)), "class_counts": np.ones(10)})
+    with pytest.raises(XaiJaxError, match="class contributions for 64 neurons"):
+        WWWResult.load(tmp_path / "r")
 
 
 def test_bad_input(resnet):
@@ -220,7 +239,7 @@ def test_bad_input(resnet):
         WWW(MODEL, variables, tap="pool", config=WWWConfig(contribution="both"))
     method = WWW(MODEL, variables, tap="pool")
     with pytest.raises(XaiJaxError, match="no class contributions"):
-        method.explain(np.zeros((1, 32, 32, 3), np.uint8))
+        method.explain(np.zeros((1, 32, 32, 3), np.uint8), method.new_result())
     with pytest.raises(XaiJaxError, match=r"takes images of shape \[N, 32, 32, 3\]"):
         method.sample_contributions(np.zeros((2, 28, 28, 3), np.uint8))
     rng = np.random.default_rng(3)
@@ -278,9 +297,9 @@ def test_cli_contributions_and_explain(tmp_path, capsys, resnet):
     out = tmp_path / "contrib"
     assert cli.main(["--quiet", "www", "contributions", "--model", MODEL, "--weights", path, "--data", data,
                      "--limit", "48", "--batch-size", "24", "--tap", "pool", "--out", str(out)]) == 0
-    arrays = np.load(out / "contributions.npz")
-    assert arrays["class_contributions"].shape == (10, 64)
-    assert arrays["class_counts"].sum() == 48
+    saved = WWWResult.load(out)
+    assert saved.class_contributions.shape == (10, 64)
+    assert saved.class_counts.sum() == 48 and saved.meta["weights"] == path
     images, _ = resnet[2].read(np.arange(1))
     Image.fromarray(images[0]).save(tmp_path / "img.png")
     assert cli.main(["www", "explain", "--result", str(out), "--image", str(tmp_path / "img.png"),
@@ -309,3 +328,43 @@ def test_config_replace_validates():
     with pytest.raises(XaiJaxError, match="prompt must contain"):
         WWWConfig(prompt="a photo").validate()
     assert dataclasses.replace(WWWConfig(), top_k=5).top_k == 5
+    for bad, message in [(dict(alpha_major=0.0), "alpha_major must be > 0"), (dict(alpha_minor=1.5), "<= 1"),
+                         (dict(percentile=100.0), "percentile must be < 100"), (dict(crop_fraction=0.0), "> 0"),
+                         (dict(n_examples=0), "n_examples must be >= 1"), (dict(neuron_chunk=0), ">= 1"),
+                         (dict(class_by="guess"), "class_by must be one of label, prediction")]:
+        with pytest.raises(XaiJaxError, match=message):
+            WWWConfig(**bad).validate()
+    WWWConfig(alpha_major=1.0, percentile=0.0, crop_fraction=1.0).validate()
+
+
+def test_contribution_modes_are_the_kernels():
+    from xai_jax.kernels import www as K
+    ones = np.ones((1, 2), np.float32)
+    for mode in CONTRIBUTION_MODES:
+        K.contributions_from_gradients(ones, ones, mode)
+    with pytest.raises(ValueError):
+        K.contributions_from_gradients(ones, ones, "both")
+
+
+@pytest.fixture(scope="module")
+def digits_www():
+    variables = models.init_variables(models.get("small_cnn"), jax.random.key(0))
+    return WWW("small_cnn", variables, tap="pool", config=WWWConfig(n_examples=4)), DigitsSource("train")
+
+
+def test_probe_traces_once_per_shape(digits_www):
+    method, train = digits_www
+    first, _ = method.probe(Subset(train, np.arange(50)), batch_size=16, progress=False)
+    with debug.assert_max_compiles(0, "the probe pass on new data of the same shapes"):
+        indices, values = method.probe(Subset(train, np.arange(50, 100)), batch_size=16, progress=False)
+    assert indices.shape == values.shape == (4, 64) and indices.max() < 50
+
+
+def test_class_contributions_trace_once_per_shape(digits_www):
+    method, train = digits_www
+    first = method.fit_class_contributions(Subset(train, np.arange(50)), batch_size=16, progress=False)
+    with debug.assert_max_compiles(0, "fit_class_contributions on new data of the same shapes"):
+        second = method.fit_class_contributions(Subset(train, np.arange(50, 100)), first, batch_size=16,
+                                                progress=False)
+    assert first.class_counts.sum() == second.class_counts.sum() == 50
+    assert not np.array_equal(first.class_contributions, second.class_contributions)

@@ -5,6 +5,10 @@
     xai-jax www concepts --model M --weights W --data SPEC --tap pool --clip CLIP.pt --concepts WORDS.txt --out DIR
     xai-jax www contributions --model M --weights W --data SPEC --tap pool --out DIR
     xai-jax www explain --result DIR --image FILE [--out DIR2]
+
+There is no ``fit`` verb: the two stages read different inputs (a probe set with CLIP weights and a concept set,
+or embeddings with no model at all; the training split for the contributions), and ``contributions --result``
+already adds the contributions to a concepts result.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import os
 import numpy as np
 
 from xai_jax.cli.common import add_data_args, data_meta, inputs_of, load_model_and_data, model_and_weights
-from xai_jax.cli.options import number_in, positive_int
+from xai_jax.cli.flags import add_config_flags, config_from_args
+from xai_jax.cli.options import positive_int
 from xai_jax.errors import XaiJaxError
+from xai_jax.methods.www.config import CONCEPT_FIELDS, CONTRIBUTION_FIELDS, EXPLAIN_FIELDS, WWWConfig
 from xai_jax.readers import numeric, read_lines, read_npz
 
 NO_CLIP = ("concept discovery from images needs CLIP weights: --clip PATH (an OpenAI .pt file or a Hugging Face "
@@ -26,10 +32,9 @@ NO_CLIP = ("concept discovery from images needs CLIP weights: --clip PATH (an Op
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("www", help="WWW: what neurons mean (CLIP concepts), where they fire, why the "
-                                          "prediction, and whether to trust it",
-                              description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="www_command", required=True, metavar="ACTION")
+    from xai_jax.methods import METHODS
+    p = subparsers.add_parser("www", help=METHODS["www"].summary, description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def model_args(q):
         q.add_argument("--model", help="backbone name (see `xai-jax info`)")
@@ -49,33 +54,35 @@ def register(subparsers) -> None:
     q.add_argument("--concept-embeddings", metavar="T.npz", help="`embeddings` [concepts, D] of the prompted concepts")
     q.add_argument("--template-embedding", metavar="TT.npy", help="[D] embedding of the bare template")
     q.add_argument("--crop-embeddings", metavar="C.npz", help="`embeddings` [neurons, crops, D] for minor concepts")
-    q.add_argument("--n-examples", type=positive_int, default=40, help="top-n images per neuron (default 40)")
-    q.add_argument("--alpha-major", type=number_in(0.0, 1.0, low_open=True), default=0.95)
-    q.add_argument("--alpha-minor", type=number_in(0.0, 1.0, low_open=True), default=0.90)
-    q.add_argument("--max-concepts", type=positive_int, default=20, help="selected concepts listed per neuron (default 20)")
     q.add_argument("--no-minor", action="store_true", help="skip minor concepts (no crops)")
     q.add_argument("--out", required=True, metavar="DIR")
-    q.set_defaults(func=concepts)
+    q.set_defaults(func=concepts, config_fields=add_config_flags(q, WWWConfig, only=CONCEPT_FIELDS))
 
-    q = sub.add_parser("contributions", help="class-wise mean Taylor-Shapley contributions -> contributions.npz")
+    q = sub.add_parser("contributions", help="class-wise mean Taylor-Shapley contributions -> www.npz")
     model_args(q)
     add_data_args(q, required=False)
-    q.add_argument("--contribution", choices=["signed", "abs"], default="signed",
-                   help="a * grad as in the authors' code (default) or its absolute value (eq. 3)")
-    q.add_argument("--class-by", choices=["label", "prediction"], default="label")
     q.add_argument("--result", metavar="DIR", help="add the contributions to this result (e.g. with concepts)")
     q.add_argument("--out", required=True, metavar="DIR")
-    q.set_defaults(func=contributions)
+    q.set_defaults(func=contributions, config_fields=add_config_flags(q, WWWConfig, only=CONTRIBUTION_FIELDS))
 
     q = sub.add_parser("explain", help="explain an image: top neurons, concepts, heatmaps, trust")
-    q.add_argument("--result", required=True, metavar="DIR", help="a result with contributions.npz")
+    q.add_argument("--result", required=True, metavar="DIR", help="a result with class contributions")
     q.add_argument("--image", required=True, metavar="FILE")
     q.add_argument("--model", help="default: the result's")
     q.add_argument("--weights", metavar="PATH", help="default: the result's")
     q.add_argument("--num-classes", type=positive_int)
-    q.add_argument("--top-k", type=positive_int, default=3)
-    q.add_argument("--out", metavar="DIR", help="write explanation.json and panel.png here")
-    q.set_defaults(func=explain)
+    q.add_argument("--out", metavar="DIR", help="write explanation.json, panel.png and explanation.npz here")
+    q.set_defaults(func=explain, config_fields=add_config_flags(q, WWWConfig, only=EXPLAIN_FIELDS))
+
+
+def _stage_config(args, result=None) -> WWWConfig:
+    """The command's config: its flags over the result's config (or over the library's defaults)."""
+    if result is None:
+        config = config_from_args(WWWConfig, args, args.config_fields)
+    else:
+        config = dataclasses.replace(result.config, **{n: getattr(args, n) for n in args.config_fields})
+    config.validate()
+    return config
 
 
 def _npz_array(path: str, key: str, what: str, ndim) -> np.ndarray:
@@ -91,25 +98,22 @@ def _read_words(path: str) -> list[str]:
     return read_lines(path, "concepts file")
 
 
-def _method(args, config, result=None):
+def _method(args, config):
+    """The :class:`WWW` of the model flags, the data source, and the provenance to put in the result's meta."""
     from xai_jax.methods.www import WWW
     if not args.model:
         raise XaiJaxError("--model, --weights, --data and --tap are required")
     if not args.tap:
         raise XaiJaxError("--tap is required (see `xai-jax info --model NAME` for the taps)")
     spec, variables, source = load_model_and_data(args)
-    www = WWW(spec.name, variables, tap=args.tap, map_tap=args.map_tap, config=config,
-              num_classes=args.num_classes, result=result)
-    www.result.meta.update({"weights": os.path.abspath(args.weights), **data_meta(args)})
-    return www, source
+    www = WWW(spec.name, variables, tap=args.tap, map_tap=args.map_tap, config=config, num_classes=args.num_classes)
+    return www, source, {"weights": os.path.abspath(args.weights), **data_meta(args)}
 
 
 def concepts(args) -> None:
     from xai_jax import outputs
-    from xai_jax.methods.www import KIND, WWW, WWWConfig
-    config = WWWConfig(n_examples=args.n_examples, alpha_major=args.alpha_major, alpha_minor=args.alpha_minor,
-                       max_concepts=args.max_concepts)
-    config.validate()
+    from xai_jax.methods.www import KIND, WWW
+    config = _stage_config(args)
     outputs.check_output(args.out, KIND, inputs=inputs_of(
         args, "activations", "image_embeddings", "concept_embeddings", "template_embedding", "crop_embeddings",
         "concepts", "clip", "weights", "data", "synsets"))
@@ -131,19 +135,20 @@ def concepts(args) -> None:
             template = template[0]
         result = WWW(config=config).fit_concepts_from_embeddings(
             words, texts, template, image_embeddings=images, activations=activations, crop_embeddings=crops)
-        result.meta.update({"activations": os.path.abspath(args.activations)})
+        meta = {"activations": os.path.abspath(args.activations)}
     else:
         if not args.clip:
             raise XaiJaxError(NO_CLIP)
         if not os.path.exists(args.clip):
             raise XaiJaxError(f"CLIP weights not found: {args.clip}. " + NO_CLIP.split(". ", 1)[1])
         words = _read_words(args.concepts)
-        www, source = _method(args, config)
+        www, source, meta = _method(args, config)
         from xai_jax.weights import clip
         model = clip.load(args.clip)
         result = www.fit_concepts(source, model, words, minor=not args.no_minor, batch_size=args.batch_size,
                                   progress=progress)
-        result.meta["clip"] = os.path.abspath(args.clip)
+        meta["clip"] = os.path.abspath(args.clip)
+    result = dataclasses.replace(result, meta={**result.meta, **meta})
     result.save(args.out)
     counts = [len(entry["major"]) for entry in result.concepts()]
     print(f"wrote {args.out}: concepts.json ({result.num_neurons} neurons, {len(result.concept_names)} concepts, "
@@ -155,17 +160,17 @@ def concepts(args) -> None:
 
 def contributions(args) -> None:
     from xai_jax import outputs
-    from xai_jax.methods.www import KIND, WWWConfig, WWWResult
-    config = WWWConfig(contribution=args.contribution, class_by=args.class_by)
+    from xai_jax.methods.www import KIND, WWWResult
     outputs.check_output(args.out, KIND, inputs=inputs_of(args, "result", "weights", "data", "synsets"))
-    result = WWWResult.load(args.result) if args.result else None
-    www, source = _method(args, config, result)
-    result = www.fit_class_contributions(source, batch_size=args.batch_size, progress=False if args.quiet else None)
-    result.config = dataclasses.replace(result.config, contribution=config.contribution, class_by=config.class_by)
+    previous = WWWResult.load(args.result) if args.result else None
+    www, source, meta = _method(args, _stage_config(args, previous))
+    result = www.fit_class_contributions(source, previous, batch_size=args.batch_size,
+                                         progress=False if args.quiet else None)
+    result = dataclasses.replace(result, meta={**result.meta, **meta})
     result.save(args.out)
     top = np.argsort(-result.class_contributions, axis=1)[:, :3]
     names = result.class_names or [str(c) for c in range(len(top))]
-    print(f"wrote {args.out}: contributions.npz (class_contributions {result.class_contributions.shape[0]} classes "
+    print(f"wrote {args.out}: www.npz (class_contributions {result.class_contributions.shape[0]} classes "
           f"x {result.class_contributions.shape[1]} neurons of {args.tap}, {int(result.class_counts.sum())} images)")
     for c in range(min(len(top), 10)):
         print(f"  {names[c]}: top neurons " + ", ".join(f"{u} ({result.concept_label(int(u))})" if result.major
@@ -174,21 +179,19 @@ def contributions(args) -> None:
 
 def explain(args) -> None:
     from xai_jax import outputs, weights
-    from xai_jax.methods.www import EXPLANATION_KIND, WWW, WWWResult
     from xai_jax.data.sources import read_image
+    from xai_jax.methods.www import EXPLANATION_KIND, WWW, WWWResult
     if args.out:
         outputs.check_output(args.out, EXPLANATION_KIND, inputs=inputs_of(args, "result", "weights", "image"))
     result = WWWResult.load(args.result)
     if result.class_contributions is None:
-        raise XaiJaxError(f"{args.result} has no contributions.npz; run `xai-jax www contributions ... --result "
+        raise XaiJaxError(f"{args.result} has no class contributions; run `xai-jax www contributions ... --result "
                           f"{args.result} --out DIR` first")
     spec, weights_path = model_and_weights(args, result.meta, result.model, fitted_from="embeddings")
-    model = spec.name
     image = read_image(args.image, spec)
-    config = dataclasses.replace(result.config, top_k=args.top_k)
-    www = WWW(model, weights.load(spec, weights_path, num_classes=args.num_classes), tap=result.tap,
-              map_tap=result.map_tap, config=config, num_classes=args.num_classes, result=result)
-    explanation = www.explain(image[None])
+    www = WWW(spec.name, weights.load(spec, weights_path, num_classes=args.num_classes), tap=result.tap,
+              map_tap=result.map_tap, config=_stage_config(args, result), num_classes=args.num_classes)
+    explanation = www.explain(image[None], result)
     record = explanation.summary(result.class_names)[0]
     print(f"classified as {record['predicted']} (p = {record['probability']:.3f}); heatmap similarity (trust) "
           f"{record['trust']:.3f}")
@@ -197,7 +200,7 @@ def explain(args) -> None:
         for n in record[f"{side}_neurons"]:
             print(f"    neuron {n['neuron']}: contribution {n['contribution']:.4g}  {n['concepts']}")
     if args.out:
-        from xai_jax.viz.www import explanation_panel
+        from xai_jax.methods.www.figures import explanation_panel
         png = explanation_panel(explanation, 0, result.class_names)
         with outputs.atomic_dir(args.out, EXPLANATION_KIND) as tmp:
             outputs.write_files(tmp, {"explanation.json": json.dumps(record, indent=2).encode(), "panel.png": png})

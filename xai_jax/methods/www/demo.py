@@ -14,18 +14,18 @@ def section(report: Report, context: DemoContext) -> dict:
     """Class contributions of the ``pool`` neurons on the training digits, explanations of test digits with
     concept maps from ``conv3``, and heatmap similarity vs maximum softmax probability for catching mistakes."""
     from xai_jax.methods.www import WWW, rejection_analysis
-    from xai_jax.viz.www import explanation_panel, rejection_curves
+    from xai_jax.methods.www.figures import explanation_panel, rejection_curves
     start = time.perf_counter()
     www = WWW(context.model, context.variables, tap="pool")
-    www.fit_class_contributions(context.train_set, batch_size=256, progress=context.progress)
-    scores = www.trust_scores(context.test_set, batch_size=120, progress=context.progress)
+    result = www.fit_class_contributions(context.train_set, batch_size=256, progress=context.progress)
+    scores = www.trust_scores(context.test_set, result, batch_size=120, progress=context.progress)
     wrong = scores["predicted"] != scores["labels"]
     analysis = rejection_analysis(scores["trust"], scores["msp"], wrong)
     # one correct and one mispredicted test digit (the lowest-trust mistake), with their top training digits
     order = np.argsort(scores["trust"])
     picks = [int(np.flatnonzero(~wrong)[0])] + ([int(order[wrong[order]][0])] if wrong.any() else [])
     images, labels = context.test_set.read(np.asarray(picks))
-    explanation = www.explain(images)
+    explanation = www.explain(images, result)
     topn, _ = www.probe(context.train_set, batch_size=256, progress=context.progress)
     examples = {u: context.train_set.read(topn[:3, u])[0] for u in range(topn.shape[1])}
     seconds = time.perf_counter() - start

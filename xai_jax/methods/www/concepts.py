@@ -1,0 +1,119 @@
+"""What a neuron means: WWW's concept selection from CLIP embeddings (section 3.2), the crops of minor concepts,
+and the CLIP-Dissect baseline."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xai_jax.data.base import Source
+from xai_jax.errors import XaiJaxError
+from xai_jax.kernels import www as K
+
+
+def select_in_chunks(neuron_emb, concept_embeddings, template_embedding, alpha: float, max_concepts: int,
+                     neuron_chunk: int) -> dict:
+    """Adaptive cosine scores (eq. 1) and selection (eq. 2) in blocks of ``neuron_chunk`` neurons, so that a
+    ``[U, 82k]`` score matrix never has to exist at once.
+
+    Args:
+      neuron_emb: ``[U, D]`` each neuron's mean (normalised) image embedding.
+      concept_embeddings, template_embedding: ``[M, D]`` prompted concepts and ``[D]`` the bare template.
+      alpha: the concept sensitivity.
+      max_concepts: selected concepts kept per neuron.
+      neuron_chunk: neurons per block.
+
+    Returns:
+      :func:`xai_jax.kernels.www.select_concepts`'s arrays for all ``U`` neurons, on the host.
+    """
+    parts = []
+    for start in range(0, neuron_emb.shape[0], neuron_chunk):
+        block = neuron_emb[start:start + neuron_chunk]
+        scores = K.adaptive_cosine_scores(block, concept_embeddings, template_embedding)
+        parts.append(jax.device_get(K.select_concepts(scores, alpha, max_concepts)))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def crop_mean_embeddings(crop_embeddings: np.ndarray) -> jax.Array:
+    """``[U, D]`` the mean of each neuron's normalised crop embeddings ``[U, crops, D]``."""
+    return jnp.mean(K._normalise(jnp.asarray(crop_embeddings)), axis=1)
+
+
+def crop_embeddings(source: Source, clip_model, indices: np.ndarray, maps: Callable[[np.ndarray], np.ndarray],
+                    crop_fraction: float, chunk: int = 4096) -> np.ndarray:
+    """``[U, n, D]`` CLIP embeddings of each neuron's top-n images cropped around that neuron's peak.
+
+    Args:
+      source: the probe source ``indices`` point into.
+      clip_model: has ``encode_images(uint8 or float [B, H, W, 3]) -> [B, D]``.
+      indices: ``[n, U]`` each neuron's top-n probe images.
+      maps: ``images -> [B, h, w, U]`` the activation maps of the neurons.
+      crop_fraction: side of a crop as a fraction of the image side.
+      chunk: (image, neuron) pairs read and embedded at once (bounds host memory).
+    """
+    n, units = indices.shape
+    pairs_u = np.tile(np.arange(units), n)            # (rank, neuron) pairs, rank-major like indices.ravel()
+    pairs_i = indices.ravel()
+    out = []
+    for start in range(0, len(pairs_i), chunk):
+        idx, units_here = pairs_i[start:start + chunk], pairs_u[start:start + chunk]
+        images, _ = source.read(idx)
+        own = np.asarray(maps(images))[np.arange(len(idx)), :, :, units_here]     # [b, h, w]
+        height, width = images.shape[1:3]
+        crop = (max(1, round(height * crop_fraction)), max(1, round(width * crop_fraction)))
+        corners = K.peak_crop_corners(own, (height, width), crop)
+        rgb = as_rgb(images)
+        crops = np.asarray(K.crop_images(rgb, corners, crop))
+        crops = np.clip(np.round(crops), 0, 255).astype(np.uint8) if rgb.dtype == np.uint8 else crops
+        out.append(clip_model.encode_images(crops))
+    emb = np.concatenate(out)                                       # [n * U, D]
+    return emb.reshape(n, units, -1).transpose(1, 0, 2)
+
+
+def clip_dissect(activations, image_embeddings, concept_embeddings, *, top_k: int = 100, a: float = 10.0,
+                 lam: float = 1.0, p_start: float = 0.998, p_end: float = 0.97, neuron_chunk: int = 512) -> np.ndarray:
+    """CLIP-Dissect's soft-WPMI baseline: ``[U, M]`` scores (the neuron's description is the argmax).
+
+    ``activations`` ``[P, U]`` (spatially averaged), ``image_embeddings`` ``[P, D]``, ``concept_embeddings``
+    ``[M, D]`` (CLIP-Dissect embeds the bare concept words). ``log p(d|E_u)`` is computed in blocks of neurons.
+    """
+    activations = np.asarray(activations, np.float32)
+    if activations.ndim == 4:
+        activations = activations.mean(axis=(1, 2))
+    top_k = min(top_k, activations.shape[0])
+    similarity = K._normalise(jnp.asarray(image_embeddings, jnp.float32)) @ K._normalise(
+        jnp.asarray(concept_embeddings, jnp.float32)).T
+    parts = [K.soft_wpmi_log_p_given_e(similarity, activations[:, s:s + neuron_chunk], top_k, a, p_start, p_end)
+             for s in range(0, activations.shape[1], neuron_chunk)]
+    return np.asarray(K.soft_wpmi_from_log_p(jnp.concatenate(parts), lam))
+
+
+def check_concepts(concepts: Sequence[str]) -> list[str]:
+    """The concept words, stripped; raises :class:`XaiJaxError` for an empty set or an empty word."""
+    concepts = [str(c).strip() for c in concepts]
+    if not concepts or any(not c for c in concepts):
+        raise XaiJaxError("the concept set must be a non-empty list of non-empty words")
+    return concepts
+
+
+def finite(array, what: str, ndim: int) -> np.ndarray:
+    """``array`` as float32; raises :class:`XaiJaxError` unless it has ``ndim`` axes and finite values."""
+    array = np.asarray(array, np.float32)
+    if array.ndim != ndim:
+        raise XaiJaxError(f"{what} must have {ndim} dimensions; got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise XaiJaxError(f"{what} contain NaN or infinity")
+    return array
+
+
+def as_rgb(images: np.ndarray) -> np.ndarray:
+    """Grey images ``[B, H, W]`` or ``[B, H, W, 1]`` repeated to three channels (CLIP takes RGB)."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    return images
