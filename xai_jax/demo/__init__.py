@@ -28,9 +28,9 @@ from xai_jax.weights import save_variables
 
 MODEL = DemoContext.model
 
-# (summary key, module under xai_jax.demo), in report order.
+# (summary key, module under xai_jax.demo or a full module path), in report order.
 SECTIONS: tuple[tuple[str, str], ...] = (("nma", "near_miss"), ("dec", "dec"), ("xnn", "xnn"), ("www", "www"),
-                                          ("cladec", "cladec"))
+                                          ("cladec", "xai_jax.methods.cladec.demo"))
 
 
 def train_digits_model(epochs: int = 30, seed: int = 0, progress: bool | None = None):
@@ -95,7 +95,8 @@ def run_demo(out: str, epochs: int = 30, seed: int = 0, progress: bool | None = 
     context = DemoContext(variables=variables, train_set=DigitsSource("train"), test_set=test_set, seed=seed,
                           progress=progress)
     for key, module in SECTIONS:
-        summary["methods"][key] = importlib.import_module(f"xai_jax.demo.{module}").section(report, context)
+        path = module if "." in module else f"xai_jax.demo.{module}"
+        summary["methods"][key] = importlib.import_module(path).section(report, context)
 
     summary["seconds"] = round(time.perf_counter() - started, 2)
     with atomic_dir(out, "demo") as tmp:
