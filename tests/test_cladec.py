@@ -186,7 +186,8 @@ def test_save_load_round_trip(tmp_path, fashion, fitted):
     assert loaded.config == result.config and loaded.tap == result.tap and loaded.metrics == result.metrics
     assert loaded.code_shape == result.code_shape and loaded.history == result.history
     np.testing.assert_array_equal(loaded.fill, result.fill)
-    assert sorted(os.listdir(tmp_path / "r")) == ["cladec.json", "cladec.npz", "decoder", "refae", "xai_jax_result.json"]
+    assert sorted(os.listdir(tmp_path / "r")) == ["cladec.json", "cladec.npz", "decoder", "refae",
+                                                  "xai_jax_result.json"]
     images, _ = fashion["test"].read(np.arange(3))
     a, b = result.reconstruct(fashion["variables"], images), loaded.reconstruct(fashion["variables"], images)
     np.testing.assert_allclose(a["cladec"], b["cladec"], rtol=1e-6)

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
                    help="without --weights: train the classifier first for this many epochs (saved to OUT/classifier)")
     t.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     t.add_argument("--test-data", metavar="SPEC", help="test set where --data has no test split")
-    t.add_argument("--limit", type=positive_int, help="use only the first N training images (a random N with --sample-seed)")
+    t.add_argument("--limit", type=positive_int,
+                   help="use only the first N training images (a random N with --sample-seed)")
     t.add_argument("--test-limit", type=positive_int, help="use only the first N test images (likewise)")
     add_sample_seed(t)
     fields = add_config_flags(t.add_argument_group("ClaDec"), ClaDecConfig)
