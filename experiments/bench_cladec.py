@@ -137,9 +137,8 @@ def bench_jax(x, y, code, images_uint8, repeats):
         jax.block_until_ready(m)
 
     step_s = median_seconds(run_step, repeats)
-    inner = occlusion_step(MODEL, TAP, None, decoder)
+    occ = jax.jit(occlusion_step(MODEL, TAP, None, decoder))
     dec_vars = {"params": holder["state"].params}
-    occ = jax.jit(lambda b, p: inner(b, {**p, "decoder_module_apply": lambda c: decoder.apply(p["decoder"], c)}))
     occ_params = {"classifier": variables, "decoder": dec_vars, "fill": jnp.asarray([float(x.mean())]),
                   "key": jax.random.key(3)}
     occ_batch = jax.device_put({"images": images_uint8, "labels": y.astype(np.int32),

@@ -30,7 +30,7 @@ from xai_jax.kernels.cladec import occlusion_masks  # noqa: E402
 from xai_jax.methods.cladec import (ClaDec, ClaDecConfig, layer_activations, occlusion_analysis,  # noqa: E402
                                     reconstruct_codes, train_classifier)
 from xai_jax.models.cladec import layer_tap  # noqa: E402
-from xai_jax.viz.cladec import alpha_sweep, layer_rows, occlusion_rows  # noqa: E402
+from xai_jax.methods.cladec.figures import alpha_sweep, layer_rows, occlusion_rows  # noqa: E402
 
 
 def load_dataset(name: str, train_limit: int, test_limit: int, seed: int = 0):

@@ -1,4 +1,5 @@
-"""ClaDec on real Fashion-MNIST: decoder training, alpha, occlusion (vmap vs loop), save/load, CLI, bad input.
+"""ClaDec on real Fashion-MNIST: decoder training, alpha, occlusion (vmap vs loop), one compilation per shape,
+save/load, CLI, bad input.
 
 One small VGG-style classifier is trained once for the module (1,024 images, 3 epochs); every decoder here
 trains for a few epochs on its activations. Thresholds are set against what a broken decoder gives: the best
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -17,15 +19,15 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from xai_jax import data, engine, models
+from xai_jax import data, debug, models
 from xai_jax.cli import main
 from xai_jax.data.base import Subset
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import cladec as K
 from xai_jax.kernels.attribution import grad_cam, normalise_maps, upsample_maps
-from xai_jax.methods import cladec as cladec_method
-from xai_jax.methods.cladec import (ClaDec, ClaDecConfig, ClaDecResult, OcclusionResult, layer_activations,
-                                    occlusion_analysis, occlusion_step, train_classifier)
+from xai_jax.methods.cladec import (ClaDec, ClaDecConfig, ClaDecResult, OcclusionResult, evaluate,
+                                    layer_activations, occlusion_analysis, reconstruct_codes, train_classifier)
+from xai_jax.outputs import save_npz
 from xai_jax.weights import save_variables
 
 MODEL = "cladec_vgg"
@@ -67,13 +69,13 @@ def test_decoder_learns_to_reconstruct(fitted):
     assert result.code_shape == (2, 2, 512)
 
 
-def test_evaluation_classifiers_are_paired(fashion, fitted, monkeypatch):
+def test_evaluation_classifiers_are_paired(fashion, fitted):
     # Identical "reconstructions" (the images themselves) for ClaDec and RefAE must give identical evaluation
     # classifiers: dAcc is exactly 0 only if both start from the same weights and see the same batches.
     result, (tr, te) = fitted
-    monkeypatch.setattr(cladec_method, "reconstruct_codes", lambda _, acts: {"cladec": acts["x"], "refae": acts["x"]})
-    config = ClaDecConfig(layer=-3, epochs=4, batch_size=64, eval_epochs=3, eval_batch_size=64)
-    metrics = ClaDec(config)._evaluate(result, fashion["variables"], tr, te, jax.random.key(3), progress=False)
+    same = lambda acts: {"cladec": acts["x"], "refae": acts["x"]}  # noqa: E731
+    metrics = evaluate(result, fashion["variables"], tr, te, same(tr), same(te), key=jax.random.key(3),
+                       eval_epochs=3, eval_batch_size=64, progress=False)
     assert metrics["acc_eval_cladec"] > 0.5, metrics  # a classifier that learned something (chance is 0.1)
     assert metrics["acc_eval_refae"] == metrics["acc_eval_cladec"] and metrics["d_acc"] == 0.0
 
@@ -108,7 +110,7 @@ def test_alpha_raises_classifier_accuracy_on_reconstructions(fashion, fitted):
     assert metrics["rec_loss_cladec"] > 2 * base_result.metrics["rec_loss_cladec"], (base_result.metrics, metrics)
 
 
-def test_occlusion_vmap_equals_loop_and_compiles_once(fashion, fitted):
+def test_occlusion_vmap_equals_loop(fashion, fitted):
     result, _ = fitted
     variables = fashion["variables"]
     source = Subset(fashion["test"], np.arange(9))
@@ -141,18 +143,40 @@ def test_occlusion_vmap_equals_loop_and_compiles_once(fashion, fitted):
     assert set(acc) >= {"cladec_min", "cladec_max", "cladec_d_acc", "gradcam_min", "gradcam_max", "gradcam_d_acc"}
     np.testing.assert_array_equal(occ.relevance_cladec[np.arange(9), occ.max_cladec], occ.relevance_cladec.max(1))
 
-    # One compiled program for every batch of a pass.
-    traces = []
-    inner = occlusion_step(MODEL, result.tap, None, result.decoder_module)
 
-    def counted(batch, params):
-        traces.append(batch["images"].shape)
-        return inner(batch, {**params, "decoder_module_apply": lambda c: result.decoder_module.apply(
-            params["decoder"], c)})
+def test_occlusion_analysis_compiles_once_per_shape(fashion, fitted):
+    # After a pass over 9 images in batches of 4 (the last one padded), 9 other images compile nothing.
+    result, _ = fitted
+    first = occlusion_analysis(result, fashion["variables"], Subset(fashion["test"], np.arange(9)),
+                               key=jax.random.key(3), batch_size=4, progress=False)
+    with debug.assert_max_compiles(0, "a second occlusion analysis of the same shapes"):
+        second = occlusion_analysis(result, fashion["variables"], Subset(fashion["test"], np.arange(9, 18)),
+                                    key=jax.random.key(3), batch_size=4, progress=False)
+    assert len(second.labels) == 9 and not np.array_equal(first.labels, second.labels)
 
-    params = {"classifier": variables, "decoder": result.decoder, "fill": jnp.asarray(result.fill), "key": key}
-    out = engine.collect(engine.map_batches(counted, source, params, batch_size=4, progress=False))
-    assert len(traces) == 1 and len(out["labels"]) == 9
+
+def test_fit_and_evaluation_passes_compile_once_per_shape(fashion, fitted):
+    # A second fit of the same configuration on other images of the same shapes reuses every program: the
+    # activations pass, the decoder's training steps, the reconstructions and the accuracies.
+    config = ClaDecConfig(layer=-3, epochs=1, batch_size=64, eval_epochs=0, refae=False)
+    train_a, train_b = Subset(fashion["train"], np.arange(256)), Subset(fashion["train"], np.arange(256, 512))
+    test_a, test_b = Subset(fashion["test"], np.arange(64)), Subset(fashion["test"], np.arange(64, 128))
+    ClaDec(config).fit(MODEL, fashion["variables"], train_a, test_a, progress=False)
+    with debug.assert_max_compiles(0, "a second fit of the same shapes"):
+        second = ClaDec(config).fit(MODEL, fashion["variables"], train_b, test_b, progress=False)
+    assert second.metrics["n_train"] == 256 and np.isfinite(second.metrics["rec_loss_cladec"])
+    # The evaluation passes with RefAE (the module's result, warmed up by its fit on 256 test images): other
+    # images of those shapes compile nothing either.
+    result, _ = fitted
+    variables = fashion["variables"]
+    with debug.assert_max_compiles(0, "the evaluation passes on new data"):
+        tr = layer_activations(MODEL, variables, Subset(fashion["train"], np.arange(256, 512)), result.tap,
+                               progress=False)
+        te = layer_activations(MODEL, variables, Subset(fashion["train"], np.arange(512, 768)), result.tap,
+                               progress=False)
+        metrics = evaluate(result, variables, tr, te, reconstruct_codes(result, tr), reconstruct_codes(result, te),
+                           key=jax.random.key(0), eval_epochs=0, progress=False)
+    assert np.isfinite(metrics["d_rec"]) and metrics["n_test"] == 256
 
 
 def test_save_load_round_trip(tmp_path, fashion, fitted):
@@ -160,6 +184,10 @@ def test_save_load_round_trip(tmp_path, fashion, fitted):
     result.save(tmp_path / "r")
     loaded = ClaDecResult.load(tmp_path / "r")
     assert loaded.config == result.config and loaded.tap == result.tap and loaded.metrics == result.metrics
+    assert loaded.code_shape == result.code_shape and loaded.history == result.history
+    np.testing.assert_array_equal(loaded.fill, result.fill)
+    assert sorted(os.listdir(tmp_path / "r")) == ["cladec.json", "cladec.npz", "decoder", "refae",
+                                                  "xai_jax_result.json"]
     images, _ = fashion["test"].read(np.arange(3))
     a, b = result.reconstruct(fashion["variables"], images), loaded.reconstruct(fashion["variables"], images)
     np.testing.assert_allclose(a["cladec"], b["cladec"], rtol=1e-6)
@@ -168,9 +196,15 @@ def test_save_load_round_trip(tmp_path, fashion, fitted):
     occ.save(tmp_path / "o")
     back = OcclusionResult.load(tmp_path / "o")
     np.testing.assert_array_equal(back.relevance_cladec, occ.relevance_cladec)
-    assert back.accuracy == occ.accuracy
+    assert back.accuracy == occ.accuracy and back.meta == occ.meta
+    assert json.loads((tmp_path / "o" / "occlusion.json").read_text())["notes"]["accuracy"] == occ.accuracy
     with pytest.raises(XaiJaxError, match="not a ClaDec result"):
         ClaDecResult.load(tmp_path / "o")
+    # shapes that disagree: one line naming the folder, from ClaDecResult.check
+    shutil.copytree(tmp_path / "r", tmp_path / "bad")
+    save_npz(tmp_path / "bad" / "cladec.npz", {"fill": np.zeros((2, 3), np.float32)})
+    with pytest.raises(XaiJaxError, match="bad"):
+        ClaDecResult.load(tmp_path / "bad")
 
 
 def test_neuron_subsets(fashion, fitted):
@@ -186,18 +220,34 @@ def test_neuron_subsets(fashion, fitted):
 
 def test_bad_config():
     for bad, match in ((dict(alpha=1.5), "alpha"), (dict(neurons=(5, 2)), "neurons"), (dict(epochs=0), "epochs"),
-                       (dict(reduction="max"), "reduction")):
+                       (dict(reduction="max"), "reduction"), (dict(decoder_widths=(64, 0)), "decoder_widths"),
+                       (dict(eval_epochs=-1), "eval_epochs"), (dict(neurons=(-1, 4)), "neurons")):
         with pytest.raises(XaiJaxError, match=match):
             ClaDec(ClaDecConfig(**bad))
 
 
-def test_cli_train_explain_occlusion(tmp_path, fashion, capsys):
+def test_config_flags_round_trip():
+    import argparse
+
+    from xai_jax.cli.flags import add_config_flags, config_from_args, to_argv
+    parser = argparse.ArgumentParser()
+    fields = add_config_flags(parser, ClaDecConfig)
+    config = ClaDecConfig(layer="block7", neurons=(0, 64), alpha=0.5, decoder_widths=(128, 64), refae=False,
+                          eval_epochs=0, reduction="mean")
+    argv = to_argv(config, fields)
+    assert "--no-refae" in argv and argv[argv.index("--neurons") + 1] == "0:64"
+    assert config_from_args(ClaDecConfig, parser.parse_args(argv), fields) == config
+    assert config_from_args(ClaDecConfig, parser.parse_args([]), fields) == ClaDecConfig()
+    assert config_from_args(ClaDecConfig, parser.parse_args(["--layer", "-3"]), fields).layer == -3
+
+
+def test_cli_fit_explain_occlusion(tmp_path, fashion, capsys):
     from PIL import Image
     weights = tmp_path / "clf"
     save_variables(weights, fashion["variables"], {"model": MODEL})
     out = tmp_path / "run"
     common = ["--quiet", "cladec"]
-    assert main(common + ["train", "--model", MODEL, "--weights", str(weights), "--data", f"idx:{fashion['dir']}",
+    assert main(common + ["fit", "--model", MODEL, "--weights", str(weights), "--data", f"idx:{fashion['dir']}",
                           "--limit", "256", "--test-limit", "64", "--sample-seed", "1", "--layer", "-1",
                           "--epochs", "1", "--eval-epochs", "1", "--batch-size", "64", "--out", str(out)]) == 0
     meta = ClaDecResult.load(out).meta
@@ -213,18 +263,18 @@ def test_cli_train_explain_occlusion(tmp_path, fashion, capsys):
     assert (tmp_path / "x_explained.png").stat().st_size > 1000
     assert main(common + ["occlusion", "--result", str(out), "--data", f"idx:{fashion['dir']}", "--limit", "8",
                           "--out", str(tmp_path / "occ")]) == 0
-    accuracy = json.loads((tmp_path / "occ" / "occlusion.json").read_text())["accuracy"]
+    accuracy = json.loads((tmp_path / "occ" / "occlusion.json").read_text())["notes"]["accuracy"]
     # layer -1 has no spatial extent: Grad-CAM is uniform, so its min and max squares are random picks
     assert 0 <= accuracy["gradcam_min"] <= 1 and 0 <= accuracy["cladec_max"] <= 1
     capsys.readouterr()
-    # bad input: one line, exit status 2, nothing written
+    # bad input: one line, exit status 2, nothing written (`train`: the old name of `fit`, kept as an alias)
     assert main(common + ["train", "--model", MODEL, "--data", f"idx:{fashion['dir']}", "--out",
                           str(tmp_path / "bad")]) == 2
     assert "--weights" in capsys.readouterr().err
-    assert main(common + ["train", "--model", MODEL, "--weights", str(weights), "--data", f"idx:{fashion['dir']}",
+    assert main(common + ["fit", "--model", MODEL, "--weights", str(weights), "--data", f"idx:{fashion['dir']}",
                           "--layer", "-9", "--limit", "8", "--out", str(tmp_path / "bad")]) == 2
     assert "-1 .. -5" in capsys.readouterr().err
-    assert main(common + ["train", "--model", "resnet18", "--weights", str(weights), "--data", "digits",
+    assert main(common + ["fit", "--model", "resnet18", "--weights", str(weights), "--data", "digits",
                           "--out", str(tmp_path / "bad")]) == 2
     assert "not a ClaDec classifier" in capsys.readouterr().err
     assert main(common + ["explain", "--result", str(tmp_path), "--image", str(tmp_path / "x.png"),

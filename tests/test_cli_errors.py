@@ -125,7 +125,7 @@ def inputs(tmp_path_factory):
     shutil.copytree(p["www"], path("www_npz"))
     open(os.path.join(p["www_npz"], "www.npz"), "wb").write(b"\x00" * 50)
     for kind, files in (("dec", ("dec.json", "dec.npz")), ("xnn", ("xnn.json", "xnn.npz")),
-                        ("cladec", ("cladec.json", "history.json"))):
+                        ("cladec", ("cladec.json", "cladec.npz"))):
         os.makedirs(path(f"{kind}_bad"))
         for name in files:
             open(os.path.join(p[f"{kind}_bad"], name), "w").write("{")
@@ -181,9 +181,9 @@ def commands(p):
                     {"--features": "npz", "--out": "dir-out"}),
         "xnn-explain": (["xnn", "explain", "--result", p["xnn_bad"], "--image", p["image.png"], "--out", out("e")],
                         {"--result": "result:xnn", "--out": "dir-out"}),
-        "cladec-train": (["cladec", "train", "--model", "cladec_vgg", "--classifier-epochs", "1", "--epochs", "1",
-                          "--eval-epochs", "0", "--data", f"idx:{p['fashion']}", "--limit", "64", "--test-limit",
-                          "64", "--out", out("cladec")], {"--out": "dir-out"}),
+        "cladec-fit": (["cladec", "fit", "--model", "cladec_vgg", "--classifier-epochs", "1", "--epochs", "1",
+                        "--eval-epochs", "0", "--data", f"idx:{p['fashion']}", "--limit", "64", "--test-limit",
+                        "64", "--out", out("cladec")], {"--out": "dir-out"}),
         "cladec-explain": (["cladec", "explain", "--result", p["cladec_bad"], "--image", p["image.png"],
                             "--out", out("x.png")], {"--result": "result:cladec", "--out": "png-out"}),
         "cladec-occlusion": (["cladec", "occlusion", "--result", p["cladec_bad"], "--data", f"idx:{p['fashion']}",
@@ -228,7 +228,7 @@ def rows():
     out = []
     names = ["predict", "convert", "nma-probs", "nma-model", "nma-explain", "nma-explain-image", "dec-fit",
              "dec-similar", "dec-concepts", "www-concepts", "www-contributions", "www-explain", "xnn-fit",
-             "xnn-explain", "cladec-train", "cladec-explain", "cladec-occlusion", "demo"]
+             "xnn-explain", "cladec-fit", "cladec-explain", "cladec-occlusion", "demo"]
     flags = {  # the file-typed flags of each command, as in commands()
         "nma-probs": {"--from-probs": "npz"}, "nma-explain": {"--result": "result:nma"},
         "nma-explain-image": {"--image": "image"}, "dec-similar": {"--result": "result:dec"},
@@ -262,8 +262,8 @@ def rows():
         ("www-concepts", "--alpha-major", "0"), ("www-concepts", "--n-examples", "0"),
         ("www-explain", "--top-k", "-1"), ("xnn-fit", "--epochs", "0"), ("xnn-fit", "--lr", "-1"),
         ("xnn-fit", "--classes", "1,a"), ("xnn-fit", "--x-features", "0"), ("xnn-fit", "--beta", "nan"),
-        ("cladec-train", "--alpha", "1.5"), ("cladec-train", "--neurons", "5:2"), ("cladec-train", "--epochs", "0"),
-        ("cladec-train", "--decoder-widths", "64,-1"), ("cladec-occlusion", "--batch-size", "0"),
+        ("cladec-fit", "--alpha", "1.5"), ("cladec-fit", "--neurons", "5:2"), ("cladec-fit", "--epochs", "0"),
+        ("cladec-fit", "--decoder-widths", "64,-1"), ("cladec-occlusion", "--batch-size", "0"),
         ("demo", "--epochs", "0"), ("demo", "--seed", "-1"), ("predict", "--num-classes", "100"),
         ("www-contributions", "--num-classes", "7"), ("info", "--model", "no_such_model"),
         ("setup", "--target", "/proc/nltk_data"),
@@ -290,9 +290,9 @@ def rows():
     # configuration errors that would otherwise show only after the pass or the training
     for name, extra in [
         ("dec-fit", ["--eval-data", "jpeg-npz:missing.npz"]), ("dec-fit", ["--taps", "layer9"]),
-        ("dec-fit", ["--layer-weights", "1,2"]), ("cladec-train", ["--layer", "-9"]),
-        ("cladec-train", ["--neurons", "0:9999"]), ("cladec-train", ["--layer", "nolayer"]),
-        ("cladec-train", ["--decoder-widths", "64,32,16,8,4"]), ("xnn-fit", ["--variants", "srae,nope"]),
+        ("dec-fit", ["--layer-weights", "1,2"]), ("cladec-fit", ["--layer", "-9"]),
+        ("cladec-fit", ["--neurons", "0:9999"]), ("cladec-fit", ["--layer", "nolayer"]),
+        ("cladec-fit", ["--decoder-widths", "64,32,16,8,4"]), ("xnn-fit", ["--variants", "srae,nope"]),
         ("nma-probs", ["--k", "10"]), ("predict", ["--taps", "layer9"]),
     ]:
         out.append((f"{name} {' '.join(extra)}", name, ("add", *extra)))

@@ -1,8 +1,10 @@
-"""``xai-jax cladec``: train ClaDec + RefAE for a layer, explain an image, run the occlusion analysis.
+"""``xai-jax cladec``: fit ClaDec + RefAE for a layer, explain an image, run the occlusion analysis.
 
-    xai-jax cladec train --model cladec_vgg --classifier-epochs 8 --data idx:DIR --limit 5000 --layer -2 --out DIR
+    xai-jax cladec fit --model cladec_vgg --classifier-epochs 8 --data idx:DIR --limit 5000 --layer -2 --out DIR
     xai-jax cladec explain --result DIR --image FILE.png --out FILE.png
     xai-jax cladec occlusion --result DIR --data idx:DIR --limit 500 --out DIR
+
+``fit`` (alias ``train``) takes every :class:`~xai_jax.methods.cladec.ClaDecConfig` field as a flag.
 """
 
 from __future__ import annotations
@@ -11,85 +13,72 @@ import json
 import os
 
 from xai_jax.cli.common import add_sample_seed, inputs_of
-from xai_jax.cli.options import index_range, int_list, non_negative_int, positive_int, probability
+from xai_jax.cli.flags import add_config_flags, config_from_args
+from xai_jax.cli.options import non_negative_int, positive_int
 from xai_jax.errors import XaiJaxError
+from xai_jax.methods import METHODS
+from xai_jax.methods.cladec.config import ClaDecConfig
 
 DATA_HELP = ("data source KIND:PATH (idx:DIR for MNIST/Fashion-MNIST, jpeg-npz:FILE, npz:FILE, folder:DIR, "
              "digits); for idx and digits the train/test splits are taken from it")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("cladec", help="ClaDec: decode a layer's activations into images, compared with RefAE",
-                              description=__doc__.splitlines()[0])
+    p = subparsers.add_parser("cladec", help=METHODS["cladec"].summary, description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    t = sub.add_parser("train", help="train ClaDec's decoder and RefAE for one layer; write summary.json")
+    t = sub.add_parser("fit", aliases=["train"],
+                       help="train ClaDec's decoder and RefAE for one layer; write the result and summary.json")
     t.add_argument("--model", required=True, help="cladec_vgg, cladec_resnet10 (grey 32x32) or their _rgb variants")
     t.add_argument("--weights", metavar="PATH", help="the classifier to explain (xai_jax checkpoint directory)")
     t.add_argument("--classifier-epochs", type=non_negative_int, default=0,
                    help="without --weights: train the classifier first for this many epochs (saved to OUT/classifier)")
     t.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     t.add_argument("--test-data", metavar="SPEC", help="test set where --data has no test split")
-    t.add_argument("--limit", type=positive_int, help="use only the first N training images (a random N with --sample-seed)")
+    t.add_argument("--limit", type=positive_int,
+                   help="use only the first N training images (a random N with --sample-seed)")
     t.add_argument("--test-limit", type=positive_int, help="use only the first N test images (likewise)")
     add_sample_seed(t)
-    t.add_argument("--layer", default="-2", help="-1 .. -5 from the output, or a tap name (default -2)")
-    t.add_argument("--neurons", type=index_range, metavar="START:STOP", help="explain only this channel range of the layer")
-    t.add_argument("--alpha", type=probability, default=0.0, help="classification-loss weight of eq. (1) (default 0)")
-    t.add_argument("--epochs", type=positive_int, default=64, help="decoder and RefAE epochs (default 64)")
-    t.add_argument("--eval-epochs", type=non_negative_int, default=64,
-                   help="evaluation classifier epochs (0: skip the fidelity evaluation)")
-    t.add_argument("--decoder-base", type=positive_int, default=64, help="channels of the last hidden deconvolution")
-    t.add_argument("--decoder-widths", type=int_list(1), metavar="W1,W2,...", help="explicit hidden deconvolution widths")
-    t.add_argument("--reduction", choices=["sum", "mean"], default="sum", help="of the reconstruction loss")
-    t.add_argument("--no-refae", action="store_true", help="skip RefAE (no dRec, dAcc)")
-    t.add_argument("--batch-size", type=positive_int, default=128)
-    t.add_argument("--seed", type=non_negative_int, default=0)
+    fields = add_config_flags(t.add_argument_group("ClaDec"), ClaDecConfig)
     t.add_argument("--out", required=True, metavar="DIR")
-    t.set_defaults(func=train_cmd)
+    t.set_defaults(func=fit_cmd, config_fields=fields)
 
     e = sub.add_parser("explain", help="reconstruct one image with a trained result: original/RefAE/ClaDec/difference")
-    e.add_argument("--result", required=True, metavar="DIR", help="output of `xai-jax cladec train`")
+    e.add_argument("--result", required=True, metavar="DIR", help="output of `xai-jax cladec fit`")
     e.add_argument("--image", required=True, metavar="FILE")
     e.add_argument("--weights", metavar="PATH", help="classifier weights (default: the ones the result names)")
     e.add_argument("--out", required=True, metavar="FILE.png")
     e.set_defaults(func=explain_cmd)
 
     o = sub.add_parser("occlusion", help="section 6.6: accuracy when the least/most relevant square is occluded")
-    o.add_argument("--result", required=True, metavar="DIR", help="output of `xai-jax cladec train`")
+    o.add_argument("--result", required=True, metavar="DIR", help="output of `xai-jax cladec fit`")
     o.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     o.add_argument("--split", help="split of --data (default test for idx)")
     o.add_argument("--limit", type=positive_int, help="use only the first N images (a random N with --sample-seed)")
     add_sample_seed(o)
     o.add_argument("--weights", metavar="PATH", help="classifier weights (default: the ones the result names)")
-    o.add_argument("--batch-size", type=positive_int, default=64)
-    o.add_argument("--seed", type=non_negative_int, default=0)
+    o.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
+    o.add_argument("--seed", type=non_negative_int, default=0, help="breaks ties between squares (default 0)")
     o.add_argument("--out", required=True, metavar="DIR")
     o.set_defaults(func=occlusion_cmd)
-
-
-def _layer(text: str):
-    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _progress(args):
     return False if getattr(args, "quiet", False) else None
 
 
-def train_cmd(args) -> None:
+def fit_cmd(args) -> None:
     import jax
     import numpy as np
 
     from xai_jax import data, models, outputs, weights
-    from xai_jax.methods.cladec import KIND, ClaDec, ClaDecConfig, train_classifier
+    from xai_jax.methods.cladec import KIND, ClaDec, train_classifier
+    from xai_jax.methods.cladec.figures import layer_rows
     from xai_jax.models.cladec import architecture
-    from xai_jax.viz.cladec import layer_rows
     architecture(args.model)  # a ClaDec classifier, or a clear error
     spec = models.get(args.model)
-    config = ClaDecConfig(layer=_layer(args.layer), neurons=args.neurons, alpha=args.alpha,
-                          decoder_base=args.decoder_base, decoder_widths=args.decoder_widths, epochs=args.epochs,
-                          batch_size=args.batch_size, reduction=args.reduction, refae=not args.no_refae,
-                          eval_epochs=args.eval_epochs if not args.no_refae else 0, seed=args.seed)
+    # without RefAE there is no dAcc: the command skips the evaluation classifiers too
+    config = config_from_args(ClaDecConfig, args, args.config_fields, **({} if args.refae else {"eval_epochs": 0}))
     method = ClaDec(config)  # validates the values
     method.check(args.model)  # and the layer, neurons and decoder against the model, before any data is read
     if not args.weights and args.classifier_epochs < 1:
@@ -112,7 +101,7 @@ def train_cmd(args) -> None:
     else:
         images, labels = train_set.all()
         variables, classifier_info = train_classifier(args.model, images, labels, epochs=args.classifier_epochs,
-                                                      key=jax.random.key(args.seed + 100), progress=progress)
+                                                      key=jax.random.key(config.seed + 100), progress=progress)
         weights_path = os.path.join(out, "classifier")
     result = method.fit(args.model, variables, train_set, test_set, progress=progress,
                         meta={"weights": weights_path, "data": args.data, "test_data": args.test_data,
@@ -134,7 +123,8 @@ def train_cmd(args) -> None:
             weights.save_variables(os.path.join(tmp, "classifier"), variables, {"model": args.model})
     shown = {k: summary[k] for k in ("rec_loss_cladec", "rec_loss_refae", "d_rec", "acc_eval_cladec",
                                      "acc_eval_refae", "d_acc") if k in summary}
-    print(f"wrote {out}: summary.json, reconstructions.png, decoder/, refae/ ({result.tap})")
+    trained = "decoder/, refae/" if result.refae is not None else "decoder/"
+    print(f"wrote {out}: summary.json, reconstructions.png, cladec.json, cladec.npz, {trained} ({result.tap})")
     print(json.dumps(shown))
 
 
@@ -153,7 +143,7 @@ def explain_cmd(args) -> None:
 
     from xai_jax import outputs
     from xai_jax.data.sources import read_image
-    from xai_jax.viz.cladec import layer_rows
+    from xai_jax.methods.cladec.figures import layer_rows
     if not args.out.endswith(".png"):
         raise XaiJaxError(f"--out must name a .png file, got {args.out}")
     outputs.check_output(args.out, "cladec.explain", file=True, inputs=inputs_of(args, "result", "weights", "image"))
@@ -174,12 +164,10 @@ def occlusion_cmd(args) -> None:
     import jax
     import numpy as np
 
-    from xai_jax import data
+    from xai_jax import data, outputs
     from xai_jax.kernels.cladec import occlusion_masks
-    from xai_jax.methods.cladec import occlusion_analysis
-    from xai_jax.viz.cladec import occlusion_rows
-    from xai_jax import outputs
-    from xai_jax.methods.cladec import OCCLUSION_KIND
+    from xai_jax.methods.cladec import OCCLUSION_KIND, occlusion_analysis
+    from xai_jax.methods.cladec.figures import occlusion_rows
     outputs.check_output(args.out, OCCLUSION_KIND, inputs=inputs_of(args, "result", "weights", "data"))
     result, variables = _result_and_weights(args)
     source = data.open_source(args.data, split=args.split or data.split_if_any(args.data, "test"), limit=args.limit,

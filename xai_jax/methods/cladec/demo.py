@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xai_jax.demo.context import DemoContext
-from xai_jax.viz.report import Report
+if TYPE_CHECKING:
+    from xai_jax.demo.context import DemoContext
+    from xai_jax.viz.report import Report
 
 # The demo CNN's taps explained, input side first: a 4x4x64 map and the 128-unit dense layer.
 TAPS = ("conv3", "fc")
@@ -17,7 +19,7 @@ EPOCHS = 6
 def section(report: Report, context: DemoContext) -> dict:
     """ClaDec + RefAE for two taps of the demo CNN (a few epochs each), reconstructions and their losses."""
     from xai_jax.methods.cladec import ClaDec, ClaDecConfig
-    from xai_jax.viz.cladec import layer_rows
+    from xai_jax.methods.cladec.figures import layer_rows
     start = time.perf_counter()
     results = []
     for i, tap in enumerate(TAPS):

@@ -1,0 +1,139 @@
+"""ClaDec's passes over data: the explained layer's activations, reconstructions, the classifier's accuracy.
+
+Each jitted function is built once per static argument set (``lru_cache`` on model, tap, neuron range and
+decoder module), so a second pass over other data of the same shapes reuses the compiled program.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xai_jax import engine, models
+from xai_jax.data.base import Source
+from xai_jax.models.cladec import Decoder, refae_apply
+
+if TYPE_CHECKING:
+    from xai_jax.methods.cladec.result import ClaDecResult
+
+
+def to_unit(spec, images: jax.Array) -> jax.Array:
+    """Images at the model's input size with pixels in [0, 1]: the targets the decoders reconstruct."""
+    mean = jnp.asarray(spec.mean, jnp.float32)
+    std = jnp.asarray(spec.std, jnp.float32)
+    return models.preprocess(spec, images) * std + mean
+
+
+def select_neurons(code, neurons: tuple[int, int] | None):
+    """Channels ``[start, stop)`` of a code (its last axis), or the whole code for ``None``."""
+    return code if neurons is None else code[..., neurons[0]:neurons[1]]
+
+
+def apply_chunked(fn, arrays: Mapping[str, np.ndarray], chunk: int = 256) -> dict[str, np.ndarray]:
+    """Applies a jitted ``fn(dict of arrays) -> dict of arrays`` to fixed-size chunks (the last one padded, so it
+    compiles once) and concatenates the valid rows."""
+    n = len(next(iter(arrays.values())))
+    chunk = max(1, min(chunk, n))
+    outs = []
+    for start in range(0, n, chunk):
+        part = {k: np.asarray(v[start:start + chunk]) for k, v in arrays.items()}
+        valid = len(next(iter(part.values())))
+        if valid < chunk:
+            part = {k: np.concatenate([v, np.repeat(v[-1:], chunk - valid, 0)]) for k, v in part.items()}
+        outs.append(jax.tree.map(lambda a: np.asarray(a)[:valid], fn(part)))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_forward(model: str):
+    # one jit per model: a jit built per call would compile again for every accuracy asked for
+    return jax.jit(models.make_forward(model))
+
+
+def classifier_accuracy(model: str, variables, images: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of the classifier ``model`` on ``images`` (uint8 or [0, 1] floats)."""
+    forward = _jitted_forward(model)
+    logits = apply_chunked(lambda b: forward(b["images"], variables)["logits"], {"images": images})
+    return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))
+
+
+@functools.lru_cache(maxsize=None)
+def _activation_fn(model: str, tap: str):
+    spec = models.get(model)
+    forward = models.make_forward(model, (tap,))
+
+    def fn(batch, variables):
+        return {"x": to_unit(spec, batch["images"]), "code": forward(batch["images"], variables)[tap],
+                "labels": batch["labels"]}
+
+    return fn
+
+
+def layer_activations(model: str, variables, source: Source, tap: str, *, batch_size: int = 256,
+                      progress: bool | None = None) -> dict[str, np.ndarray]:
+    """One pass over ``source``.
+
+    Returns:
+      ``{"x": targets in [0, 1] at the model's input size, "code": the tap, "labels"}`` (NumPy).
+    """
+    return engine.collect(engine.map_batches(_activation_fn(model, tap), source, variables, batch_size=batch_size,
+                                             desc=f"{tap} activations", progress=progress))
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_fn(model: str, tap: str, neurons, decoder: Decoder, with_refae: bool):
+    spec = models.get(model)
+    encoder = spec.module()
+    mean = jnp.asarray(spec.mean, jnp.float32)
+    std = jnp.asarray(spec.std, jnp.float32)
+
+    @jax.jit
+    def fn(batch, decoder_vars, refae_vars):
+        out = {"cladec": decoder.apply(decoder_vars, batch["code"])}
+        if with_refae:
+            out["refae"] = refae_apply(encoder, decoder, tap, refae_vars, (batch["x"] - mean) / std,
+                                       neurons=neurons)[0]
+        return out
+
+    return fn
+
+
+def reconstruct_codes(result: ClaDecResult, acts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Reconstructions of stored activations.
+
+    Args:
+      result: the trained decoder (and RefAE).
+      acts: :func:`layer_activations` output (the whole layer; the result's neuron range is taken here).
+
+    Returns:
+      ``{"cladec": ..., "refae": ... (if trained)}``, images in [0, 1].
+    """
+    fn = _decode_fn(result.model, result.tap, result.config.neurons, result.decoder_module,
+                    result.refae is not None)
+    return apply_chunked(lambda b: fn(b, result.decoder, result.refae),
+                         {"code": select_neurons(acts["code"], result.config.neurons), "x": acts["x"]})
+
+
+@functools.lru_cache(maxsize=None)
+def reconstruct_fn(model: str, tap: str, neurons, decoder: Decoder, with_refae: bool):
+    """``fn(images, classifier, decoder_vars, refae_vars) -> {"x", "cladec", "refae" (if trained), "logits"}``,
+    jitted: raw images through the classifier to ``tap`` and back through the decoder (and through RefAE)."""
+    spec = models.get(model)
+    forward = models.make_forward(model, (tap,))
+    encoder = spec.module()
+
+    @jax.jit
+    def fn(images, variables, decoder_vars, refae_vars):
+        out = forward(images, variables)
+        result = {"x": to_unit(spec, images), "cladec": decoder.apply(decoder_vars, select_neurons(out[tap], neurons)),
+                  "logits": out["logits"]}
+        if with_refae:
+            result["refae"] = refae_apply(encoder, decoder, tap, refae_vars, models.preprocess(spec, images),
+                                          neurons=neurons)[0]
+        return result
+
+    return fn
