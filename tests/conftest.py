@@ -80,3 +80,21 @@ def snapshot(root, contents: bool = False) -> dict:
                 found[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
     return found
 
+
+
+@pytest.fixture(scope="session")
+def demo_out(tmp_path_factory) -> pathlib.Path:
+    """The folder of one ``xai-jax demo`` run (the digits CNN and every method's result in ``<method>/``),
+    shared by the tests that read it."""
+    from xai_jax import cli
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    previous = os.environ.get("NLTK_DATA")
+    os.environ["NLTK_DATA"] = str(shared_path("nltk_data"))
+    try:
+        assert cli.main(["--quiet", "demo", "--out", str(out)]) == 0
+    finally:
+        if previous is None:
+            os.environ.pop("NLTK_DATA")
+        else:
+            os.environ["NLTK_DATA"] = previous
+    return out

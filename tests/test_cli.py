@@ -101,11 +101,8 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, cifar, chang
     assert os.listdir(tmp_path) == []
 
 
-def test_demo_trains_explains_and_writes_report_summary_and_model(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("NLTK_DATA", str(shared_path("nltk_data")))
-    out_dir = tmp_path / "demo"
-    code, out, _ = run(capsys, "--quiet", "demo", "--out", str(out_dir))
-    assert code == 0
+def test_demo_trains_explains_and_writes_report_summary_model_and_results(demo_out):
+    out_dir = demo_out
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.95
     assert summary["model"]["taps"]["conv2"] == [8, 8, 64]
@@ -118,6 +115,10 @@ def test_demo_trains_explains_and_writes_report_summary_and_model(capsys, tmp_pa
     variables = weights.load(models.get("small_cnn"), str(out_dir / "model"))
     counts = evaluation.confusion_counts("small_cnn", variables, DigitsSource("test"), progress=False)
     assert np.trace(counts) / counts.sum() == pytest.approx(summary["test_accuracy"])
+    from xai_jax.methods import METHODS
+    assert sorted(summary["methods"]) == sorted(METHODS)
+    for name, method in METHODS.items():
+        method.result_type.load(out_dir / name)  # every method's fitted result, ready for its other commands
 
 
 def test_console_script_runs_as_a_program():

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
                         f"(default {default_variant})")
     f.add_argument("--classes", type=int_list(0), help="comma-separated class indices to explain (default all)")
     # `variant` is no flag: fit() sets it per --variants entry
-    fields = add_config_flags(f, XNNConfig, skip=("variant",))
+    fields = add_config_flags(f, XNNConfig)
     f.add_argument("--orthogonality-images", type=positive_int, default=512,
                    help="images whose heatmaps give O1/O2 (with --model; default 512)")
     f.add_argument("--out", required=True, metavar="DIR")

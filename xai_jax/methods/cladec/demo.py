@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from xai_jax.results import Result
     from xai_jax.demo.context import DemoContext
     from xai_jax.viz.report import Report
 
@@ -16,7 +17,7 @@ TAPS = ("conv3", "fc")
 EPOCHS = 6
 
 
-def section(report: Report, context: DemoContext) -> dict:
+def section(report: Report, context: DemoContext) -> tuple[dict, Result]:
     """ClaDec + RefAE for two taps of the demo CNN (a few epochs each), reconstructions and their losses."""
     from xai_jax.methods.cladec import ClaDec, ClaDecConfig
     from xai_jax.methods.cladec.figures import layer_rows
@@ -45,4 +46,4 @@ def section(report: Report, context: DemoContext) -> dict:
                              [str(int(y)) for y in labels]),
                   "original, then per tap RefAE, ClaDec and their difference (red: RefAE brighter)")
     report.table(rows)
-    return summary
+    return summary, results[-1]

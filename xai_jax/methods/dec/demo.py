@@ -4,16 +4,20 @@ concepts."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xai_jax.demo.context import DemoContext
 from xai_jax.viz.report import Report
 
+if TYPE_CHECKING:
+    from xai_jax.results import Result
+
 TAPS = ("pool2", "conv3", "fc")
 
 
-def section(report: Report, context: DemoContext) -> dict:
+def section(report: Report, context: DemoContext) -> tuple[dict, Result]:
     """Fits the surrogate on the training digits (3 layers, 10 clusters each) and scores it on the test digits.
 
     Args:
@@ -67,4 +71,4 @@ def section(report: Report, context: DemoContext) -> dict:
                   "concepts of layer fc: the training digits nearest each centroid (paper figures 4, 5)")
     return {"seconds": round(seconds, 2), "taps": list(TAPS), "surrogate_accuracy": scores["surrogate_accuracy"],
             "fidelity": scores["fidelity"], "baseline_accuracy": scores["baseline_accuracy"],
-            "layers": scores["layers"]}
+            "layers": scores["layers"]}, result

@@ -10,11 +10,12 @@ import numpy as np
 from xai_jax.errors import XaiJaxError
 
 if TYPE_CHECKING:
+    from xai_jax.results import Result
     from xai_jax.demo.context import DemoContext
     from xai_jax.viz.report import Report
 
 
-def section(report: Report, context: DemoContext) -> dict:
+def section(report: Report, context: DemoContext) -> tuple[dict, Result]:
     """Near-miss analysis of the demo CNN on the test digits: dendrogram, names, an explanation, phi(M)."""
     from xai_jax.methods.nma.figures import dendrogram
     from xai_jax.methods.nma.passes import NearMissAnalysis
@@ -51,4 +52,4 @@ def section(report: Report, context: DemoContext) -> dict:
     else:
         summary["note"] = "no WordNet: clusters unnamed (xai-jax setup wordnet)"
         report.paragraph(f"Concept names need WordNet ({reason})")
-    return summary
+    return summary, result

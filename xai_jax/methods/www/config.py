@@ -17,7 +17,7 @@ KIND, EXPLANATION_KIND = "www", "www.explanation"
 CONCEPT_FIELDS = ("n_examples", "alpha_major", "alpha_minor", "max_concepts", "crop_fraction", "prompt", "template",
                   "neuron_chunk")
 CONTRIBUTION_FIELDS = ("contribution", "class_by")
-EXPLAIN_FIELDS = ("top_k",)
+EXPLAIN_FIELDS = ("top_k", "percentile")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xai_jax.demo.context import DemoContext
 from xai_jax.viz.report import Report
 
+if TYPE_CHECKING:
+    from xai_jax.results import Result
 
-def section(report: Report, context: DemoContext) -> dict:
+
+def section(report: Report, context: DemoContext) -> tuple[dict, Result]:
     """Class contributions of the ``pool`` neurons on the training digits, explanations of test digits with
     concept maps from ``conv3``, and heatmap similarity vs maximum softmax probability for catching mistakes."""
     from xai_jax.methods.www import WWW, rejection_analysis
@@ -52,4 +56,4 @@ def section(report: Report, context: DemoContext) -> dict:
                "concepts": "not run: concept discovery needs CLIP weights (xai-jax www concepts --clip PATH)"}
     report.table([{"score": "heatmap similarity", "AUROC for mistakes": summary["auroc_heatmap_similarity"]},
                   {"score": "max softmax probability", "AUROC for mistakes": summary["auroc_max_softmax"]}])
-    return summary
+    return summary, result

@@ -47,7 +47,7 @@ class XNNConfig:
     tap: str = "pool"
     num_x_features: int = C.option(5, low=1, flag="--x-features")
     hidden: tuple[int, ...] = C.option((800, 100), low=1)
-    variant: str = C.option("srae", choices=VARIANTS)
+    variant: str = C.option("srae", choices=VARIANTS, command_line=False)  # xai-jax xnn fit --variants A,B
     q: float = C.option(DEFAULT_Q, low=0.0, low_open=True)
     beta: float = C.option(DEFAULT_BETA, low=0.0)
     eta: float = C.option(DEFAULT_ETA, low=0.0)

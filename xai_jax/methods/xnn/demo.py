@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from xai_jax.results import Result
     from xai_jax.demo.context import DemoContext
     from xai_jax.viz.report import Report
 
@@ -17,7 +18,7 @@ HIDDEN = (128, 32)
 EPOCHS = 10
 
 
-def section(report: Report, context: DemoContext) -> dict:
+def section(report: Report, context: DemoContext) -> tuple[dict, Result]:
     """SRAE explainers of the 10 digit logits (tap ``pool``): faithfulness, orthogonality, figure 8.
 
     (NN and the other baselines are left out to stay within the section's time budget; the comparison is
@@ -51,4 +52,4 @@ def section(report: Report, context: DemoContext) -> dict:
     summary = {"seconds": round(seconds, 2)}
     for row in table:
         summary[row["method"]] = {k: v for k, v in row.items() if k != "method"}
-    return summary
+    return summary, results["srae"]
