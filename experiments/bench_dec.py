@@ -112,8 +112,8 @@ def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int,
                        update_interval=140, max_dec_steps=140 * refreshes, batch_size=256)
     params = MLP((E,)).init(jax.random.key(1), jnp.zeros((1, E)))["params"]
     layer = {"encoder": params, "norm": {"mean": jnp.zeros(E), "scale": jnp.ones(())}}
-    from xai_jax.methods.dec import _blocked_rows, _embed_block
-    z = _blocked_rows(lambda b: _embed_block((), E, 8.0)(layer, b), x)
+    from xai_jax.methods.dec import _embed_rows
+    z = _embed_rows((), E, 8.0, layer, x)
     centroids, _, _ = kmeans(jnp.asarray(z), k, jax.random.key(2), n_init=5)
     centroids = np.asarray(centroids)
 

@@ -139,9 +139,9 @@ def test_save_load_round_trip(mixture_fit, tmp_path):
     # the encoders come back: embedding raw activations with the loaded ones gives the stored bank
     x, _ = _mixture()
     c = loaded.config
-    embed = dec._embed_block(tuple(c.hidden), c.embedding_size, float(c.radius))
-    np.testing.assert_allclose(np.asarray(embed(jax.tree.map(np.asarray, loaded.layers["fc"]), x)),
-                               result.train_embeddings[0], atol=1e-4)
+    embedded = dec._embed_rows(tuple(c.hidden), c.embedding_size, float(c.radius),
+                               jax.tree.map(np.asarray, loaded.layers["fc"]), x)
+    np.testing.assert_allclose(embedded, result.train_embeddings[0], atol=1e-4)
     with pytest.raises(XaiJaxError, match="not a DEC surrogate"):
         DECResult.load(tmp_path)
 

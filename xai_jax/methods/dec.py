@@ -210,22 +210,19 @@ def _dec_steps(hidden: tuple[int, ...], embedding: int, radius: float, alpha: fl
 
 
 @functools.lru_cache(maxsize=None)
-def _embed_block(hidden: tuple[int, ...], embedding: int, radius: float):
-    return jax.jit(lambda layer, x: _encode(hidden, embedding, radius, layer, x))
+def _embed_rows_fn(hidden: tuple[int, ...], embedding: int, radius: float):
+    """``fn({"x": [c, d]}, layer) -> [c, e]`` for :func:`engine.map_arrays`, one object per architecture."""
+    def fn(rows, layer):
+        return _encode(hidden, embedding, radius, layer, rows["x"])
+
+    return fn
 
 
-def _blocked_rows(fn, x: np.ndarray, block: int = 4096) -> np.ndarray:
-    """``fn`` over row blocks of a host array (one compiled shape: the last block is padded)."""
-    n = len(x)
-    block = min(block, n)
-    out = []
-    for start in range(0, n, block):
-        piece = x[start:start + block]
-        valid = len(piece)
-        if valid < block:
-            piece = np.concatenate([piece, np.zeros((block - valid,) + piece.shape[1:], piece.dtype)])
-        out.append(np.asarray(fn(piece))[:valid])
-    return np.concatenate(out)
+def _embed_rows(hidden: tuple[int, ...], embedding: int, radius: float, layer, x: np.ndarray,
+                chunk: int = 4096) -> np.ndarray:
+    """Sphere-projected embeddings ``[n, e]`` of host activations ``[n, d]`` (any float dtype), ``chunk`` rows
+    per call: the float16 store is never converted whole, and every call reuses one compiled program."""
+    return engine.map_arrays(_embed_rows_fn(hidden, embedding, radius), {"x": x}, layer, chunk=chunk)
 
 
 # --- the result ------------------------------------------------------------------------------------------------
@@ -551,8 +548,7 @@ class ActivationClusteringSurrogate:
             pretrain_losses = [h["loss"] for h in hist.train]
         layer = {"encoder": state.params["encoder"], "norm": norm}
 
-        embed = _embed_block(hidden, e, float(c.radius))
-        z = _blocked_rows(lambda b: embed(layer, b), x)
+        z = _embed_rows(hidden, e, float(c.radius), layer, x)
         mu, _, _ = kmeans(jnp.asarray(z), c.clusters, kmeans_key, n_init=c.kmeans_inits)
 
         layer, z, centroids, dec_history = dec_refine(c, layer, x, z, mu, dec_key)
@@ -598,7 +594,6 @@ def dec_refine(config: DECConfig, layer: dict, x: np.ndarray, z: np.ndarray, cen
     n = len(x)
     hidden, e = tuple(c.hidden), c.embedding_size
     norm = layer["norm"]
-    embed = _embed_block(hidden, e, float(c.radius))
     dec_optimizer, run = _dec_steps(hidden, e, float(c.radius), float(c.alpha), float(c.dec_learning_rate))
     params = {"encoder": jax.tree.map(jnp.array, layer["encoder"]), "centroids": jnp.array(centroids)}
     opt_state = dec_optimizer.init(params)
@@ -615,7 +610,7 @@ def dec_refine(config: DECConfig, layer: dict, x: np.ndarray, z: np.ndarray, cen
         steps += c.update_interval
         kl.append(float(jnp.mean(losses)))
         layer = {"encoder": params["encoder"], "norm": norm}
-        z = _blocked_rows(lambda b: embed(layer, b), x)
+        z = _embed_rows(hidden, e, float(c.radius), layer, x)
         q = jnp.exp(log_soft_assignment(z, params["centroids"], c.alpha))
         new = np.asarray(jnp.argmax(q, -1))
         changed.append(float(np.mean(new != assigned)))

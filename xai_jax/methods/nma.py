@@ -34,8 +34,8 @@ from xai_jax import engine
 from xai_jax.data.base import Source
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels.floyd_warshall import floyd_warshall, floyd_warshall_auto
-from xai_jax.kernels.near_miss import (MODES, SYMMETRIZE, connection_weights, fill_disconnected, near_miss_init,
-                                       near_miss_matrix, near_miss_update)
+from xai_jax.kernels.near_miss import (MODES, SYMMETRIZE, NearMissState, connection_weights, fill_disconnected,
+                                       near_miss_init, near_miss_matrix, near_miss_update)
 from xai_jax.outputs import atomic_dir, save_npz, write_files
 from xai_jax.readers import read_json, read_npz, reading
 
@@ -398,8 +398,9 @@ class NearMissAnalysis:
         self.config = config or NMAConfig()
 
     def accumulate(self, model: str, variables: Any, source: Source, *, num_classes: int | None = None,
-                   batch_size: int = 256, compute_dtype: str | None = None, progress: bool | None = None) -> dict:
-        """The streamed pass of a backbone over ``source``: near-miss sums, events and counts on device."""
+                   batch_size: int = 256, compute_dtype: str | None = None,
+                   progress: bool | None = None) -> NearMissState:
+        """The streamed pass of a backbone over ``source``: near-miss sums, events and counts, fetched to the host."""
         from xai_jax.models import get
         classes = num_classes or get(model).num_classes
         self.config.validate(classes)
@@ -411,7 +412,7 @@ class NearMissAnalysis:
         return jax.device_get(state)
 
     def accumulate_scores(self, scores: np.ndarray, labels: np.ndarray, *, from_logits: bool = False,
-                          batch_size: int = 8192, progress: bool | None = None) -> dict:
+                          batch_size: int = 8192, progress: bool | None = None) -> NearMissState:
         """The same pass over precomputed probabilities (or logits) ``[N, C]``."""
         scores, labels = np.asarray(scores, np.float32), np.asarray(labels)
         check_scores(scores, labels, from_logits)
@@ -438,22 +439,29 @@ class NearMissAnalysis:
         state = self.accumulate_scores(scores, labels, from_logits=from_logits, progress=progress)
         return self.from_state(state, class_names, synsets=synsets, dataset=dataset, names=names, meta=meta)
 
-    def from_state(self, state: Mapping[str, np.ndarray], class_names: Sequence[str], *, synsets=None,
-                   dataset: str | None = None, names: bool = True, meta: dict | None = None) -> NMAResult:
+    def from_state(self, state: NearMissState | Mapping[str, np.ndarray], class_names: Sequence[str], *,
+                   synsets=None, dataset: str | None = None, names: bool = True,
+                   meta: dict | None = None) -> NMAResult:
         """The connection graph, shortest paths, linkage and names from accumulated near-miss statistics.
 
         Args:
-          state: from :meth:`accumulate` / :meth:`accumulate_scores`.
+          state: from :meth:`accumulate` / :meth:`accumulate_scores`, or a mapping with its fields (``sums``,
+            ``events``, ``counts``), e.g. the arrays of a file saved from ``state._asdict()``.
           class_names: one per label.
           synsets: a label -> synset table (JSON path or mapping), as :func:`naming.hierarchy.label_synsets` takes.
           dataset: name of a packaged table (cifar10, cifar100, mnist, fashion_mnist, imagenet).
           names: ``False`` skips WordNet naming (no synsets needed).
         """
+        if isinstance(state, Mapping):
+            missing = [f for f in NearMissState._fields if f not in state]
+            if missing:
+                raise XaiJaxError(f"near-miss statistics without {', '.join(missing)}")
+            state = NearMissState(**{f: state[f] for f in NearMissState._fields})
         c = self.config
         num_classes = len(class_names)
         c.validate(num_classes)
         p = np.asarray(near_miss_matrix(state))
-        weights = connection_weights(jnp.asarray(p), jnp.asarray(state["events"]), t=c.t, symmetrize=c.symmetrize,
+        weights = connection_weights(jnp.asarray(p), jnp.asarray(state.events), t=c.t, symmetrize=c.symmetrize,
                                      mode=c.edge_weight)
         shortest = floyd_warshall_auto(weights) if c.block_size is None else floyd_warshall(weights, block_size=c.block_size)
         distances = np.asarray(fill_disconnected(shortest), np.float64)
@@ -475,7 +483,7 @@ class NearMissAnalysis:
             for members in nodes[num_classes:]:
                 auto_names[cluster_id(members)] = hierarchy.cluster_name([resolved[m] for m in sorted(members)])
         return NMAResult(class_names=list(class_names), synsets=synset_names, p=p,
-                         events=np.asarray(state["events"]), counts=np.asarray(state["counts"]),
+                         events=np.asarray(state.events), counts=np.asarray(state.counts),
                          distances=distances, linkage=linkage, names=auto_names, config=c, meta=dict(meta or {}))
 
 

@@ -324,6 +324,18 @@ def _class_step(model: str, tap: str, num_classes: int | None, mode: str, class_
 
 
 @functools.lru_cache(maxsize=None)
+def _select_fn(max_concepts: int):
+    """``fn({"embeddings": [c, D]}, (concepts, template, alpha)) -> select_concepts dict`` for
+    :func:`engine.map_arrays`, rows = neurons; alpha is traced, so major and minor share the program."""
+    def fn(rows, params):
+        concept_embeddings, template_embedding, alpha = params
+        scores = K.adaptive_cosine_scores(rows["embeddings"], concept_embeddings, template_embedding)
+        return K.select_concepts(scores, alpha, max_concepts)
+
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
 def _sample_contributions_fn(model: str, tap: str, num_classes: int | None, mode: str, tap_shape: tuple,
                              given_classes: bool):
     """``fn(images, variables, classes) -> w [B, U]``, jitted once: the classes are an argument, not a constant."""
@@ -449,7 +461,7 @@ class WWW:
         state = engine.run(step, K.topn_init(self.tap_shape[-1], n), source, self.variables, batch_size=batch_size,
                            desc="WWW probe", progress=progress)
         state = jax.device_get(state)
-        self.result.topn_indices, self.result.topn_values = np.asarray(state["indices"]), np.asarray(state["values"])
+        self.result.topn_indices, self.result.topn_values = np.asarray(state.indices), np.asarray(state.values)
         return self.result.topn_indices, self.result.topn_values
 
     def fit_concepts(self, probe_source: Source, clip_model, concepts: Sequence[str], *, minor: bool = True,
@@ -536,10 +548,10 @@ class WWW:
                 raise XaiJaxError(f"{activations.shape[0]} probe images; WWW needs at least n_examples = {n}")
             state = K.topn_update(K.topn_init(activations.shape[-1], n), activations,
                                   np.arange(activations.shape[0]), np.ones(activations.shape[0], bool))
-            topn_indices = np.asarray(state["indices"])
+            topn_indices = np.asarray(state.indices)
             if keep_topn:
                 self.result_or_new(activations.shape[-1]).topn_indices = topn_indices
-                self.result.topn_values = np.asarray(state["values"])
+                self.result.topn_values = np.asarray(state.values)
         topn_indices = np.asarray(topn_indices)
         if topn_indices.ndim != 2 or topn_indices.min() < 0 or topn_indices.max() >= image_embeddings.shape[0]:
             raise XaiJaxError(f"top-n indices must be [n, neurons] rows of the {image_embeddings.shape[0]} image "
@@ -557,7 +569,7 @@ class WWW:
             if crop_embeddings.shape[0] != units or crop_embeddings.shape[2] != dim:
                 raise XaiJaxError(f"crop embeddings must be [{units} neurons, crops, {dim}]; "
                                   f"got {crop_embeddings.shape}")
-            crop_means = jnp.mean(K._normalise(jnp.asarray(crop_embeddings)), axis=1)
+            crop_means = jnp.mean(K.l2_normalise(jnp.asarray(crop_embeddings)), axis=1)
             result.minor = self._select(crop_means, concept_embeddings, template_embedding, c.alpha_minor)
         result.concept_names = list(concepts)
         return result
@@ -570,12 +582,8 @@ class WWW:
     def _select(self, neuron_emb, concept_embeddings, template_embedding, alpha) -> dict:
         """Scores and selects in blocks of neurons so that a [U, 82k] matrix never has to exist at once."""
         c = self.config
-        parts = []
-        for start in range(0, neuron_emb.shape[0], c.neuron_chunk):
-            block = neuron_emb[start:start + c.neuron_chunk]
-            scores = K.adaptive_cosine_scores(block, concept_embeddings, template_embedding)
-            parts.append(jax.device_get(K.select_concepts(scores, alpha, c.max_concepts)))
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return engine.map_arrays(_select_fn(c.max_concepts), {"embeddings": neuron_emb},
+                                 (concept_embeddings, template_embedding, np.float32(alpha)), chunk=c.neuron_chunk)
 
     # --- why ---
 
@@ -589,7 +597,7 @@ class WWW:
                            batch_size=batch_size, desc="WWW class contributions", progress=progress)
         state = jax.device_get(state)
         self.result.class_contributions = np.asarray(K.class_means(state))
-        self.result.class_counts = np.asarray(state["counts"])
+        self.result.class_counts = np.asarray(state.counts)
         if self.result.class_names is None and len(source.class_names) == self.num_outputs:
             self.result.class_names = list(source.class_names)
         return self.result
@@ -710,11 +718,23 @@ def clip_dissect(activations, image_embeddings, concept_embeddings, *, top_k: in
     if activations.ndim == 4:
         activations = activations.mean(axis=(1, 2))
     top_k = min(top_k, activations.shape[0])
-    similarity = K._normalise(jnp.asarray(image_embeddings, jnp.float32)) @ K._normalise(
+    similarity = K.l2_normalise(jnp.asarray(image_embeddings, jnp.float32)) @ K.l2_normalise(
         jnp.asarray(concept_embeddings, jnp.float32)).T
-    parts = [K.soft_wpmi_log_p_given_e(similarity, activations[:, s:s + neuron_chunk], top_k, a, p_start, p_end)
-             for s in range(0, activations.shape[1], neuron_chunk)]
-    return np.asarray(K.soft_wpmi_from_log_p(jnp.concatenate(parts), lam))
+    log_p_given_e = engine.map_arrays(_log_p_given_e_fn(top_k), {"activations": activations.T},
+                                      (similarity, np.float32(a), np.float32(p_start), np.float32(p_end)),
+                                      chunk=neuron_chunk)
+    return np.asarray(K.soft_wpmi_from_log_p(log_p_given_e, lam))
+
+
+@functools.lru_cache(maxsize=None)
+def _log_p_given_e_fn(top_k: int):
+    """``fn({"activations": [c, P]}, (similarity, a, p_start, p_end)) -> [c, M]`` for :func:`engine.map_arrays`:
+    the rows are neurons, and only ``top_k`` (a shape) selects the program."""
+    def fn(rows, params):
+        similarity, a, p_start, p_end = params
+        return K.soft_wpmi_log_p_given_e(similarity, rows["activations"].T, top_k, a, p_start, p_end)
+
+    return fn
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
