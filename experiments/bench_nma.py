@@ -35,8 +35,8 @@ from benchutil import median_seconds
 from xai_jax import engine
 from xai_jax.data import Batches
 from xai_jax.data.base import Source
-from xai_jax.kernels.floyd_warshall import _blocked, floyd_warshall
-from xai_jax.kernels.near_miss import near_miss_init, near_miss_update
+from xai_jax.kernels.floyd_warshall import floyd_warshall
+from xai_jax.kernels.near_miss import NearMissState, near_miss_init, near_miss_update
 
 BLOCK = 32  # the block size the sweep below picks on this CPU
 
@@ -118,7 +118,7 @@ def bench_floyd_warshall(sizes, quick: bool) -> None:
 
     # Memory of the ImageNet-21k case, from the compiled program alone (nothing is allocated).
     n = 21_841
-    compiled = _blocked.lower(jax.ShapeDtypeStruct((n, n), jnp.float32), BLOCK).compile()
+    compiled = floyd_warshall.lower(jax.ShapeDtypeStruct((n, n), jnp.float32), block_size=BLOCK).compile()
     memory = compiled.memory_analysis()
     gib = {key: getattr(memory, f"{key}_size_in_bytes") / 2**30 for key in ("argument", "output", "temp")}
     print(f"\nC = 21,841, blocked b={BLOCK}, float32, compiled only: argument {gib['argument']:.2f} GiB, "
@@ -167,9 +167,9 @@ def numpy_near_miss_update(state, probs, labels, mask, k=3, t=1e-6):
     counted = mask & (probs.argmax(1) == labels)
     near = counted[:, None] & (top != labels[:, None]) & (top_p >= t)
     rows = np.broadcast_to(labels[:, None], top.shape)
-    np.add.at(state["sums"], (rows[near], top[near]), top_p[near])
-    np.add.at(state["events"], (rows[near], top[near]), 1)
-    np.add.at(state["counts"], labels[counted], 1)
+    np.add.at(state.sums, (rows[near], top[near]), top_p[near])
+    np.add.at(state.events, (rows[near], top[near]), 1)
+    np.add.at(state.counts, labels[counted], 1)
 
 
 def peak_rss_mib() -> float:
@@ -189,7 +189,7 @@ def bench_accumulation(sizes, num_classes: int, batch_size: int) -> None:
         state = engine.run(near_miss_step, near_miss_init(num_classes), Batches(source, batch_size), progress=False)
         seconds = time.perf_counter() - start
         after = peak_rss_mib()
-        counted = int(np.asarray(state["counts"]).sum())
+        counted = int(np.asarray(state.counts).sum())
         print(f"| {n:,} | {seconds:.1f} | {n / seconds:,.0f} | {before:,.0f} | {after:,.0f} | {counted:,} |",
               flush=True)
 
@@ -204,15 +204,16 @@ def bench_accumulation(sizes, num_classes: int, batch_size: int) -> None:
         box["state"] = kernel(box["state"], *device, k=3)
         jax.block_until_ready(box["state"])
 
-    numpy_state = {"sums": np.zeros((num_classes, num_classes), np.float32),
-                   "events": np.zeros((num_classes, num_classes), np.int32),
-                   "counts": np.zeros(num_classes, np.float32)}
+    # NumPy arrays in the kernel's state type: np.add.at updates them in place.
+    numpy_state = NearMissState(sums=np.zeros((num_classes, num_classes), np.float32),
+                                events=np.zeros((num_classes, num_classes), np.int32),
+                                counts=np.zeros(num_classes, np.float32))
     t_jax = median_seconds(jax_update, 10)
     t_numpy = median_seconds(lambda: numpy_near_miss_update(numpy_state, probs, labels, mask), 10)
     check = near_miss_update(near_miss_init(num_classes), *device, k=3)
-    reference = {key: np.zeros_like(v) for key, v in numpy_state.items()}
+    reference = NearMissState(*(np.zeros_like(v) for v in numpy_state))
     numpy_near_miss_update(reference, probs, labels, mask)
-    agree = all(np.allclose(np.asarray(check[key]), reference[key], rtol=1e-6) for key in reference)
+    agree = all(np.allclose(np.asarray(a), b, rtol=1e-6) for a, b in zip(check, reference))
     print(f"\nBare update of one {batch_size:,}-image batch (median of 10): JAX {1e3 * t_jax:.1f} ms "
           f"({batch_size / t_jax:,.0f} img/s), NumPy argpartition + add.at {1e3 * t_numpy:.1f} ms "
           f"({batch_size / t_numpy:,.0f} img/s): {t_numpy / t_jax:.1f}x; same sums, events and counts: {agree}.")

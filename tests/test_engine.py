@@ -77,6 +77,103 @@ def test_batch_size_rounds_to_device_count():
     assert engine.round_batch_size(5) >= 5
 
 
+# --- map_arrays: host arrays in padded, sharded chunks -------------------------------------------------------
+
+def scaled_row_stats(rows, params):
+    """Row-wise: each image's mean times ``params`` and its label plus one, so params and both arrays flow in."""
+    return {"mean": rows["images"].astype(jnp.float32).mean(axis=(1, 2)) * params, "next": rows["labels"] + 1}
+
+
+def host_rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"images": rng.integers(0, 256, size=(n, 5, 3), dtype=np.uint8),
+            "labels": rng.integers(0, NUM_CLASSES, size=n).astype(np.int32)}
+
+
+@pytest.mark.parametrize("n", [1, 127, 128, 129, 1000])
+def test_map_arrays_matches_numpy_on_awkward_sizes(n):
+    rows = host_rows(n, seed=n)
+    out = engine.map_arrays(scaled_row_stats, rows, np.float32(2.0), chunk=128)
+    assert set(out) == {"mean", "next"} and all(isinstance(v, np.ndarray) for v in out.values())
+    np.testing.assert_allclose(out["mean"], rows["images"].astype(np.float64).mean(axis=(1, 2)) * 2.0, rtol=1e-6)
+    np.testing.assert_array_equal(out["next"], rows["labels"] + 1)
+    assert out["next"].dtype == np.int32 and out["mean"].shape == (n,)
+
+
+def test_map_arrays_takes_any_pytree_and_returns_fn_structure():
+    rng = np.random.default_rng(1)
+    arrays = {"a": rng.normal(size=(37, 4)).astype(np.float32), "b": (rng.normal(size=(37, 2, 3)).astype(np.float32),)}
+
+    def fn(rows, params):
+        return rows["a"] @ params, rows["b"][0].sum(-1)
+
+    weights = rng.normal(size=(4, 6)).astype(np.float32)
+    product, sums = engine.map_arrays(fn, arrays, weights, chunk=8)
+    np.testing.assert_allclose(product, arrays["a"] @ weights, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sums, arrays["b"][0].sum(-1), rtol=1e-6)
+
+
+def test_map_arrays_rejects_empty_and_mismatched_inputs():
+    with pytest.raises(engine.XaiJaxError, match="0 rows"):
+        engine.map_arrays(scaled_row_stats, host_rows(0), np.float32(1.0))
+    with pytest.raises(engine.XaiJaxError, match="at least one array"):
+        engine.map_arrays(scaled_row_stats, {}, np.float32(1.0))
+    rows = host_rows(5)
+    with pytest.raises(engine.XaiJaxError, match="same number of rows"):
+        engine.map_arrays(scaled_row_stats, {"images": rows["images"], "labels": rows["labels"][:4]})
+    with pytest.raises(engine.XaiJaxError, match="chunk must be >= 1"):
+        engine.map_arrays(scaled_row_stats, rows, np.float32(1.0), chunk=0)
+
+
+def test_map_arrays_compiles_one_program_per_chunk_shape_and_reuses_it():
+    from xai_jax import debug
+
+    def fresh(rows, params):  # a new function object: nothing cached yet
+        return scaled_row_stats(rows, params)
+
+    scale = np.float32(3.0)
+    with debug.compiles() as counter:
+        engine.map_arrays(fresh, host_rows(1000, seed=2), scale, chunk=128)  # 7 full chunks and a ragged one
+    assert sum(counter.values()) == 1 and all("fresh" in name for name in counter), dict(counter)
+    with debug.assert_max_compiles(0, "a second call with other rows and params of the same shapes"):
+        out = engine.map_arrays(fresh, host_rows(1000, seed=3), np.float32(4.0), chunk=128)
+        engine.map_arrays(fresh, host_rows(999, seed=4), scale, chunk=128)
+    np.testing.assert_array_equal(out["next"], host_rows(1000, seed=3)["labels"] + 1)
+
+
+def test_map_arrays_small_inputs_are_not_padded_to_a_full_chunk():
+    shapes = []
+
+    def recording(rows, params):
+        shapes.append(rows["images"].shape)  # runs only while tracing
+        return scaled_row_stats(rows, params)
+
+    engine.map_arrays(recording, host_rows(3), np.float32(1.0), chunk=4096)
+    assert shapes == [(engine.round_batch_size(3), 5, 3)]
+
+
+def test_map_arrays_rounds_chunks_to_the_device_count_and_shards_them():
+    # A fresh process: XLA reads the forced device count once, at start-up.
+    code = """
+import jax, numpy as np
+from xai_jax import engine
+shapes = []
+def fn(rows, params):
+    shapes.append(rows["x"].shape)  # runs only while tracing
+    return rows["x"] * params
+x = np.arange(13 * 2, dtype=np.float32).reshape(13, 2)
+out = engine.map_arrays(fn, {"x": x}, np.float32(2), chunk=5)
+assert jax.device_count() == 4, jax.devices()
+np.testing.assert_array_equal(out, x * 2)
+small = engine.map_arrays(fn, {"x": x[:1]}, np.float32(2), chunk=5)
+np.testing.assert_array_equal(small, x[:1] * 2)
+assert shapes == [(8, 2), (4, 2)], shapes  # 5 -> 8 rows per chunk; 1 row -> 4, not a whole chunk of 8
+"""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    probe = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+
+
 # --- the same reduction over CIFAR-10 with ResNet-20, on 1 and on 8 (forced host) devices ---------------
 
 def resnet20_class_logit_sums(state, batch, variables):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.sparse import csgraph
 
-from xai_jax.kernels.floyd_warshall import _blocked, floyd_warshall, floyd_warshall_auto
+from xai_jax.kernels.floyd_warshall import floyd_warshall, floyd_warshall_auto
 
 SIZES = (1, 2, 7, 13, 31, 97)
 
@@ -61,7 +61,7 @@ def test_phase3_row_chunks_give_the_same_paths(chunk_rows):
     # 97 labels in blocks of 8 pad to 104: 24-row chunks leave a clamped, overlapping last chunk.
     w = sparse_graph(97, seed=7, density=0.05, components=2)
     expected = csgraph.floyd_warshall(w.astype(np.float64), directed=True)
-    assert_same_paths(_blocked(jnp.asarray(w), 8, chunk_rows), expected)
+    assert_same_paths(floyd_warshall(w, block_size=8, chunk_rows=chunk_rows), expected)
 
 
 def test_zero_weight_edges_and_dense_asymmetric_weights():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ from scipy.sparse import csgraph
 from xai_jax import engine
 from xai_jax.data import Batches
 from xai_jax.data.base import Source
+from xai_jax.kernels import www, xnn_metrics
 from xai_jax.kernels.floyd_warshall import floyd_warshall
 from xai_jax.kernels.near_miss import (connection_weights, fill_disconnected, near_miss_init, near_miss_matrix,
                                        near_miss_update)
@@ -54,16 +57,40 @@ def update(state, probs, labels, mask, **options):
 
 
 def assert_state_equals(state, sums, events, counts):
-    np.testing.assert_allclose(np.asarray(state["sums"]), sums, rtol=1e-5, atol=1e-7)
-    np.testing.assert_array_equal(np.asarray(state["events"]), events)
-    np.testing.assert_array_equal(np.asarray(state["counts"]), counts)
+    np.testing.assert_allclose(np.asarray(state.sums), sums, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(state.events), events)
+    np.testing.assert_array_equal(np.asarray(state.counts), counts)
 
 
 def test_init_shapes_and_dtypes():
     state = near_miss_init(7)
-    assert {k: (v.shape, v.dtype) for k, v in state.items()} == {
+    assert {k: (v.shape, v.dtype) for k, v in state._asdict().items()} == {
         "sums": ((7, 7), jnp.float32), "events": ((7, 7), jnp.int32), "counts": ((7,), jnp.float32)}
-    assert not any(np.any(np.asarray(v)) for v in state.values())
+    assert not any(np.any(np.asarray(v)) for v in state)
+
+
+@pytest.mark.parametrize("make_state", [
+    lambda: near_miss_init(4),
+    lambda: www.topn_init(3, 2),
+    lambda: www.class_sums_init(4, 3),
+    lambda: xnn_metrics.correlation_init(3),
+], ids=["NearMissState", "TopNState", "ClassContributionState", "CorrelationState"])
+def test_kernel_states_are_named_tuples_that_round_trip_through_jit(make_state):
+    state = make_state()
+    assert isinstance(state, tuple) and hasattr(state, "_fields")
+    out = jax.jit(lambda s: s)(state)
+    assert type(out) is type(state)
+    assert out._fields == state._fields
+    for a, b in zip(out, state):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Saved as state._asdict() in an npz file, the fields rebuild the same state.
+    buffer = io.BytesIO()
+    np.savez(buffer, **jax.device_get(state)._asdict())
+    buffer.seek(0)
+    with np.load(buffer) as saved:
+        loaded = type(state)(**saved)
+    for a, b in zip(loaded, state):
+        np.testing.assert_array_equal(a, np.asarray(b))
 
 
 @pytest.mark.parametrize("num_classes,k,t,min_confidence,ties", [
@@ -104,7 +131,7 @@ def test_thresholds_are_inclusive():
     assert_state_equals(state, sums, events, counts)
     excluding = update(near_miss_init(4), probs, np.array([0, 1]), np.array([True, True]), k=3, t=0.126,
                        min_confidence=0.51)
-    assert not np.asarray(excluding["counts"]).any()
+    assert not np.asarray(excluding.counts).any()
 
 
 def test_padding_rows_change_nothing():
@@ -113,8 +140,8 @@ def test_padding_rows_change_nothing():
     everything = update(near_miss_init(9), probs, labels, np.ones(40, bool))
     padded = update(near_miss_init(9), np.concatenate([probs, probs[:8]]), np.concatenate([labels, labels[:8]]),
                     np.arange(48) < 40)
-    for key in everything:
-        np.testing.assert_array_equal(np.asarray(padded[key]), np.asarray(everything[key]))
+    for got, expected in zip(padded, everything):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
 def test_several_batches_equal_one_big_batch():
@@ -124,9 +151,9 @@ def test_several_batches_equal_one_big_batch():
     state = near_miss_init(11)
     for start in range(0, 96, 32):
         state = update(state, probs[start:start + 32], labels[start:start + 32], mask[start:start + 32], k=4)
-    np.testing.assert_allclose(np.asarray(state["sums"]), np.asarray(big["sums"]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.sums), np.asarray(big.sums), rtol=1e-6)
     for key in ("events", "counts"):
-        np.testing.assert_array_equal(np.asarray(state[key]), np.asarray(big[key]))
+        np.testing.assert_array_equal(np.asarray(getattr(state, key)), np.asarray(getattr(big, key)))
 
 
 class ProbabilitySource(Source):

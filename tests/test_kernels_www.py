@@ -30,16 +30,16 @@ def test_topn_streamed_equals_full_sort(n, units, batch, total):
         state = www.topn_update(state, padded, index, mask)
     order = np.argsort(-acts, axis=0, kind="stable")[:n]
     kept = min(n, total)
-    np.testing.assert_array_equal(np.asarray(state["indices"])[:kept], order[:kept])
-    np.testing.assert_allclose(np.asarray(state["values"])[:kept], np.take_along_axis(acts, order, 0)[:kept])
-    assert np.all(np.asarray(state["indices"])[kept:] == -1)
+    np.testing.assert_array_equal(np.asarray(state.indices)[:kept], order[:kept])
+    np.testing.assert_allclose(np.asarray(state.values)[:kept], np.take_along_axis(acts, order, 0)[:kept])
+    assert np.all(np.asarray(state.indices)[kept:] == -1)
 
 
 def test_topn_averages_conv_maps():
     rng = np.random.default_rng(0)
     maps = rng.normal(size=(6, 3, 5, 4)).astype(np.float32)
     state = www.topn_update(www.topn_init(4, 2), maps, np.arange(6), np.ones(6, bool))
-    np.testing.assert_allclose(state["values"], -np.sort(-maps.mean(axis=(1, 2)), axis=0)[:2], rtol=1e-6)
+    np.testing.assert_allclose(state.values, -np.sort(-maps.mean(axis=(1, 2)), axis=0)[:2], rtol=1e-6)
 
 
 def _acs_reference(image_emb, topn, concepts, template):
@@ -168,7 +168,7 @@ def test_class_sums_equal_numpy_group_means():
     for c in range(5):
         expected = contrib[labels == c].mean(0) if (labels == c).any() else np.zeros(11)
         np.testing.assert_allclose(means[c], expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(state["counts"], np.bincount(labels, minlength=5))
+    np.testing.assert_array_equal(state.counts, np.bincount(labels, minlength=5))
 
 
 def test_top_k_gather_concept_maps_and_heatmap():

@@ -67,7 +67,7 @@ def test_heatmap_correlation_matches_corrcoef_and_streams(n):
         mask = np.arange(8) < len(batch)
         batch = np.concatenate([batch, np.full((8 - len(batch), n, 5, 7), 1e3, np.float32)])
         state = correlation_update(state, batch, mask)
-    assert float(state["count"]) == 23 * 5 * 7
+    assert float(state.count) == 23 * 5 * 7
     np.testing.assert_allclose(correlation_matrix(state), expected, rtol=1e-4, atol=1e-5)
 
 

@@ -103,6 +103,22 @@ def test_rows_linkage_input_gives_the_papers_large_merge_heights():
     assert rows.linkage[-1, 2] > condensed.linkage[-1, 2]
 
 
+def test_from_state_takes_the_state_or_its_saved_arrays(tmp_path):
+    from xai_jax.kernels.near_miss import NearMissState
+    probs, labels = synthetic()
+    nma = NearMissAnalysis()
+    state = nma.accumulate_scores(probs, labels, progress=False)
+    assert isinstance(state, NearMissState) and all(isinstance(v, np.ndarray) for v in state)
+    np.savez(tmp_path / "state.npz", **state._asdict())
+    direct = nma.from_state(state, NAMES, names=False)
+    with np.load(tmp_path / "state.npz") as saved:
+        loaded = nma.from_state(saved, NAMES, names=False)
+    np.testing.assert_array_equal(loaded.p, direct.p)
+    np.testing.assert_array_equal(loaded.linkage, direct.linkage)
+    with pytest.raises(XaiJaxError, match="without events"):
+        nma.from_state({"sums": state.sums, "counts": state.counts}, NAMES, names=False)
+
+
 def test_save_load_overrides_and_the_class_without_images(tmp_path):
     probs, labels = synthetic()
     keep = labels != 2  # no image of horse is counted, but cat and dog images still near-miss it

@@ -13,6 +13,9 @@ weights of the same shapes.
 
 ``batch`` is a dict with ``images``, ``labels``, ``mask`` (bool, False in padding) and ``index`` (dataset
 position, -1 in padding); a step must weight every contribution by ``mask``.
+
+Arrays already on the host (stored activations, codes, embeddings) go through :func:`map_arrays` instead: the
+same fixed-size, sharded, padded chunks, without a :class:`Source`.
 """
 
 from __future__ import annotations
@@ -184,6 +187,87 @@ def map_batches(fn: Callable[[Batch, Any], Any], data: Source | Batches, params:
             yield _valid_rows(*pending)
     finally:
         meter.close()
+
+
+def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *, chunk: int = 256,
+               mesh: Mesh | None = None) -> Any:
+    """Applies a row-wise ``fn`` to host arrays in fixed-size chunks and returns its output for every row, as NumPy.
+
+    The ``n`` rows are cut into chunks of ``c = min(round(chunk), round(n))`` rows, ``round`` being
+    :func:`round_batch_size` (up to a multiple of the mesh's devices): a full chunk for large inputs, no more
+    than the data for small ones. The last chunk is padded by repeating its final row, so every call has the
+    same shapes and ``fn`` compiles once per ``c`` and trailing shapes and dtypes; the padding rows are
+    dropped from the output. As in :func:`map_batches`, each chunk's leading axis is sharded over the mesh,
+    ``params`` are replicated, and one chunk is in flight: the device computes chunk ``i + 1`` while chunk
+    ``i`` is copied back.
+
+    Args:
+      fn: ``fn(chunk, params) -> pytree of [c, ...] arrays``, pure, jittable and row-wise (an output row
+        depends on its input row alone: padding rows are copies of a real row). ``chunk`` has the structure
+        of ``arrays``. It is jitted here, and the compiled program is cached on the function object and the
+        mesh: pass the same object every time (a module-level function, or one made by an
+        ``functools.lru_cache`` factory) to reuse it; a lambda or closure built per call compiles again on
+        every call.
+      arrays: a pytree (typically a dict) of host arrays with a common leading axis of ``n >= 1`` rows.
+      params: read-only inputs of every call (model variables), replicated on the mesh and traced, so new
+        values of the same shapes reuse the program.
+      chunk: rows per call before the rounding (>= 1).
+      mesh: the devices to shard the rows over (default: all local devices).
+
+    Returns:
+      The pytree ``fn`` returns, each leaf a NumPy array ``[n, ...]`` with the rows in input order.
+
+    Raises:
+      XaiJaxError: no arrays, no rows, leading axes of different lengths, or ``chunk < 1``.
+    """
+    mesh = mesh or _default_mesh()
+    leaves, treedef = jax.tree.flatten(arrays)
+    if not leaves:
+        raise XaiJaxError("map_arrays needs at least one array")
+    leaves = [np.asarray(leaf) for leaf in leaves]
+    if any(leaf.ndim == 0 for leaf in leaves):
+        raise XaiJaxError("map_arrays needs arrays with a leading row axis; got a scalar")
+    lengths = {len(leaf) for leaf in leaves}
+    if len(lengths) > 1:
+        raise XaiJaxError(f"map_arrays needs arrays with the same number of rows; got shapes "
+                          f"{[leaf.shape for leaf in leaves]}")
+    n = lengths.pop()
+    if n == 0:
+        raise XaiJaxError("map_arrays got empty arrays (0 rows): nothing to compute")
+    if chunk < 1:
+        raise XaiJaxError(f"chunk must be >= 1, got {chunk}")
+    size = min(round_batch_size(chunk, mesh), round_batch_size(n, mesh))
+    mapped = _jitted_map(fn, mesh)
+    sharding = batch_sharding(mesh)
+    params = jax.device_put(params, replicated(mesh))
+
+    def rows(start: int) -> Any:
+        parts = [leaf[start:start + size] for leaf in leaves]
+        pad = size - len(parts[0])
+        if pad:
+            parts = [np.concatenate([part, np.repeat(part[-1:], pad, axis=0)]) for part in parts]
+        return treedef.unflatten([jax.make_array_from_process_local_data(sharding, part) for part in parts])
+
+    out = None
+
+    def store(result: Any, start: int) -> None:
+        # Into arrays allocated once rather than a list of chunks to concatenate: the host holds the output once.
+        nonlocal out
+        valid = min(size, n - start)
+        host = jax.tree.map(lambda a: np.asarray(a)[:valid], result)
+        if out is None:
+            out = jax.tree.map(lambda a: np.empty((n,) + a.shape[1:], a.dtype), host)
+        for buffer, part in zip(jax.tree.leaves(out), jax.tree.leaves(host)):
+            buffer[start:start + valid] = part
+
+    pending = None
+    for start in range(0, n, size):
+        result = mapped(rows(start), params)
+        if pending is not None:
+            store(*pending)
+        pending = (result, start)
+    store(*pending)
+    return out
 
 
 def _valid_rows(out: Any, mask: np.ndarray) -> Any:

@@ -22,7 +22,8 @@ additions and minima in both forms below; they differ in memory traffic.
   Each block streams the matrix once instead of ``b`` times. Phase 3 is written as a min-reduction of a
   broadcast sum, which XLA fuses (no ``[P, b, P]`` temporary; verified on CPU with
   ``compiled.memory_analysis()``); where the temporary would exceed ``PHASE3_CHUNK_BYTES`` if it were
-  materialised, phase 3 runs over row chunks so that even an unfused temporary stays bounded. Memory:
+  materialised, phase 3 runs over row chunks so that even an unfused temporary stays bounded (or over
+  ``chunk_rows`` rows, when given). Memory:
   the input, the padded working matrix (``P^2`` entries, updated in place) and the cropped output, plus at
   most ``PHASE3_CHUNK_BYTES``. For ImageNet-21k (``C = 21,841``, float32) each is about 1.8 GiB (compiled
   program: 1.78 GiB argument, 1.78 GiB output, 1.78 GiB temporaries).
@@ -112,8 +113,8 @@ def _blocked(w: jax.Array, block_size: int, chunk_rows: int | None = None) -> ja
     return lax.fori_loop(0, blocks, one_block, d)[:n, :n]
 
 
-@functools.partial(jax.jit, static_argnames=("block_size",))
-def floyd_warshall(w: jax.Array, *, block_size: int | None = None) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("block_size", "chunk_rows"))
+def floyd_warshall(w: jax.Array, *, block_size: int | None = None, chunk_rows: int | None = None) -> jax.Array:
     """All-pairs shortest path lengths of a directed graph given as a dense weight matrix.
 
     Equal to ``scipy.sparse.csgraph.floyd_warshall(w, directed=True)`` up to the rounding of the input's
@@ -121,13 +122,16 @@ def floyd_warshall(w: jax.Array, *, block_size: int | None = None) -> jax.Array:
     edges: SciPy reads an off-diagonal 0 of a dense matrix as "no edge", here it is an edge of weight 0
     (NMA weights ``1 - s`` are never 0 since ``s <= 1/2``). See the module docstring for the
     recurrence, the blocked algorithm, complexity (``C^3`` min-plus operations either way) and memory.
-    Compiled once per shape, dtype and ``block_size``.
+    Compiled once per shape, dtype, ``block_size`` and ``chunk_rows``.
 
     Args:
       w: ``[C, C]`` non-negative weights, ``w[i, j]`` the edge ``i -> j``; ``inf`` where there is no
         edge; zero diagonal expected. Integer inputs are computed in float32.
       block_size: ``None`` for the unblocked loop; otherwise the tile size ``b >= 1`` of the blocked
         algorithm (clamped to ``C``; ``C`` need not be a multiple of it).
+      chunk_rows: rows per chunk of the blocked algorithm's phase 3 (static; clamped to the padded size, need
+        not divide it); ``None`` chunks only where a materialised temporary would pass ``PHASE3_CHUNK_BYTES``.
+        Ignored by the unblocked loop.
 
     Returns:
       ``[C, C]`` shortest path lengths, ``inf`` where ``j`` cannot be reached from ``i``.
@@ -137,7 +141,9 @@ def floyd_warshall(w: jax.Array, *, block_size: int | None = None) -> jax.Array:
         return _rank1_closure(w)
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1 or None, got {block_size}")
-    return _blocked(w, min(block_size, max(w.shape[0], 1)))
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1 or None, got {chunk_rows}")
+    return _blocked(w, min(block_size, max(w.shape[0], 1)), chunk_rows)
 
 
 def floyd_warshall_auto(w: jax.Array) -> jax.Array:

@@ -13,6 +13,7 @@ gives the shortest-path metric that the hierarchical clustering runs on (section
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,23 +22,38 @@ SYMMETRIZE = ("mean", "max")
 MODES = ("probability", "summed", "count")
 
 
-def near_miss_init(num_classes: int) -> dict:
+class NearMissState(NamedTuple):
+    """The accumulators of a near-miss pass over ``C`` labels (a pytree: it folds through ``jax.jit``).
+
+    Attributes:
+      sums: ``f32[C, C]``, ``sums[i, j] = sum_x P(j | x)`` over the counted images ``x`` of class ``i`` whose
+        near misses include ``j``.
+      events: ``i32[C, C]``, how many of those images there are.
+      counts: ``f32[C]``, ``N_i``, the number of counted images of class ``i``.
+    """
+
+    sums: jax.Array
+    events: jax.Array
+    counts: jax.Array
+
+
+def near_miss_init(num_classes: int) -> NearMissState:
     """The empty accumulators of a near-miss pass over ``num_classes`` labels.
 
+    Args:
+      num_classes: ``C``.
+
     Returns:
-      ``{"sums": f32[C, C], "events": i32[C, C], "counts": f32[C]}``, all zeros: ``sums[i, j]`` adds up
-      ``P(j | x)`` over the counted images ``x`` of class ``i`` whose near misses include ``j``,
-      ``events[i, j]`` counts those images, and ``counts[i]`` counts the counted images of class ``i``
-      (``N_i``).
+      A :class:`NearMissState` of zeros.
     """
-    return {"sums": jnp.zeros((num_classes, num_classes), jnp.float32),
-            "events": jnp.zeros((num_classes, num_classes), jnp.int32),
-            "counts": jnp.zeros((num_classes,), jnp.float32)}
+    return NearMissState(sums=jnp.zeros((num_classes, num_classes), jnp.float32),
+                         events=jnp.zeros((num_classes, num_classes), jnp.int32),
+                         counts=jnp.zeros((num_classes,), jnp.float32))
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
-def near_miss_update(state: dict, probs: jax.Array, labels: jax.Array, mask: jax.Array, *, k: int = 3,
-                     t: float = 1e-6, min_confidence: float = 0.0) -> dict:
+def near_miss_update(state: NearMissState, probs: jax.Array, labels: jax.Array, mask: jax.Array, *, k: int = 3,
+                     t: float = 1e-6, min_confidence: float = 0.0) -> NearMissState:
     """Adds one batch of classifications to the near-miss accumulators.
 
     An image counts when it is not padding, is correctly classified (``argmax(probs) == label``, ties
@@ -69,14 +85,14 @@ def near_miss_update(state: dict, probs: jax.Array, labels: jax.Array, mask: jax
     counted = mask & (top_labels[:, 0] == labels) & (top_probs[:, 0] >= min_confidence)
     near = counted[:, None] & (top_labels != labels[:, None]) & (top_probs >= t)
     rows = jnp.broadcast_to(labels[:, None], top_labels.shape)
-    sums = state["sums"].at[rows, top_labels].add(jnp.where(near, top_probs, 0).astype(state["sums"].dtype))
-    events = state["events"].at[rows, top_labels].add(near.astype(state["events"].dtype))
-    counts = state["counts"].at[labels].add(counted.astype(state["counts"].dtype))
-    return {"sums": sums, "events": events, "counts": counts}
+    sums = state.sums.at[rows, top_labels].add(jnp.where(near, top_probs, 0).astype(state.sums.dtype))
+    events = state.events.at[rows, top_labels].add(near.astype(state.events.dtype))
+    counts = state.counts.at[labels].add(counted.astype(state.counts.dtype))
+    return NearMissState(sums=sums, events=events, counts=counts)
 
 
 @jax.jit
-def near_miss_matrix(state: dict) -> jax.Array:
+def near_miss_matrix(state: NearMissState) -> jax.Array:
     """The near-miss probabilities ``p[i, j] = (1 / N_i) * sum_x P(j | x) [j is a near miss of x]``.
 
     The sum runs over the counted images ``x`` of class ``i`` (paper section 3.1; DESIGN "Near-miss
@@ -88,8 +104,8 @@ def near_miss_matrix(state: dict) -> jax.Array:
     Returns:
       ``f32[C, C]``; rows of labels without counted images are all 0.
     """
-    counts = state["counts"][:, None]
-    return jnp.where(counts > 0, state["sums"] / jnp.where(counts > 0, counts, 1), 0)
+    counts = state.counts[:, None]
+    return jnp.where(counts > 0, state.sums / jnp.where(counts > 0, counts, 1), 0)
 
 
 @functools.partial(jax.jit, static_argnames=("symmetrize", "mode"))
@@ -111,7 +127,7 @@ def connection_weights(p: jax.Array, events: jax.Array | None = None, *, t: floa
 
     Args:
       p: ``f32[C, C]`` near-miss matrix from :func:`near_miss_matrix`.
-      events: ``i32[C, C]`` event counts (``state["events"]``); required by ``mode="count"``.
+      events: ``i32[C, C]`` event counts (``state.events``); required by ``mode="count"``.
       t: smallest symmetrised probability that makes an edge.
       symmetrize: ``"mean"`` or ``"max"``.
       mode: ``"probability"``, ``"summed"`` or ``"count"``.
@@ -131,7 +147,7 @@ def connection_weights(p: jax.Array, events: jax.Array | None = None, *, t: floa
     p = p.astype(dtype)
     if mode == "count":
         if events is None:
-            raise ValueError("mode 'count' needs the event counts (state['events'])")
+            raise ValueError("mode 'count' needs the event counts (state.events)")
         n = (events + events.T).astype(dtype)
         w = jnp.where(n > 0, 1 / jnp.where(n > 0, n, 1), jnp.inf)
     else:

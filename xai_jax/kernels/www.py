@@ -17,13 +17,22 @@ Every function is a pure map over whole arrays: all neurons, all concepts and al
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 
-def _normalise(x: jax.Array, axis: int = -1) -> jax.Array:
+def l2_normalise(x: jax.Array, axis: int = -1) -> jax.Array:
+    """``x / max(|x|, 1e-12)`` along ``axis``: unit vectors for the cosines, a zero vector stays zero.
+
+    Args:
+      x: embeddings, any shape.
+      axis: the axis of the vectors.
+
+    Returns:
+      ``x`` with each vector scaled to unit L2 norm.
+    """
     return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
@@ -46,18 +55,39 @@ def neuron_activations(activations: jax.Array) -> jax.Array:
 
 # --- what: the probe pass ------------------------------------------------------------------------------------
 
-def topn_init(num_neurons: int, n: int) -> dict:
-    """An empty top-n buffer: ``values`` ``[n, U]`` at -inf and ``indices`` ``[n, U]`` at -1."""
-    return {"values": jnp.full((n, num_neurons), -jnp.inf, jnp.float32),
-            "indices": jnp.full((n, num_neurons), -1, jnp.int32)}
+class TopNState(NamedTuple):
+    """Each neuron's ``n`` most activating images so far (the D_rep of section 3.2), a pytree.
+
+    Attributes:
+      values: ``f32[n, U]``, per neuron (column) its largest activations in descending order, ``-inf`` while
+        fewer than ``n`` images have been seen.
+      indices: ``i32[n, U]``, the dataset position of each value, ``-1`` for an empty slot.
+    """
+
+    values: jax.Array
+    indices: jax.Array
+
+
+def topn_init(num_neurons: int, n: int) -> TopNState:
+    """An empty top-n buffer: ``values`` ``[n, U]`` at -inf and ``indices`` ``[n, U]`` at -1.
+
+    Args:
+      num_neurons: ``U``.
+      n: images kept per neuron.
+
+    Returns:
+      A :class:`TopNState`.
+    """
+    return TopNState(values=jnp.full((n, num_neurons), -jnp.inf, jnp.float32),
+                     indices=jnp.full((n, num_neurons), -1, jnp.int32))
 
 
 @jax.jit
-def topn_update(state: dict, activations: jax.Array, index: jax.Array, mask: jax.Array) -> dict:
+def topn_update(state: TopNState, activations: jax.Array, index: jax.Array, mask: jax.Array) -> TopNState:
     """Merges a batch into each neuron's top-n buffer (the D_rep of section 3.2, streamed).
 
     Args:
-      state: ``{"values": [n, U], "indices": [n, U]}`` from :func:`topn_init` or a previous update.
+      state: from :func:`topn_init` or a previous update.
       activations: ``[B, U]`` (or ``[B, H, W, U]``, averaged over space) activations of the batch.
       index: ``[B]`` dataset positions of the batch's images.
       mask: ``[B]`` bool, False on padding rows (they never enter the buffer).
@@ -66,14 +96,14 @@ def topn_update(state: dict, activations: jax.Array, index: jax.Array, mask: jax
       The new state: per neuron the n largest activations seen so far, in descending order, with the dataset
       position of each; ties keep the image seen first (the buffer precedes the batch).
     """
-    n = state["values"].shape[0]
+    n = state.values.shape[0]
     acts = jnp.where(mask[:, None], neuron_activations(activations).astype(jnp.float32), -jnp.inf)
-    values = jnp.concatenate([state["values"], acts], axis=0)                  # [n + B, U]
-    indices = jnp.concatenate([state["indices"],
+    values = jnp.concatenate([state.values, acts], axis=0)                     # [n + B, U]
+    indices = jnp.concatenate([state.indices,
                                jnp.broadcast_to(index.astype(jnp.int32)[:, None], acts.shape)], axis=0)
     top_values, rows = jax.lax.top_k(values.T, n)                               # [U, n]
     top_indices = jnp.take_along_axis(indices.T, rows, axis=1)
-    return {"values": top_values.T, "indices": top_indices.T}
+    return TopNState(values=top_values.T, indices=top_indices.T)
 
 
 # --- what: adaptive cosine similarity and adaptive selection -------------------------------------------------
@@ -90,7 +120,7 @@ def mean_image_embeddings(image_embeddings: jax.Array, topn_indices: jax.Array) 
       ``[U, D]``: ``(1/n) sum_o v_o / |v_o|``. Because the cosine is linear in the normalised image embedding,
       ``mean_o cos(v_o, t) = mean_image_embedding . t / |t|`` — eq. 1 becomes one matrix product.
     """
-    v = _normalise(image_embeddings.astype(jnp.float32))
+    v = l2_normalise(image_embeddings.astype(jnp.float32))
     return jnp.mean(v[topn_indices], axis=0)
 
 
@@ -109,9 +139,9 @@ def adaptive_cosine_scores(neuron_embeddings: jax.Array, concept_embeddings: jax
       ``[U, M]`` adaptive cosine scores.
     """
     if neuron_embeddings.ndim == 3:
-        neuron_embeddings = jnp.mean(_normalise(neuron_embeddings.astype(jnp.float32)), axis=1)
-    t = _normalise(concept_embeddings.astype(jnp.float32))
-    t_tem = _normalise(template_embedding.astype(jnp.float32))
+        neuron_embeddings = jnp.mean(l2_normalise(neuron_embeddings.astype(jnp.float32)), axis=1)
+    t = l2_normalise(concept_embeddings.astype(jnp.float32))
+    t_tem = l2_normalise(template_embedding.astype(jnp.float32))
     return neuron_embeddings @ t.T - (neuron_embeddings @ t_tem)[:, None]
 
 
@@ -242,33 +272,59 @@ def taylor_shapley(forward_from_offset: Callable[[jax.Array], tuple[jax.Array, j
     return contributions_from_gradients(activations, gradients, mode), logits, activations
 
 
-def class_sums_init(num_classes: int, num_neurons: int) -> dict:
-    """Zero accumulators of class-wise contribution sums ``[C, U]`` and counts ``[C]``."""
-    return {"sums": jnp.zeros((num_classes, num_neurons), jnp.float32),
-            "counts": jnp.zeros((num_classes,), jnp.float32)}
+class ClassContributionState(NamedTuple):
+    """The accumulators of the class-wise mean contributions of section 3.4, a pytree.
+
+    Attributes:
+      sums: ``f32[C, U]``, ``sums[c, u] = sum_x w_u(x)`` over the images ``x`` of class ``c``.
+      counts: ``f32[C]``, the number of images of each class.
+    """
+
+    sums: jax.Array
+    counts: jax.Array
+
+
+def class_sums_init(num_classes: int, num_neurons: int) -> ClassContributionState:
+    """Zero accumulators of class-wise contribution sums ``[C, U]`` and counts ``[C]``.
+
+    Args:
+      num_classes: ``C``.
+      num_neurons: ``U``.
+
+    Returns:
+      A :class:`ClassContributionState` of zeros.
+    """
+    return ClassContributionState(sums=jnp.zeros((num_classes, num_neurons), jnp.float32),
+                                  counts=jnp.zeros((num_classes,), jnp.float32))
 
 
 @jax.jit
-def class_sums_update(state: dict, contributions: jax.Array, classes: jax.Array, mask: jax.Array) -> dict:
+def class_sums_update(state: ClassContributionState, contributions: jax.Array, classes: jax.Array,
+                      mask: jax.Array) -> ClassContributionState:
     """Adds a batch's contributions to the sums of their classes (segment sums; padding rows weigh 0).
 
+    ``sums[c] += sum_b [classes_b = c] mask_b w_b`` and ``counts[c] += sum_b [classes_b = c] mask_b``.
+
     Args:
-      state: from :func:`class_sums_init`.
+      state: from :func:`class_sums_init` or a previous update.
       contributions: ``[B, U]``.
       classes: ``[B]`` int class of each image (its label, or its prediction).
       mask: ``[B]`` bool.
+
+    Returns:
+      The updated state.
     """
-    num_classes = state["counts"].shape[0]
+    num_classes = state.counts.shape[0]
     weight = mask.astype(jnp.float32)
     sums = jax.ops.segment_sum(contributions * weight[:, None], classes, num_segments=num_classes)
     counts = jax.ops.segment_sum(weight, classes, num_segments=num_classes)
-    return {"sums": state["sums"] + sums, "counts": state["counts"] + counts}
+    return ClassContributionState(sums=state.sums + sums, counts=state.counts + counts)
 
 
 @jax.jit
-def class_means(state: dict) -> jax.Array:
+def class_means(state: ClassContributionState) -> jax.Array:
     """Section 3.4: the class-wise contribution ``[C, U]``, the mean over each class's samples (0 if none)."""
-    return state["sums"] / jnp.maximum(state["counts"], 1)[:, None]
+    return state.sums / jnp.maximum(state.counts, 1)[:, None]
 
 
 @functools.partial(jax.jit, static_argnames="k")
@@ -447,10 +503,10 @@ def mean_pair_cosine(selected: jax.Array, concept_embeddings: jax.Array, target_
     Returns:
       ``[U]``; NaN for a neuron with nothing selected.
     """
-    t = _normalise(concept_embeddings.astype(jnp.float32))
+    t = l2_normalise(concept_embeddings.astype(jnp.float32))
     weights = selected.astype(jnp.float32)
     mean_selected = weights @ t / jnp.sum(weights, axis=-1, keepdims=True)       # mean of normalised embeddings
-    targets = _normalise(target_embeddings.astype(jnp.float32))
+    targets = l2_normalise(target_embeddings.astype(jnp.float32))
     if targets.ndim == 3:
         targets = jnp.mean(targets, axis=1)
     return jnp.sum(mean_selected * targets, axis=-1)

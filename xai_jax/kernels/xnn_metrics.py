@@ -19,6 +19,7 @@ Heatmaps are ``[N, n, H, W]``: per image, one non-negative map per x-feature; pa
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,25 +82,46 @@ def f_cls(logits: jax.Array, class_index: int | jax.Array, approx: jax.Array,
     return _masked_mean(kept.astype(jnp.float32), mask)
 
 
-def correlation_init(num_features: int) -> dict:
+class CorrelationState(NamedTuple):
+    """The running moments of a streamed heatmap-correlation pass over ``n`` x-features, a pytree.
+
+    Attributes:
+      count: ``f32[]``, the number of pixels seen.
+      mean: ``f32[n]``, each x-feature's mean heatmap value.
+      comoment: ``f32[n, n]``, the centred co-moments ``sum (h_l - mean_l)(h_l' - mean_l')``.
+    """
+
+    count: jax.Array
+    mean: jax.Array
+    comoment: jax.Array
+
+
+def correlation_init(num_features: int) -> CorrelationState:
     """The empty accumulators of a streamed heatmap-correlation pass over ``num_features`` x-features.
 
+    Args:
+      num_features: ``n``.
+
     Returns:
-      ``{"count": f32[], "mean": f32[n], "comoment": f32[n, n]}``, all zeros: the number of pixels seen,
-      each x-feature's mean heatmap value and the centred co-moments ``sum (h_l - mean_l)(h_l' - mean_l')``.
+      A :class:`CorrelationState` of zeros.
     """
-    return {"count": jnp.zeros((), jnp.float32), "mean": jnp.zeros((num_features,), jnp.float32),
-            "comoment": jnp.zeros((num_features, num_features), jnp.float32)}
+    return CorrelationState(count=jnp.zeros((), jnp.float32), mean=jnp.zeros((num_features,), jnp.float32),
+                            comoment=jnp.zeros((num_features, num_features), jnp.float32))
 
 
 @jax.jit
-def correlation_update(state: dict, heatmaps: jax.Array, mask: jax.Array | None = None) -> dict:
+def correlation_update(state: CorrelationState, heatmaps: jax.Array,
+                       mask: jax.Array | None = None) -> CorrelationState:
     """Adds one batch of heatmaps to the correlation accumulators.
 
     Every pixel of every unmasked image is one observation of the ``n``-vector of x-feature heatmap
     values. The batch's own mean and centred co-moments are merged into the running ones with Chan et
     al.'s pairwise update, so the sums stay centred (no cancellation of large raw second moments in
-    float32) however many batches the pass has.
+    float32) however many batches the pass has. With ``N = count``, ``M`` the batch's pixel count and
+    ``delta = mean_batch - mean``::
+
+        count' = N + M,   mean' = mean + delta * M / (N + M),
+        comoment' = comoment + comoment_batch + outer(delta, delta) * N * M / (N + M)
 
     Args:
       state: accumulators from :func:`correlation_init` (or a previous update).
@@ -117,15 +139,15 @@ def correlation_update(state: dict, heatmaps: jax.Array, mask: jax.Array | None 
     batch_mean = jnp.sum(values, axis=(0, 2)) / jnp.maximum(batch_count, 1)
     centred = jnp.where(rows[:, None, None], values - batch_mean[None, :, None], 0)
     batch_comoment = jnp.einsum("bnp,bmp->nm", centred, centred)
-    count = state["count"] + batch_count
+    count = state.count + batch_count
     share = batch_count / jnp.maximum(count, 1)
-    delta = batch_mean - state["mean"]
-    return {"count": count, "mean": state["mean"] + delta * share,
-            "comoment": state["comoment"] + batch_comoment + jnp.outer(delta, delta) * state["count"] * share}
+    delta = batch_mean - state.mean
+    return CorrelationState(count=count, mean=state.mean + delta * share,
+                            comoment=state.comoment + batch_comoment + jnp.outer(delta, delta) * state.count * share)
 
 
 @jax.jit
-def correlation_matrix(state: dict) -> jax.Array:
+def correlation_matrix(state: CorrelationState) -> jax.Array:
     """``P = diag(C)^-1/2 C diag(C)^-1/2`` from the accumulated co-moments (paper section 4.2).
 
     The diagonal is exactly 1. An x-feature whose heatmaps are constant over the pass (e.g. a dead one,
@@ -138,7 +160,7 @@ def correlation_matrix(state: dict) -> jax.Array:
     Returns:
       ``f32[n, n]``, symmetric.
     """
-    comoment = state["comoment"]
+    comoment = state.comoment
     variance = jnp.diagonal(comoment)
     defined = variance > 0
     # Dividing by sqrt(C_ll * C_l'l') rather than multiplying inverse roots makes a duplicated heatmap's

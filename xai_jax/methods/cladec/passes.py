@@ -33,31 +33,24 @@ def select_neurons(code, neurons: tuple[int, int] | None):
     return code if neurons is None else code[..., neurons[0]:neurons[1]]
 
 
-def apply_chunked(fn, arrays: Mapping[str, np.ndarray], chunk: int = 256) -> dict[str, np.ndarray]:
-    """Applies a jitted ``fn(dict of arrays) -> dict of arrays`` to fixed-size chunks (the last one padded, so it
-    compiles once) and concatenates the valid rows."""
-    n = len(next(iter(arrays.values())))
-    chunk = max(1, min(chunk, n))
-    outs = []
-    for start in range(0, n, chunk):
-        part = {k: np.asarray(v[start:start + chunk]) for k, v in arrays.items()}
-        valid = len(next(iter(part.values())))
-        if valid < chunk:
-            part = {k: np.concatenate([v, np.repeat(v[-1:], chunk - valid, 0)]) for k, v in part.items()}
-        outs.append(jax.tree.map(lambda a: np.asarray(a)[:valid], fn(part)))
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+# Rows per call of the maps over stored arrays: the same for every call, so that each map compiles once.
+_CHUNK = 256
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_forward(model: str):
-    # one jit per model: a jit built per call would compile again for every accuracy asked for
-    return jax.jit(models.make_forward(model))
+def _logits_fn(model: str):
+    """``fn(rows, variables) -> logits`` for :func:`engine.map_arrays`, one object per model (compiled once)."""
+    forward = models.make_forward(model)
+
+    def fn(rows, variables):
+        return forward(rows["images"], variables)["logits"]
+
+    return fn
 
 
 def classifier_accuracy(model: str, variables, images: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of the classifier ``model`` on ``images`` (uint8 or [0, 1] floats)."""
-    forward = _jitted_forward(model)
-    logits = apply_chunked(lambda b: forward(b["images"], variables)["logits"], {"images": images})
+    logits = engine.map_arrays(_logits_fn(model), {"images": images}, variables, chunk=_CHUNK)
     return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))
 
 
@@ -86,13 +79,14 @@ def layer_activations(model: str, variables, source: Source, tap: str, *, batch_
 
 @functools.lru_cache(maxsize=None)
 def _decode_fn(model: str, tap: str, neurons, decoder: Decoder, with_refae: bool):
+    """``fn(rows, (decoder_vars, refae_vars)) -> {"cladec"[, "refae"]}`` for :func:`engine.map_arrays`."""
     spec = models.get(model)
     encoder = spec.module()
     mean = jnp.asarray(spec.mean, jnp.float32)
     std = jnp.asarray(spec.std, jnp.float32)
 
-    @jax.jit
-    def fn(batch, decoder_vars, refae_vars):
+    def fn(batch, variables):
+        decoder_vars, refae_vars = variables
         out = {"cladec": decoder.apply(decoder_vars, batch["code"])}
         if with_refae:
             out["refae"] = refae_apply(encoder, decoder, tap, refae_vars, (batch["x"] - mean) / std,
@@ -114,8 +108,8 @@ def reconstruct_codes(result: ClaDecResult, acts: Mapping[str, np.ndarray]) -> d
     """
     fn = _decode_fn(result.model, result.tap, result.config.neurons, result.decoder_module,
                     result.refae is not None)
-    return apply_chunked(lambda b: fn(b, result.decoder, result.refae),
-                         {"code": select_neurons(acts["code"], result.config.neurons), "x": acts["x"]})
+    return engine.map_arrays(fn, {"code": select_neurons(acts["code"], result.config.neurons), "x": acts["x"]},
+                             (result.decoder, result.refae), chunk=_CHUNK)
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,8 +13,8 @@ Public API:
 - :class:`ActivationClusteringSurrogate` and :class:`Activations` (``passes``): the taps pass, ``fit``,
   ``embed``, ``evaluate``;
 - :class:`DECResult` (``result``): predictions, scores, ``similar``, ``concepts``, ``save``/``load``;
-- :func:`dec_refine`, :func:`cluster_posteriors` (``refine``) and :func:`embed_rows`, :func:`embedder`,
-  :func:`blocked_rows` (``autoencoder``): the parts, for benchmarks and tests;
+- :func:`dec_refine`, :func:`cluster_posteriors` (``refine``) and :func:`embed_rows`, :func:`embedder`
+  (``autoencoder``): the parts, for benchmarks and tests;
 - ``figures`` (:func:`similar_samples`, :func:`concept_grid`) and ``demo`` (the ``xai-jax demo`` section).
 """
 
@@ -29,13 +29,13 @@ __getattr__, __dir__, _lazy_all = lazy.attach(__name__, {
     "passes": ["ActivationClusteringSurrogate", "Activations"],
     "result": ["DECResult"],
     "refine": ["cluster_posteriors", "dec_refine"],
-    "autoencoder": ["blocked_rows", "embed_rows", "embedder"],
+    "autoencoder": ["embed_rows", "embedder"],
     "figures": ["concept_grid", "similar_samples"],
 })
 __all__ = sorted(["KIND", "POSTERIORS", "DECConfig", "layer_emphasis", *_lazy_all])
 
 if TYPE_CHECKING:
-    from xai_jax.methods.dec.autoencoder import blocked_rows, embed_rows, embedder
+    from xai_jax.methods.dec.autoencoder import embed_rows, embedder
     from xai_jax.methods.dec.figures import concept_grid, similar_samples
     from xai_jax.methods.dec.passes import ActivationClusteringSurrogate, Activations
     from xai_jax.methods.dec.refine import cluster_posteriors, dec_refine

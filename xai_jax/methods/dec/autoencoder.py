@@ -11,10 +11,10 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xai_jax import engine
 from xai_jax.kernels.clustering import project_to_sphere
 from xai_jax.models.mlp import MLP
 
@@ -84,28 +84,16 @@ def pretrain_loss(hidden: tuple[int, ...], embedding: int, dim: int):
 
 @functools.lru_cache(maxsize=None)
 def embedder(hidden: tuple[int, ...], embedding: int, radius: float) -> Callable:
-    """``embed(layer, x) -> [n, e]``: :func:`encode`, jitted once per hyper-parameters (and shape)."""
-    return jax.jit(functools.partial(encode, hidden, embedding, radius))
+    """``fn({"x": [c, d]}, layer) -> [c, e]`` (:func:`encode`) for :func:`engine.map_arrays`, one object per
+    architecture, so that every call reuses one compiled program."""
+    def fn(rows, layer):
+        return encode(hidden, embedding, radius, layer, rows["x"])
+
+    return fn
 
 
-def blocked_rows(fn: Callable, x: np.ndarray, block: int = 4096) -> np.ndarray:
-    """``fn`` over row blocks of a host array, concatenated on the host.
-
-    One compiled shape: the last block is padded with zeros, and its padding rows are dropped.
-    """
-    n = len(x)
-    block = min(block, n)
-    out = []
-    for start in range(0, n, block):
-        piece = x[start:start + block]
-        valid = len(piece)
-        if valid < block:
-            piece = np.concatenate([piece, np.zeros((block - valid,) + piece.shape[1:], piece.dtype)])
-        out.append(np.asarray(fn(piece))[:valid])
-    return np.concatenate(out)
-
-
-def embed_rows(hidden: tuple[int, ...], embedding: int, radius: float, layer: dict, x: np.ndarray) -> np.ndarray:
-    """``[n, e]`` embeddings of host activations ``[n, d]``, in blocks of one compiled shape."""
-    embed = embedder(tuple(hidden), int(embedding), float(radius))
-    return blocked_rows(lambda b: embed(layer, b), x)
+def embed_rows(hidden: tuple[int, ...], embedding: int, radius: float, layer: dict, x: np.ndarray,
+               chunk: int = 4096) -> np.ndarray:
+    """Sphere-projected embeddings ``[n, e]`` of host activations ``[n, d]`` (any float dtype), ``chunk`` rows
+    per call: the float16 store is never converted whole."""
+    return engine.map_arrays(embedder(tuple(hidden), int(embedding), float(radius)), {"x": x}, layer, chunk=chunk)

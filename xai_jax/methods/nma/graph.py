@@ -13,21 +13,20 @@ from scipy.spatial.distance import pdist, squareform
 
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels.floyd_warshall import floyd_warshall, floyd_warshall_auto
-from xai_jax.kernels.near_miss import connection_weights, fill_disconnected, near_miss_matrix
+from xai_jax.kernels.near_miss import NearMissState, connection_weights, fill_disconnected, near_miss_matrix
 from xai_jax.methods.nma.config import NMAConfig
 from xai_jax.methods.nma.result import cluster_id, node_members
 
 #: the accumulators of a near-miss pass, by name (:func:`xai_jax.kernels.near_miss.near_miss_init`)
-STATISTICS = ("sums", "events", "counts")
+STATISTICS = NearMissState._fields
 
 
 def statistics(state: Mapping[str, Any], num_classes: int) -> dict[str, np.ndarray]:
     """The near-miss statistics of ``num_classes`` labels as host arrays, their names and shapes checked.
 
     Args:
-      state: ``{"sums": [C, C], "events": [C, C], "counts": [C]}``: a pass's state, or the same arrays read
-        back from a file (an ``np.load`` of an ``.npz`` is such a mapping); a NamedTuple with these fields
-        is taken too.
+      state: ``{"sums": [C, C], "events": [C, C], "counts": [C]}``: a pass's :class:`NearMissState`, or the
+        same arrays read back from a file (an ``np.load`` of an ``.npz`` is such a mapping).
       num_classes: ``C``.
 
     Returns:
@@ -36,7 +35,7 @@ def statistics(state: Mapping[str, Any], num_classes: int) -> dict[str, np.ndarr
     Raises:
       XaiJaxError: an array is missing or has the wrong shape.
     """
-    if hasattr(state, "_asdict"):  # a kernel state of named fields (a NamedTuple) rather than a mapping
+    if isinstance(state, NearMissState):
         state = state._asdict()
     missing = [name for name in STATISTICS if name not in state]
     if missing:
@@ -93,4 +92,4 @@ def concept_names(linkage: np.ndarray, class_names: Sequence[str], *, synsets=No
 
 def near_miss_probabilities(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     """``p[i, j]``, the mean near-miss probability of ``j`` over the counted images of class ``i`` (3.1)."""
-    return np.asarray(near_miss_matrix(dict(arrays)))
+    return np.asarray(near_miss_matrix(NearMissState(**{name: arrays[name] for name in STATISTICS})))

@@ -13,7 +13,7 @@ import numpy as np
 from xai_jax import engine
 from xai_jax.data.base import Source
 from xai_jax.errors import XaiJaxError
-from xai_jax.kernels.near_miss import near_miss_init, near_miss_update
+from xai_jax.kernels.near_miss import NearMissState, near_miss_init, near_miss_update
 from xai_jax.methods.nma import graph
 from xai_jax.methods.nma.config import NMAConfig
 from xai_jax.methods.nma.result import NMAResult
@@ -97,7 +97,8 @@ class NearMissAnalysis:
         self.config = config or NMAConfig()
 
     def accumulate(self, model: str, variables: Any, source: Source, *, num_classes: int | None = None,
-                   batch_size: int = 256, compute_dtype: str | None = None, progress: bool | None = None) -> dict:
+                   batch_size: int = 256, compute_dtype: str | None = None,
+                   progress: bool | None = None) -> NearMissState:
         """The streamed pass of a backbone over ``source``.
 
         Args:
@@ -122,7 +123,7 @@ class NearMissAnalysis:
         return jax.device_get(state)
 
     def accumulate_scores(self, scores: np.ndarray, labels: np.ndarray, *, from_logits: bool = False,
-                          batch_size: int = 8192, progress: bool | None = None) -> dict:
+                          batch_size: int = 8192, progress: bool | None = None) -> NearMissState:
         """The same pass over precomputed probabilities (or logits, with ``from_logits``) ``[N, C]`` and their
         integer ``labels`` ``[N]``; returns the statistics as :meth:`accumulate` does."""
         scores, labels = np.asarray(scores, np.float32), np.asarray(labels)

@@ -3,12 +3,14 @@ and the CLIP-Dissect baseline."""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xai_jax import engine
 from xai_jax.data.base import Source
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import www as K
@@ -29,17 +31,25 @@ def select_in_chunks(neuron_emb, concept_embeddings, template_embedding, alpha: 
     Returns:
       :func:`xai_jax.kernels.www.select_concepts`'s arrays for all ``U`` neurons, on the host.
     """
-    parts = []
-    for start in range(0, neuron_emb.shape[0], neuron_chunk):
-        block = neuron_emb[start:start + neuron_chunk]
-        scores = K.adaptive_cosine_scores(block, concept_embeddings, template_embedding)
-        parts.append(jax.device_get(K.select_concepts(scores, alpha, max_concepts)))
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return engine.map_arrays(_select_fn(max_concepts), {"embeddings": neuron_emb},
+                             (concept_embeddings, template_embedding, np.float32(alpha)), chunk=neuron_chunk)
+
+
+@functools.lru_cache(maxsize=None)
+def _select_fn(max_concepts: int):
+    """``fn({"embeddings": [c, D]}, (concepts, template, alpha)) -> select_concepts dict`` for
+    :func:`engine.map_arrays`, rows = neurons; alpha is traced, so major and minor share the program."""
+    def fn(rows, params):
+        concept_embeddings, template_embedding, alpha = params
+        scores = K.adaptive_cosine_scores(rows["embeddings"], concept_embeddings, template_embedding)
+        return K.select_concepts(scores, alpha, max_concepts)
+
+    return fn
 
 
 def crop_mean_embeddings(crop_embeddings: np.ndarray) -> jax.Array:
     """``[U, D]`` the mean of each neuron's normalised crop embeddings ``[U, crops, D]``."""
-    return jnp.mean(K._normalise(jnp.asarray(crop_embeddings)), axis=1)
+    return jnp.mean(K.l2_normalise(jnp.asarray(crop_embeddings)), axis=1)
 
 
 def crop_embeddings(source: Source, clip_model, indices: np.ndarray, maps: Callable[[np.ndarray], np.ndarray],
@@ -84,11 +94,23 @@ def clip_dissect(activations, image_embeddings, concept_embeddings, *, top_k: in
     if activations.ndim == 4:
         activations = activations.mean(axis=(1, 2))
     top_k = min(top_k, activations.shape[0])
-    similarity = K._normalise(jnp.asarray(image_embeddings, jnp.float32)) @ K._normalise(
+    similarity = K.l2_normalise(jnp.asarray(image_embeddings, jnp.float32)) @ K.l2_normalise(
         jnp.asarray(concept_embeddings, jnp.float32)).T
-    parts = [K.soft_wpmi_log_p_given_e(similarity, activations[:, s:s + neuron_chunk], top_k, a, p_start, p_end)
-             for s in range(0, activations.shape[1], neuron_chunk)]
-    return np.asarray(K.soft_wpmi_from_log_p(jnp.concatenate(parts), lam))
+    log_p_given_e = engine.map_arrays(_log_p_given_e_fn(top_k), {"activations": activations.T},
+                                      (similarity, np.float32(a), np.float32(p_start), np.float32(p_end)),
+                                      chunk=neuron_chunk)
+    return np.asarray(K.soft_wpmi_from_log_p(log_p_given_e, lam))
+
+
+@functools.lru_cache(maxsize=None)
+def _log_p_given_e_fn(top_k: int):
+    """``fn({"activations": [c, P]}, (similarity, a, p_start, p_end)) -> [c, M]`` for :func:`engine.map_arrays`:
+    the rows are neurons, and only ``top_k`` (a shape) selects the program."""
+    def fn(rows, params):
+        similarity, a, p_start, p_end = params
+        return K.soft_wpmi_log_p_given_e(similarity, rows["activations"].T, top_k, a, p_start, p_end)
+
+    return fn
 
 
 def check_concepts(concepts: Sequence[str]) -> list[str]:

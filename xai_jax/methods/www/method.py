@@ -100,7 +100,7 @@ class WWW:
         state = engine.run(step, K.topn_init(self.tap_shape[-1], n), source, self.variables, batch_size=batch_size,
                            desc="WWW probe", progress=progress)
         state = jax.device_get(state)
-        return np.asarray(state["indices"]), np.asarray(state["values"])
+        return np.asarray(state.indices), np.asarray(state.values)
 
     def fit_concepts(self, probe_source: Source, clip_model, concepts: Sequence[str], *,
                      result: WWWResult | None = None, minor: bool = True, batch_size: int = 128,
@@ -222,7 +222,7 @@ class WWW:
         if names is None and len(source.class_names) == self.num_outputs:
             names = list(source.class_names)
         return dataclasses.replace(base, class_contributions=np.asarray(K.class_means(state)),
-                                   class_counts=np.asarray(state["counts"]), class_names=names,
+                                   class_counts=np.asarray(state.counts), class_names=names,
                                    config=with_stage(base.config, self.config, CONTRIBUTION_FIELDS))
 
     def sample_contributions(self, images, classes=None) -> np.ndarray:
@@ -300,7 +300,7 @@ def _topn_of_activations(activations, num_images: int, n: int) -> tuple[np.ndarr
         raise XaiJaxError(f"{activations.shape[0]} probe images; WWW needs at least n_examples = {n}")
     state = K.topn_update(K.topn_init(activations.shape[-1], n), activations, np.arange(activations.shape[0]),
                           np.ones(activations.shape[0], bool))
-    return np.asarray(state["indices"]), np.asarray(state["values"])
+    return np.asarray(state.indices), np.asarray(state.values)
 
 
 def default_map_tap(shapes: Mapping[str, tuple], tap: str) -> str:
