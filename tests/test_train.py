@@ -136,6 +136,11 @@ def test_recalibrated_batch_stats_are_the_mean_of_each_batchs_statistics():
     np.testing.assert_allclose(stats["var"], h.var(1).mean(0), rtol=1e-4, atol=1e-4)
     # The running averages after 12 steps are not these statistics: that is what recalibrating fixes.
     assert not np.allclose(state.model_state["batch_stats"]["bn"]["mean"], stats["mean"], atol=1e-2)
+    # other weights and data of the same shapes reuse the compiled statistics (a jit per call compiled again)
+    from xai_jax import debug
+    with debug.assert_max_compiles(0, "a second recalibration"):
+        train.recalibrate_batch_stats(loss_fn, variables["params"], state.model_state,
+                                      {k: v[::-1].copy() for k, v in data.items()}, batch_size=16)
 
 
 def test_recalibrating_a_model_without_batch_norm_returns_its_empty_state_untouched():

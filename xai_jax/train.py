@@ -149,6 +149,12 @@ def fit(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainSt
     return state, history
 
 
+@functools.lru_cache(maxsize=64)
+def _batch_stats_fn(loss_fn: LossFn):
+    # one jit per loss: a jit built per call would compile again at every recalibration
+    return jax.jit(lambda params, zeros, batch: loss_fn(params, zeros, batch, jax.random.key(0))[1][0])
+
+
 def recalibrate_batch_stats(loss_fn: LossFn, params, model_state, data: Arrays, *, batch_size: int,
                             momentum: float = BATCH_NORM_MOMENTUM) -> Any:
     """Batch-norm running statistics recomputed for the final weights: the mean of every batch's statistics.
@@ -178,10 +184,10 @@ def recalibrate_batch_stats(loss_fn: LossFn, params, model_state, data: Arrays, 
     n = min(len(v) for v in data.values())
     batch_size = min(batch_size, n)
     zeros = jax.tree.map(jnp.zeros_like, model_state)
-    batch_stats = jax.jit(lambda p, batch: loss_fn(p, zeros, batch, jax.random.key(0))[1][0])
+    batch_stats = _batch_stats_fn(loss_fn)
     total = None
     for start in range(0, n - batch_size + 1, batch_size):
-        stats = batch_stats(params, {k: np.asarray(v[start:start + batch_size]) for k, v in data.items()})
+        stats = batch_stats(params, zeros, {k: np.asarray(v[start:start + batch_size]) for k, v in data.items()})
         total = stats if total is None else jax.tree.map(jnp.add, total, stats)
     batches = n // batch_size
     return jax.tree.map(lambda t: t / (batches * (1.0 - momentum)), total)

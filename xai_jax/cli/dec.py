@@ -24,13 +24,9 @@ from xai_jax.errors import XaiJaxError
 from xai_jax.methods.dec.config import KIND, DECConfig, layer_emphasis
 
 
-#: where ``--train-batch-size`` (DECConfig.batch_size) is parsed to, beside the passes' ``--batch-size``
-TRAIN_BATCH_SIZE = "train_batch_size"
-
-
 def fit_config(args: argparse.Namespace) -> DECConfig:
     """The :class:`DECConfig` of parsed ``dec fit`` flags."""
-    return config_from_args(DECConfig, args, args.config_fields, batch_size=getattr(args, TRAIN_BATCH_SIZE))
+    return config_from_args(DECConfig, args, args.config_fields)
 
 
 def register(subparsers) -> None:
@@ -46,8 +42,6 @@ def register(subparsers) -> None:
     f.add_argument("--eval-limit", type=positive_int, help="use only the first N held-out images (random with --sample-seed)")
     # every DECConfig field; --batch-size (add_data_args) stays the passes' batch, the config's is --train-batch-size
     f.set_defaults(config_fields=add_config_flags(f, DECConfig, required=("taps",)))
-    # Both flags would write args.batch_size (a config flag's dest is its field): the config's gets its own dest.
-    f._option_string_actions["--train-batch-size"].dest = TRAIN_BATCH_SIZE
     f.add_argument("--out", required=True, metavar="DIR")
     f.set_defaults(func=fit)
 
