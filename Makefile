@@ -24,7 +24,7 @@ demo: $(BASE)
 	$(BIN)/xai-jax demo --out demo-out
 
 test: $(DEV)
-	$(BIN)/python -m pytest -q -n 2 --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 clean:
 	rm -rf $(VENV) demo-out

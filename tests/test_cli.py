@@ -101,6 +101,7 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, cifar, chang
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.xdist_group("demo")  # with the contract tests that read the same demo folder (tests/test_methods.py)
 def test_demo_trains_explains_and_writes_report_summary_model_and_results(demo_out):
     out_dir = demo_out
     summary = json.loads((out_dir / "summary.json").read_text())

@@ -207,6 +207,11 @@ def _same(a, b, where: str) -> None:
         assert a == b or (a != a and b != b), (where, a, b)
 
 
+# The tests that read the demo's folder run on one worker (`pytest -n 2 --dist loadgroup`), so the demo runs once.
+DEMO = pytest.mark.xdist_group("demo")
+
+
+@DEMO
 @pytest.mark.parametrize("name", NAMES)
 def test_result_save_load_round_trip(name, demo_out, tmp_path):
     cls = METHODS[name].result_type
@@ -215,6 +220,7 @@ def test_result_save_load_round_trip(name, demo_out, tmp_path):
     _same(cls.load(tmp_path / "copy"), loaded, cls.__name__)
 
 
+@DEMO
 @pytest.mark.parametrize("name", NAMES)
 def test_a_damaged_result_is_one_line(name, demo_out, tmp_path):
     from xai_jax.errors import XaiJaxError
@@ -239,6 +245,7 @@ def demo_context(demo_out):
                        progress=False)
 
 
+@DEMO
 @pytest.mark.parametrize("name", NAMES)
 def test_a_second_fit_on_the_same_shapes_compiles_nothing(name, demo_context, monkeypatch):
     """The method's demo section (its fit and explanations on the digits) reuses every compiled program when it
