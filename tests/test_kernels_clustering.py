@@ -205,17 +205,16 @@ def test_kmeans_edge_cases():
 
 
 def test_kmeans_is_deterministic_per_key_and_does_not_recompile():
-    from xai_jax.kernels.clustering import _kmeans
+    from xai_jax import debug
     x, _ = make_blobs(97, 3, centers=3, cluster_std=2.0, random_state=97)  # the shape of the sklearn test
     x = x.astype(np.float32)
     first = kmeans(x, 3, jax.random.key(3))
-    compiled = _kmeans._cache_size()
-    again = kmeans(x, 3, jax.random.key(3), tol=1e-4)
+    with debug.assert_max_compiles(0, "k-means with other keys and tolerances"):  # both are traced
+        again = kmeans(x, 3, jax.random.key(3), tol=1e-4)
+        others = [np.asarray(kmeans(x, 3, jax.random.key(s), tol=t)[1]) for s, t in [(4, 1e-4), (5, 1e-3), (6, 0)]]
     for a, b in zip(first, again):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    others = [np.asarray(kmeans(x, 3, jax.random.key(s), tol=t)[1]) for s, t in [(4, 1e-4), (5, 1e-3), (6, 0)]]
     assert any((labels != np.asarray(first[1])).any() for labels in others)  # the key matters (label order)
-    assert _kmeans._cache_size() == compiled  # keys and tol are traced: no new compilation
     # 97 points in chunks of 10 (the last one padded) give the same clustering as one chunk
     chunked = kmeans(x, 3, jax.random.key(3), chunk_rows=10)
     np.testing.assert_array_equal(np.asarray(chunked[1]), np.asarray(first[1]))
@@ -343,10 +342,10 @@ def test_nearest_neighbours_find_themselves_and_break_ties_by_index():
 def test_nearest_neighbours_trace_once_for_new_weights():
     rng = np.random.default_rng(12)
     queries, bank = random_layers(rng, 3, (5, 5)), random_layers(rng, 40, (5, 5))
-    from xai_jax.kernels.clustering import _nearest
-    before = _nearest._cache_size()
-    results = [nearest_neighbours(queries, bank, w, 6, block_size=11) for w in ((1, 1), (1, 0), (0, 3))]
-    assert _nearest._cache_size() == before + 1
+    from xai_jax import debug
+    results = [nearest_neighbours(queries, bank, (1, 1), 6, block_size=11)]
+    with debug.assert_max_compiles(0, "nearest neighbours with other layer weights"):
+        results += [nearest_neighbours(queries, bank, w, 6, block_size=11) for w in ((1, 0), (0, 3))]
     for w, (indices, distances) in zip(((1, 1), (1, 0), (0, 3)), results):
         assert_same_neighbours(indices, distances, queries, bank, w, 6)
 
