@@ -194,7 +194,7 @@ def test_from_state_takes_saved_statistics(tmp_path):
     probs, labels = synthetic()
     method = NearMissAnalysis()
     state = method.accumulate_scores(probs, labels, progress=False)
-    np.savez(tmp_path / "state.npz", **{name: np.asarray(state[name]) for name in STATISTICS})
+    np.savez(tmp_path / "state.npz", **{name: np.asarray(getattr(state, name)) for name in STATISTICS})
     with np.load(tmp_path / "state.npz") as saved:
         again = method.from_state(saved, NAMES, synsets=TABLE)
     direct = method.fit_scores(probs, labels, NAMES, synsets=TABLE, progress=False)
@@ -202,9 +202,9 @@ def test_from_state_takes_saved_statistics(tmp_path):
         np.testing.assert_array_equal(getattr(again, field), getattr(direct, field))
     assert again.names == direct.names and again.synsets == direct.synsets
     with pytest.raises(XaiJaxError, match="without events"):
-        method.from_state({"sums": state["sums"], "counts": state["counts"]}, NAMES, names=False)
+        method.from_state({"sums": state.sums, "counts": state.counts}, NAMES, names=False)
     with pytest.raises(XaiJaxError, match=r"`counts` has shape \(6,\), expected \(5,\)"):
-        method.from_state({**state, "sums": state["sums"][:5, :5], "events": state["events"][:5, :5]},
+        method.from_state({**state._asdict(), "sums": state.sums[:5, :5], "events": state.events[:5, :5]},
                           NAMES[:5], names=False)
 
 
@@ -244,8 +244,8 @@ def test_each_pass_compiles_once_per_shape():
     with debug.assert_max_compiles(0, "a second near-miss pass of the same shapes"):
         state = other.accumulate("small_cnn", variables, second, batch_size=64, progress=False)
         scores = other.accumulate_scores(probs[shuffled], labels[shuffled], progress=False)
-    assert np.asarray(state["counts"]).shape == (10,)
-    assert np.asarray(scores["counts"]).sum() == len(labels)  # every synthetic image is confidently correct
+    assert np.asarray(state.counts).shape == (10,)
+    assert np.asarray(scores.counts).sum() == len(labels)  # every synthetic image is confidently correct
 
 
 @pytest.fixture(scope="module")
