@@ -290,6 +290,43 @@ def test_cli_concepts_from_embeddings(tmp_path, capsys):
     assert "No CLIP weights ship with xai_jax" in capsys.readouterr().err
 
 
+@pytest.mark.xdist_group("demo")  # reads the demo's trained CNN, with the other readers of the demo folder
+def test_cli_fit_is_concepts_then_contributions_in_one_command(tmp_path, capsys, demo_out):
+    variables = weights.load(models.get("small_cnn"), str(demo_out / "model"))
+    probe, _ = Subset(DigitsSource("test"), np.arange(60)).all()
+    rng = np.random.default_rng(0)
+    files = {"activations": ("a.npz", np.asarray(models.make_forward("small_cnn", ("pool",))(probe, variables)["pool"])),
+             "image-embeddings": ("v.npz", rng.normal(size=(60, 16)).astype(np.float32)),
+             "concept-embeddings": ("t.npz", rng.normal(size=(5, 16)).astype(np.float32))}
+    embeddings = []
+    for flag, (name, array) in files.items():
+        np.savez(tmp_path / name, **{"activations" if flag == "activations" else "embeddings": array})
+        embeddings += [f"--{flag}", str(tmp_path / name)]
+    np.save(tmp_path / "tt.npy", rng.normal(size=16).astype(np.float32))
+    (tmp_path / "words.txt").write_text("zero\none\ntwo\nthree\nseven\n")
+    embeddings += ["--template-embedding", str(tmp_path / "tt.npy"), "--concepts", str(tmp_path / "words.txt"),
+                   "--n-examples", "10"]
+    model = ["--model", "small_cnn", "--weights", str(demo_out / "model"), "--tap", "pool"]
+    assert cli.main(["--quiet", "www", "fit", *embeddings, *model, "--train-data", "digits", "--train-split",
+                     "train", "--train-limit", "200", "--class-by", "prediction", "--out", str(tmp_path / "fit")]) == 0
+    assert cli.main(["--quiet", "www", "concepts", *embeddings, "--out", str(tmp_path / "what")]) == 0
+    assert cli.main(["--quiet", "www", "contributions", *model, "--data", "digits", "--split", "train", "--limit",
+                     "200", "--class-by", "prediction", "--result", str(tmp_path / "what"),
+                     "--out", str(tmp_path / "why")]) == 0
+    one, two = WWWResult.load(tmp_path / "fit"), WWWResult.load(tmp_path / "why")
+    for key in ("indices", "scores", "selected", "count"):
+        np.testing.assert_array_equal(one.major[key], two.major[key])
+    np.testing.assert_allclose(one.class_contributions, two.class_contributions, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(one.class_counts, two.class_counts)
+    assert one.class_counts.sum() == 200 and one.config.class_by == "prediction"
+    assert one.meta["train_data"] == "digits" and one.meta["train_limit"] == 200
+    capsys.readouterr()
+    # the contributions' model is required before any stage runs; nothing is written
+    assert cli.main(["www", "fit", *embeddings, "--train-data", "digits", "--out", str(tmp_path / "no")]) == 2
+    assert "--model, --weights and --tap are required" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+
 @pytest.mark.slow
 def test_cli_contributions_and_explain(tmp_path, capsys, resnet):
     path = str(shared_path("cifar10_resnet", "resnet56-4bfd9763.th"))

@@ -3,12 +3,13 @@
     xai-jax www concepts --activations A.npz --image-embeddings V.npz --concept-embeddings T.npz \\
         --concepts WORDS.txt --template-embedding TT.npy --out DIR            # embeddings you already have
     xai-jax www concepts --model M --weights W --data SPEC --tap pool --clip CLIP.pt --concepts WORDS.txt --out DIR
-    xai-jax www contributions --model M --weights W --data SPEC --tap pool --out DIR
+    xai-jax www contributions --model M --weights W --data SPEC --tap pool [--result DIR] --out DIR2
+    xai-jax www fit --model M --weights W --tap pool --data PROBE --clip CLIP.pt --concepts WORDS.txt \
+        --train-data TRAIN --out DIR                                              # both stages, one result
     xai-jax www explain --result DIR --image FILE [--out DIR2]
 
-There is no ``fit`` verb: the two stages read different inputs (a probe set with CLIP weights and a concept set,
-or embeddings with no model at all; the training split for the contributions), and ``contributions --result``
-already adds the contributions to a concepts result.
+``fit`` runs both stages into one result: the concepts from the probe set ``--data`` (or from embeddings, as
+``concepts`` takes them), then the class contributions over ``--train-data``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 
 import numpy as np
 
-from xai_jax.cli.common import add_data_args, data_meta, inputs_of, load_model_and_data, model_and_weights
+from xai_jax.cli.common import DATA_HELP, add_data_args, data_meta, inputs_of, load_model_and_data, model_and_weights
 from xai_jax.cli.flags import add_config_flags, config_from_args
 from xai_jax.cli.options import positive_int
 from xai_jax.errors import XaiJaxError
@@ -47,14 +48,7 @@ def register(subparsers) -> None:
     q = sub.add_parser("concepts", help="each neuron's major (and minor) concepts -> concepts.json")
     model_args(q)
     add_data_args(q, required=False)
-    q.add_argument("--clip", metavar="PATH", help="CLIP weights (OpenAI .pt or Hugging Face folder)")
-    q.add_argument("--concepts", metavar="WORDS.txt", help="the concept set, one word or phrase a line")
-    q.add_argument("--activations", metavar="A.npz", help="`activations` [images, neurons] of the probe images")
-    q.add_argument("--image-embeddings", metavar="V.npz", help="`embeddings` [images, D], one row per probe image")
-    q.add_argument("--concept-embeddings", metavar="T.npz", help="`embeddings` [concepts, D] of the prompted concepts")
-    q.add_argument("--template-embedding", metavar="TT.npy", help="[D] embedding of the bare template")
-    q.add_argument("--crop-embeddings", metavar="C.npz", help="`embeddings` [neurons, crops, D] for minor concepts")
-    q.add_argument("--no-minor", action="store_true", help="skip minor concepts (no crops)")
+    _concept_source_args(q)
     q.add_argument("--out", required=True, metavar="DIR")
     q.set_defaults(func=concepts, config_fields=add_config_flags(q, WWWConfig, only=CONCEPT_FIELDS))
 
@@ -65,6 +59,20 @@ def register(subparsers) -> None:
     q.add_argument("--out", required=True, metavar="DIR")
     q.set_defaults(func=contributions, config_fields=add_config_flags(q, WWWConfig, only=CONTRIBUTION_FIELDS))
 
+    q = sub.add_parser("fit", help="both stages into one result: concepts, then class contributions over "
+                                   "--train-data")
+    model_args(q)
+    add_data_args(q, required=False)
+    _concept_source_args(q)
+    q.add_argument("--train-data", required=True, metavar="SPEC", help="the images the class contributions "
+                   "average over (the training split): " + DATA_HELP)
+    q.add_argument("--train-split", help="split of --train-data")
+    q.add_argument("--train-limit", type=positive_int, help="use only the first N training images (a random N "
+                   "with --sample-seed)")
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.set_defaults(func=fit,
+                   config_fields=add_config_flags(q, WWWConfig, only=CONCEPT_FIELDS + CONTRIBUTION_FIELDS))
+
     q = sub.add_parser("explain", help="explain an image: top neurons, concepts, heatmaps, trust")
     q.add_argument("--result", required=True, metavar="DIR", help="a result with class contributions")
     q.add_argument("--image", required=True, metavar="FILE")
@@ -73,6 +81,17 @@ def register(subparsers) -> None:
     q.add_argument("--num-classes", type=positive_int)
     q.add_argument("--out", metavar="DIR", help="write explanation.json, panel.png and explanation.npz here")
     q.set_defaults(func=explain, config_fields=add_config_flags(q, WWWConfig, only=EXPLAIN_FIELDS))
+
+
+def _concept_source_args(q) -> None:
+    q.add_argument("--clip", metavar="PATH", help="CLIP weights (OpenAI .pt or Hugging Face folder)")
+    q.add_argument("--concepts", metavar="WORDS.txt", help="the concept set, one word or phrase a line")
+    q.add_argument("--activations", metavar="A.npz", help="`activations` [images, neurons] of the probe images")
+    q.add_argument("--image-embeddings", metavar="V.npz", help="`embeddings` [images, D], one row per probe image")
+    q.add_argument("--concept-embeddings", metavar="T.npz", help="`embeddings` [concepts, D] of the prompted concepts")
+    q.add_argument("--template-embedding", metavar="TT.npy", help="[D] embedding of the bare template")
+    q.add_argument("--crop-embeddings", metavar="C.npz", help="`embeddings` [neurons, crops, D] for minor concepts")
+    q.add_argument("--no-minor", action="store_true", help="skip minor concepts (no crops)")
 
 
 def _stage_config(args, result=None) -> WWWConfig:
@@ -98,6 +117,15 @@ def _read_words(path: str) -> list[str]:
     return read_lines(path, "concepts file")
 
 
+def _model(args, config):
+    """The :class:`WWW` of the model flags alone (no data)."""
+    from xai_jax import models, weights
+    from xai_jax.methods.www import WWW
+    spec = models.get(args.model)
+    variables = weights.load(spec, args.weights, num_classes=args.num_classes)
+    return WWW(spec.name, variables, tap=args.tap, map_tap=args.map_tap, config=config, num_classes=args.num_classes)
+
+
 def _method(args, config):
     """The :class:`WWW` of the model flags, the data source, and the provenance to put in the result's meta."""
     from xai_jax.methods.www import WWW
@@ -110,17 +138,32 @@ def _method(args, config):
     return www, source, {"weights": os.path.abspath(args.weights), **data_meta(args)}
 
 
+#: the files the concepts stage reads
+CONCEPT_INPUTS = ("activations", "image_embeddings", "concept_embeddings", "template_embedding", "crop_embeddings",
+                  "concepts", "clip", "weights", "data", "synsets")
+
+
 def concepts(args) -> None:
     from xai_jax import outputs
-    from xai_jax.methods.www import KIND, WWW
+    from xai_jax.methods.www import KIND
     config = _stage_config(args)
-    outputs.check_output(args.out, KIND, inputs=inputs_of(
-        args, "activations", "image_embeddings", "concept_embeddings", "template_embedding", "crop_embeddings",
-        "concepts", "clip", "weights", "data", "synsets"))
+    outputs.check_output(args.out, KIND, inputs=inputs_of(args, *CONCEPT_INPUTS))
+    result = _concept_result(args, config)
+    result.save(args.out)
+    _report_concepts(args.out, result)
+
+
+def _embeddings_form(args) -> bool:
+    return any([args.activations, args.image_embeddings, args.concept_embeddings, args.template_embedding])
+
+
+def _concept_result(args, config, www=None, probe=None):
+    """The concepts stage: from embeddings, or from the probe images with CLIP (``www`` and ``probe`` when the
+    caller opened the model and data already)."""
+    from xai_jax.methods.www import WWW
     progress = False if args.quiet else None
-    embeddings_form = any([args.activations, args.image_embeddings, args.concept_embeddings, args.template_embedding])
-    if embeddings_form:
-        if args.model or args.data:
+    if _embeddings_form(args):
+        if args.data or (args.model and www is None):
             raise XaiJaxError("give either embeddings (--activations ...) or --model/--data with --clip, not both")
         words = _read_words(args.concepts)
         activations = _npz_array(args.activations, "activations", "--activations", (2, 4))
@@ -142,16 +185,21 @@ def concepts(args) -> None:
         if not os.path.exists(args.clip):
             raise XaiJaxError(f"CLIP weights not found: {args.clip}. " + NO_CLIP.split(". ", 1)[1])
         words = _read_words(args.concepts)
-        www, source, meta = _method(args, config)
+        if www is None:
+            www, probe, meta = _method(args, config)
+        else:
+            meta = {"weights": os.path.abspath(args.weights), **data_meta(args)}
         from xai_jax.weights import clip
         model = clip.load(args.clip)
-        result = www.fit_concepts(source, model, words, minor=not args.no_minor, batch_size=args.batch_size,
+        result = www.fit_concepts(probe, model, words, minor=not args.no_minor, batch_size=args.batch_size,
                                   progress=progress)
         meta["clip"] = os.path.abspath(args.clip)
-    result = dataclasses.replace(result, meta={**result.meta, **meta})
-    result.save(args.out)
+    return dataclasses.replace(result, meta={**result.meta, **meta})
+
+
+def _report_concepts(out: str, result) -> None:
     counts = [len(entry["major"]) for entry in result.concepts()]
-    print(f"wrote {args.out}: concepts.json ({result.num_neurons} neurons, {len(result.concept_names)} concepts, "
+    print(f"wrote {out}: concepts.json ({result.num_neurons} neurons, {len(result.concept_names)} concepts, "
           f"{np.mean(counts):.2f} major concepts per neuron" + (", minor from crops" if result.minor is not None
                                                                    else "") + ")")
     for u, entry in enumerate(result.concepts()[:5]):
@@ -168,10 +216,45 @@ def contributions(args) -> None:
                                          progress=False if args.quiet else None)
     result = dataclasses.replace(result, meta={**result.meta, **meta})
     result.save(args.out)
+    _report_contributions(args.out, result, args.tap)
+
+
+def fit(args) -> None:
+    """Both stages into one result: the concepts (probe images with CLIP, or embeddings), then the class
+    contributions over ``--train-data``. Every input is opened and checked before either stage runs."""
+    from xai_jax import data, models, outputs
+    from xai_jax.methods.www import KIND
+    config = _stage_config(args)
+    outputs.check_output(args.out, KIND, inputs=inputs_of(args, *CONCEPT_INPUTS, "train_data"))
+    if not args.model or not args.weights or not args.tap:
+        raise XaiJaxError("--model, --weights and --tap are required: the class contributions run the model "
+                          "over --train-data")
+    spec = models.get(args.model)
+    if _embeddings_form(args):
+        www, probe = _model(args, config), None
+    else:
+        if not args.data:
+            raise XaiJaxError("--data (the probe images) is required with --clip; or give embeddings")
+        www, probe, _ = _method(args, config)
+    train = data.open_source(args.train_data, split=args.train_split, limit=args.train_limit,
+                             resize=spec.resize, crop=spec.input_shape[:2] if spec.resize else None,
+                             synsets=args.synsets, sample_seed=args.sample_seed)
+    result = _concept_result(args, config, www=www, probe=probe)
+    result = www.fit_class_contributions(train, result, batch_size=args.batch_size,
+                                         progress=False if args.quiet else None)
+    result = dataclasses.replace(result, meta={**result.meta, "weights": os.path.abspath(args.weights),
+                                               "train_data": args.train_data, "train_split": args.train_split,
+                                               "train_limit": args.train_limit})
+    result.save(args.out)
+    _report_concepts(args.out, result)
+    _report_contributions(args.out, result, args.tap)
+
+
+def _report_contributions(out: str, result, tap: str) -> None:
     top = np.argsort(-result.class_contributions, axis=1)[:, :3]
     names = result.class_names or [str(c) for c in range(len(top))]
-    print(f"wrote {args.out}: www.npz (class_contributions {result.class_contributions.shape[0]} classes "
-          f"x {result.class_contributions.shape[1]} neurons of {args.tap}, {int(result.class_counts.sum())} images)")
+    print(f"wrote {out}: www.npz (class_contributions {result.class_contributions.shape[0]} classes "
+          f"x {result.class_contributions.shape[1]} neurons of {tap}, {int(result.class_counts.sum())} images)")
     for c in range(min(len(top), 10)):
         print(f"  {names[c]}: top neurons " + ", ".join(f"{u} ({result.concept_label(int(u))})" if result.major
                                                          is not None else str(u) for u in top[c]))
