@@ -31,7 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(_HERE), _HERE]  # the repository (xai_jax) and experiments/ (benchutil), no install
+
+from benchutil import median_seconds  # noqa: E402
 
 from xai_jax import __version__, engine, models  # noqa: E402
 from xai_jax.data import ArraySource  # noqa: E402
@@ -170,13 +173,7 @@ def torch_resnet50(s: Sizes, dtype: str | None, repeats: int) -> float | None:
             torch.cuda.synchronize()
         return out
 
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return median_seconds(run, repeats)
 
 
 def nma_rows(s: Sizes, key, repeats: int) -> list[Row]:
