@@ -67,17 +67,17 @@ def bench_kmeans(x: np.ndarray, k: int, repeats: int, warm_up_peer: bool = True)
 
 
 def torch_dec(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, centroids: np.ndarray, config: DECConfig,
-              seed: int = 0) -> tuple[np.ndarray, float]:
-    """DEC's clustering phase in PyTorch, as DEC's reference code and pt-dec run it (float32, CPU)."""
+              seed: int = 0, device: str = "cpu") -> tuple[np.ndarray, float]:
+    """DEC's clustering phase in PyTorch, as DEC's reference code and pt-dec run it (float32, on ``device``)."""
     import torch
     torch.manual_seed(seed)
-    encoder = torch.nn.Linear(E, E)
+    encoder = torch.nn.Linear(E, E).to(device)
     with torch.no_grad():
         encoder.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight.T)))  # flax kernels are [in, out]
         encoder.bias.copy_(torch.from_numpy(bias))
-    mu = torch.nn.Parameter(torch.from_numpy(centroids.copy()))
+    mu = torch.nn.Parameter(torch.from_numpy(centroids.copy()).to(device))
     optimizer = torch.optim.SGD(list(encoder.parameters()) + [mu], lr=config.dec_learning_rate, momentum=0.9)
-    data = torch.from_numpy(x)
+    data = torch.from_numpy(x).to(device)
     alpha, radius = config.alpha, config.radius
 
     def embed(v):
@@ -89,14 +89,14 @@ def torch_dec(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, centroids: np
         return torch.log_softmax(logits, dim=1)
 
     n, steps, loss = len(x), 0, torch.tensor(0.0)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
     while steps < config.max_dec_steps:
         with torch.no_grad():  # the target over the whole data, every T steps
             q = torch.cat([log_q(embed(data[s:s + 65536])).exp() for s in range(0, n, 65536)])
             weight_q = q.square() / q.sum(0)
             p = weight_q / weight_q.sum(1, keepdim=True)
         for _ in range(config.update_interval):
-            idx = torch.randint(0, n, (min(config.batch_size, n),), generator=generator)
+            idx = torch.randint(0, n, (min(config.batch_size, n),), generator=generator, device=device)
             loss = torch.nn.functional.kl_div(log_q(embed(data[idx])), p[idx], reduction="batchmean")
             optimizer.zero_grad()
             loss.backward()
@@ -104,11 +104,16 @@ def torch_dec(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, centroids: np
         steps += config.update_interval
         with torch.no_grad():
             assigned = torch.cat([log_q(embed(data[s:s + 65536])).argmax(1) for s in range(0, n, 65536)])
-    return assigned.numpy(), float(loss.detach())
+    return assigned.cpu().numpy(), float(loss.detach())  # .cpu() waits for the device
 
 
-def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int,
-                 warm_up_peer: bool = True) -> tuple[float, float, float]:
+def refine_case(x: np.ndarray, k: int, refreshes: int, device: str = "cpu"):
+    """Both refinements of ``x`` from one start: ``(run_jax, run_torch, agreement)``.
+
+    Same linear encoder weights and k-means centroids, ``refreshes`` x T = 140 steps of batch 256 (tolerance 0);
+    ``run_jax()`` / ``run_torch()`` refine (PyTorch on ``device``) and block on their results, and
+    ``agreement()`` is the adjusted Rand index of their last clusterings (different minibatch draws).
+    """
     config = DECConfig(taps=("x",), hidden=(), embedding_size=E, clusters=k, tolerance=0.0,
                        update_interval=140, max_dec_steps=140 * refreshes, batch_size=256)
     params = MLP((E,)).init(jax.random.key(1), jnp.zeros((1, E)))["params"]
@@ -116,7 +121,7 @@ def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int,
     z = embed_rows((), E, 8.0, layer, x)
     centroids, _, _ = kmeans(jnp.asarray(z), k, jax.random.key(2), n_init=5)
     centroids = np.asarray(centroids)
-
+    weight, bias = np.asarray(params["dense0"]["kernel"]), np.asarray(params["dense0"]["bias"])
     last = {}
 
     def run_jax():
@@ -124,17 +129,23 @@ def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int,
         jax.block_until_ready(last["jax"][1])
 
     def run_torch():
-        last["torch"] = torch_dec(x, weight, bias, centroids, config)
+        last["torch"] = torch_dec(x, weight, bias, centroids, config, device=device)
 
-    weight, bias = np.asarray(params["dense0"]["kernel"]), np.asarray(params["dense0"]["bias"])
+    def agreement() -> float:
+        from sklearn.metrics import adjusted_rand_score
+        _, z_final, mu_final, _ = last["jax"]
+        a = np.asarray(jnp.argmin(jnp.sum((z_final[:, None] - mu_final[None]) ** 2, -1), -1))
+        return adjusted_rand_score(a, last["torch"][0])
+
+    return run_jax, run_torch, agreement
+
+
+def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int,
+                 warm_up_peer: bool = True) -> tuple[float, float, float]:
+    run_jax, run_torch, agreement = refine_case(x, k, refreshes)
     jax_time = median_seconds(run_jax, repeats)
     torch_time = median_seconds(run_torch, repeats, warm_up=warm_up_peer)
-    # agreement of the two final clusterings (same start, same number of steps; different minibatch draws)
-    from sklearn.metrics import adjusted_rand_score
-    _, z_final, mu_final, _ = last["jax"]
-    a = np.asarray(jnp.argmin(jnp.sum((z_final[:, None] - mu_final[None]) ** 2, -1), -1))
-    b, _ = last["torch"]
-    return jax_time, torch_time, adjusted_rand_score(a, b)
+    return jax_time, torch_time, agreement()
 
 
 def main() -> None:

@@ -77,19 +77,21 @@ def bench_scores(concept_sizes, units: int, loop_units: int, repeats: int) -> No
 
 def clip_dissect_loop(image_features, text_features, target_feats, top_k=100, a=10, lam=1, min_prob=1e-7,
                       p_start=0.998, p_end=0.97):
-    """CLIP-Dissect's similarity (utils.py) and ``soft_wpmi`` (similarity.py), as published, on the CPU."""
+    """CLIP-Dissect's similarity (utils.py) and ``soft_wpmi`` (similarity.py), as published, on the inputs' device
+    (the two constants it builds are placed there, so that it runs on a GPU too)."""
+    device = image_features.device
     image_features = image_features / image_features.norm(dim=-1, keepdim=True)
     text_features = text_features / text_features.norm(dim=-1, keepdim=True)
     clip_feats = torch.nn.functional.softmax(a * (image_features @ text_features.T), dim=1)
     inds = torch.topk(target_feats, dim=0, k=top_k)[1]
     prob_d_given_e = []
-    p_in_examples = p_start - (torch.arange(start=0, end=top_k) / top_k * (p_start - p_end)).unsqueeze(1)
+    p_in_examples = p_start - (torch.arange(start=0, end=top_k, device=device) / top_k * (p_start - p_end)).unsqueeze(1)
     for orig_id in range(target_feats.shape[1]):
         curr = clip_feats.gather(0, inds[:, orig_id:orig_id + 1].expand(-1, clip_feats.shape[1]))
         curr_p = 1 + p_in_examples * (curr - 1)
         prob_d_given_e.append(torch.sum(torch.log(curr_p + min_prob), dim=0, keepdim=True))
     prob_d_given_e = torch.cat(prob_d_given_e, dim=0)
-    prob_d = torch.logsumexp(prob_d_given_e, dim=0, keepdim=True) - torch.log(prob_d_given_e.shape[0] * torch.ones([1]))
+    prob_d = torch.logsumexp(prob_d_given_e, dim=0, keepdim=True) - torch.log(prob_d_given_e.shape[0] * torch.ones([1], device=device))
     return prob_d_given_e - lam * prob_d
 
 

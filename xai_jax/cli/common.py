@@ -33,7 +33,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, metavar="PATH",
                    help="PyTorch (.pt/.pth/.th), safetensors, or xai_jax checkpoint directory")
     add_num_classes(p)
-    p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16")
+    add_bf16(p)
+
+
+def add_bf16(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bf16", action="store_true",
+                   help="run the backbone in bfloat16 (outputs, sums and the method's own arithmetic stay float32)")
+
+
+def compute_dtype(args) -> str | None:
+    """The backbone's dtype of a pass command: ``"bfloat16"`` with ``--bf16``, else None (float32)."""
+    return "bfloat16" if getattr(args, "bf16", False) else None
 
 
 def add_num_classes(p: argparse.ArgumentParser) -> None:

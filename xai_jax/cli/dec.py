@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-from xai_jax.cli.common import add_data_args, add_model_args, add_sample_seed, data_meta, inputs_of, load_model_and_data
+from xai_jax.cli.common import (add_data_args, add_model_args, add_sample_seed, compute_dtype, data_meta, inputs_of,
+                               load_model_and_data)
 from xai_jax.cli.flags import add_config_flags, config_from_args, to_argv
 from xai_jax.cli.options import number_list, positive_int
 from xai_jax.config import to_json
@@ -96,7 +97,7 @@ def fit(args) -> None:
     progress = False if args.quiet else None
     method = ActivationClusteringSurrogate(spec.name, variables, config, num_classes=args.num_classes,
                                            batch_size=args.batch_size,
-                                           compute_dtype="bfloat16" if args.bf16 else None, progress=progress)
+                                           compute_dtype=compute_dtype(args), progress=progress)
     meta = {"weights": os.path.abspath(args.weights), **data_meta(args),
             "config_flags": to_argv(config, args.config_fields)}
     result = method.fit(source, meta=meta)

@@ -16,7 +16,8 @@ import signal
 import sys
 import threading
 
-from xai_jax.cli.common import add_data_args, add_model_args, add_num_classes, inputs_of, load_model_and_data
+from xai_jax.cli.common import (add_data_args, add_model_args, add_num_classes, compute_dtype, inputs_of,
+                               load_model_and_data)
 from xai_jax.cli.options import Parser, non_negative_int, positive_int
 from xai_jax.errors import Terminated, XaiJaxError
 from xai_jax.methods import METHODS
@@ -100,7 +101,7 @@ def cmd_predict(args) -> None:
     outputs.check_output(args.out, "predict", file=True, inputs=inputs_of(args, "weights", "data", "synsets"))
     spec, variables, source = load_model_and_data(args)
     result = evaluation.predict(spec.name, variables, source, taps, num_classes=args.num_classes,
-                                batch_size=args.batch_size, compute_dtype="bfloat16" if args.bf16 else None,
+                                batch_size=args.batch_size, compute_dtype=compute_dtype(args),
                                 progress=None if not args.quiet else False)
     result["class_names"] = __import__("numpy").asarray(source.class_names)
     outputs.save_npz(args.out, result, "predict", inputs=inputs_of(args, "weights", "data", "synsets"))

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xai_jax.cli.common import (DATA_HELP, add_num_classes, add_sample_seed, data_meta, inputs_of,
-                                load_model_and_data, model_and_weights)
+from xai_jax.cli.common import (DATA_HELP, add_bf16, add_num_classes, add_sample_seed, compute_dtype, data_meta,
+                                inputs_of, load_model_and_data, model_and_weights)
 from xai_jax.cli.flags import add_config_flags, config_from_args
 from xai_jax.cli.options import positive_int
 from xai_jax.errors import XaiJaxError
@@ -58,7 +58,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="backbone name (fit from images)")
     p.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
     add_num_classes(p)
-    p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16")
+    add_bf16(p)
     p.add_argument("--data", metavar="SPEC", help=DATA_HELP)
     p.add_argument("--split")
     p.add_argument("--limit", type=positive_int, help="use only the first N images (a random N with --sample-seed)")
@@ -226,7 +226,7 @@ def fit(args) -> None:
         _check_synsets(args, class_names, dataset)
         result = method.fit(spec.name, variables, source, synsets=args.synset_table, dataset=dataset,
                             names=not args.no_names, num_classes=args.num_classes, batch_size=args.batch_size,
-                            compute_dtype="bfloat16" if args.bf16 else None, progress=progress,
+                            compute_dtype=compute_dtype(args), progress=progress,
                             meta={"weights": os.path.abspath(args.weights), **data_meta(args)})
     if overrides:
         result = result.with_overrides(overrides)

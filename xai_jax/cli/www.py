@@ -20,7 +20,8 @@ import os
 
 import numpy as np
 
-from xai_jax.cli.common import DATA_HELP, add_data_args, data_meta, inputs_of, load_model_and_data, model_and_weights
+from xai_jax.cli.common import (DATA_HELP, add_bf16, add_data_args, compute_dtype, data_meta, inputs_of, load_model_and_data,
+                               model_and_weights)
 from xai_jax.cli.flags import add_config_flags, config_from_args
 from xai_jax.cli.options import positive_int
 from xai_jax.errors import XaiJaxError
@@ -41,6 +42,7 @@ def register(subparsers) -> None:
         q.add_argument("--model", help="backbone name (see `xai-jax info`)")
         q.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
         q.add_argument("--num-classes", type=positive_int, help="outputs of the head if not the model's default")
+        add_bf16(q)
         q.add_argument("--tap", help="the explained layer, e.g. pool (see `xai-jax info --model NAME`)")
         q.add_argument("--map-tap", help="spatial layer giving the neuron activation maps (default: the tap, or "
                                          "the last spatial tap before it with as many channels)")
@@ -79,6 +81,7 @@ def register(subparsers) -> None:
     q.add_argument("--model", help="default: the result's")
     q.add_argument("--weights", metavar="PATH", help="default: the result's")
     q.add_argument("--num-classes", type=positive_int)
+    add_bf16(q)
     q.add_argument("--out", metavar="DIR", help="write explanation.json, panel.png and explanation.npz here")
     q.set_defaults(func=explain, config_fields=add_config_flags(q, WWWConfig, only=EXPLAIN_FIELDS))
 
@@ -123,7 +126,8 @@ def _model(args, config):
     from xai_jax.methods.www import WWW
     spec = models.get(args.model)
     variables = weights.load(spec, args.weights, num_classes=args.num_classes)
-    return WWW(spec.name, variables, tap=args.tap, map_tap=args.map_tap, config=config, num_classes=args.num_classes)
+    return WWW(spec.name, variables, tap=args.tap, map_tap=args.map_tap, config=config, num_classes=args.num_classes,
+               compute_dtype=compute_dtype(args))
 
 
 def _method(args, config):
@@ -134,7 +138,8 @@ def _method(args, config):
     if not args.tap:
         raise XaiJaxError("--tap is required (see `xai-jax info --model NAME` for the taps)")
     spec, variables, source = load_model_and_data(args)
-    www = WWW(spec.name, variables, tap=args.tap, map_tap=args.map_tap, config=config, num_classes=args.num_classes)
+    www = WWW(spec.name, variables, tap=args.tap, map_tap=args.map_tap, config=config, num_classes=args.num_classes,
+              compute_dtype=compute_dtype(args))
     return www, source, {"weights": os.path.abspath(args.weights), **data_meta(args)}
 
 
@@ -273,7 +278,8 @@ def explain(args) -> None:
     spec, weights_path = model_and_weights(args, result.meta, result.model, fitted_from="embeddings")
     image = read_image(args.image, spec)
     www = WWW(spec.name, weights.load(spec, weights_path, num_classes=args.num_classes), tap=result.tap,
-              map_tap=result.map_tap, config=_stage_config(args, result), num_classes=args.num_classes)
+              map_tap=result.map_tap, config=_stage_config(args, result), num_classes=args.num_classes,
+              compute_dtype=compute_dtype(args))
     explanation = www.explain(image[None], result)
     record = explanation.summary(result.class_names)[0]
     print(f"classified as {record['predicted']} (p = {record['probability']:.3f}); heatmap similarity (trust) "

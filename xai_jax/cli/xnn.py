@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from xai_jax.cli.common import DATA_HELP, add_sample_seed, data_meta, inputs_of, model_and_weights
+from xai_jax.cli.common import DATA_HELP, add_bf16, add_sample_seed, compute_dtype, data_meta, inputs_of, model_and_weights
 from xai_jax.cli.flags import add_config_flags, config_from_args, to_argv
 from xai_jax.cli.options import choice_list, int_list, positive_int
 from xai_jax.errors import XaiJaxError
@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     f.add_argument("--model", help="backbone name (see `xai-jax info`)")
     f.add_argument("--weights", metavar="PATH", help="checkpoint of --model")
     f.add_argument("--num-classes", type=positive_int, help="outputs of the head if not the model's default")
+    add_bf16(f)
     f.add_argument("--data", metavar="SPEC", help=DATA_HELP + " (training set)")
     f.add_argument("--split", help="split of --data (default train where the source has splits)")
     f.add_argument("--limit", type=positive_int, help="use only the first N training images (a random N with --sample-seed)")
@@ -126,10 +127,10 @@ def fit(args) -> None:
                 resize=spec.resize, crop=crop, synsets=args.synsets, sample_seed=args.sample_seed)
         variables = weights.load(spec, args.weights, num_classes=args.num_classes)
         features = extract_features(spec.name, variables, source, args.tap, num_classes=args.num_classes,
-                                    batch_size=args.batch_size, progress=progress)
+                                    batch_size=args.batch_size, compute_dtype=compute_dtype(args), progress=progress)
         test_features = None if test_source is None else extract_features(
             spec.name, variables, test_source, args.tap, num_classes=args.num_classes, batch_size=args.batch_size,
-            progress=progress)
+            compute_dtype=compute_dtype(args), progress=progress)
         for variant, config in configs.items():
             results[variant] = fit_xnn(
                 config, spec.name, variables, source, test_source=test_source, classes=classes,

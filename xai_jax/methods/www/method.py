@@ -39,13 +39,17 @@ class WWW:
         else the last spatial tap before it with as many channels, e.g. ``layer3`` for a CIFAR ResNet's ``pool``).
       config: :class:`WWWConfig`.
       num_classes: outputs of the head if not the model's default.
+      compute_dtype: ``"bfloat16"`` runs the backbone of every pass in bf16 (default: float32); the
+        contributions, sums and scores stay float32.
     """
 
     def __init__(self, model: str | None = None, variables: Any = None, tap: str | None = None,
-                 map_tap: str | None = None, config: WWWConfig | None = None, num_classes: int | None = None):
+                 map_tap: str | None = None, config: WWWConfig | None = None, num_classes: int | None = None,
+                 compute_dtype: str | None = None):
         self.config = config or WWWConfig()
         self.config.validate()
         self.model, self.variables, self.num_classes = model, variables, num_classes
+        self.compute_dtype = compute_dtype
         self.tap, self.map_tap = tap, map_tap
         self.tap_shape = None
         self.num_outputs = None
@@ -96,7 +100,7 @@ class WWW:
         n = self.config.n_examples
         if len(source) < n:
             raise XaiJaxError(f"the probe set has {len(source)} images; WWW needs at least n_examples = {n}")
-        step = passes.probe_step(self.model, self.tap, self.num_classes)
+        step = passes.probe_step(self.model, self.tap, self.num_classes, self.compute_dtype)
         state = engine.run(step, K.topn_init(self.tap_shape[-1], n), source, self.variables, batch_size=batch_size,
                            desc="WWW probe", progress=progress)
         state = jax.device_get(state)
@@ -131,7 +135,7 @@ class WWW:
         template_embedding = clip_model.encode_texts([self.config.template])[0]
         crops = None
         if minor:
-            maps = passes.maps_fn(self.model, self.map_tap, self.num_classes)
+            maps = passes.maps_fn(self.model, self.map_tap, self.num_classes, self.compute_dtype)
             crops = concept_ops.crop_embeddings(probe_source, clip_model, indices,
                                                 lambda images: maps(images, self.variables),
                                                 self.config.crop_fraction)
@@ -214,7 +218,7 @@ class WWW:
         self._need_model("class contributions")
         base = self._continue(result, self.tap_shape[-1])
         step = passes.class_step(self.model, self.tap, self.num_classes, self.config.contribution,
-                                 self.config.class_by, self.tap_shape)
+                                 self.config.class_by, self.tap_shape, self.compute_dtype)
         state = engine.run(step, K.class_sums_init(self.num_outputs, self.tap_shape[-1]), source, self.variables,
                            batch_size=batch_size, desc="WWW class contributions", progress=progress)
         state = jax.device_get(state)
@@ -230,7 +234,7 @@ class WWW:
         self._need_model("contributions")
         images = check_images(images, self.model)
         fn = passes.sample_contributions_fn(self.model, self.tap, self.num_classes, self.config.contribution,
-                                            self.tap_shape, classes is not None)
+                                            self.tap_shape, classes is not None, self.compute_dtype)
         chosen = np.zeros(len(images), np.int32) if classes is None else np.asarray(classes, np.int32)
         if chosen.shape != (len(images),):
             raise XaiJaxError(f"classes must be [{len(images)}] (one per image); got shape {chosen.shape}")
@@ -259,7 +263,7 @@ class WWW:
         images = check_images(images, self.model)
         c = self.config
         fn = passes.explain_fn(self.model, self.tap, self.map_tap, self.num_classes, c.contribution, c.top_k,
-                               float(c.percentile), self.tap_shape, True)
+                               float(c.percentile), self.tap_shape, True, self.compute_dtype)
         source = ArraySource(images, np.zeros(len(images), np.int32), ["?"])
         out = engine.collect(engine.map_batches(fn, source, (self.variables, class_matrix),
                                                 batch_size=min(batch_size, len(images)), progress=False))
@@ -281,7 +285,7 @@ class WWW:
         class_matrix = self._class_matrix(result)
         c = self.config
         fn = passes.explain_fn(self.model, self.tap, self.map_tap, self.num_classes, c.contribution, c.top_k,
-                               float(c.percentile), self.tap_shape, False)
+                               float(c.percentile), self.tap_shape, False, self.compute_dtype)
         return engine.collect(engine.map_batches(fn, source, (self.variables, class_matrix),
                                                  batch_size=batch_size, desc="WWW trust", progress=progress))
 

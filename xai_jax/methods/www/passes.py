@@ -1,7 +1,8 @@
 """WWW's traced functions: the per-batch steps of the probe and class-contribution passes, and the batched
 contribution, explanation and trust functions.
 
-Each builder is cached on its static arguments (model, layer, options, shapes), so that a second pass over data
+Each builder is cached on its static arguments (model, layer, options, shapes, and ``compute_dtype``: e.g.
+``"bfloat16"`` runs the backbone in bf16, see :func:`xai_jax.models.make_forward`), so that a second pass over data
 of the same shapes reuses the programs of the first: nothing here closes over data or over a value that
 changes between calls.
 """
@@ -17,10 +18,10 @@ from xai_jax.kernels import www as K
 
 
 @functools.lru_cache(maxsize=None)
-def probe_step(model: str, tap: str, num_classes: int | None):
+def probe_step(model: str, tap: str, num_classes: int | None, compute_dtype: str | None = None):
     """``step(state, batch, variables)`` of the probe pass: each neuron's top-n images at ``tap``."""
     from xai_jax.models import make_forward
-    forward = make_forward(model, (tap,), num_classes)
+    forward = make_forward(model, (tap,), num_classes, compute_dtype)
 
     def step(state, batch, variables):
         return K.topn_update(state, forward(batch["images"], variables)[tap], batch["index"], batch["mask"])
@@ -54,10 +55,11 @@ def contributions(forward, images, variables, tap, classes_of_logits, mode, tap_
 
 
 @functools.lru_cache(maxsize=None)
-def class_step(model: str, tap: str, num_classes: int | None, mode: str, class_by: str, tap_shape: tuple):
+def class_step(model: str, tap: str, num_classes: int | None, mode: str, class_by: str, tap_shape: tuple,
+               compute_dtype: str | None = None):
     """``step(state, batch, variables)`` of the class-contribution pass: per-class sums of ``w``."""
     from xai_jax.models import make_forward
-    forward = make_forward(model, (tap,), num_classes)
+    forward = make_forward(model, (tap,), num_classes, compute_dtype)
 
     def step(state, batch, variables):
         pick = (lambda logits: batch["labels"]) if class_by == "label" else (lambda logits: jnp.argmax(logits, -1))
@@ -69,10 +71,10 @@ def class_step(model: str, tap: str, num_classes: int | None, mode: str, class_b
 
 @functools.lru_cache(maxsize=None)
 def sample_contributions_fn(model: str, tap: str, num_classes: int | None, mode: str, tap_shape: tuple,
-                            given_classes: bool):
+                            given_classes: bool, compute_dtype: str | None = None):
     """``fn(images, variables, classes) -> w [B, U]``, jitted once: the classes are an argument, not a constant."""
     from xai_jax.models import make_forward
-    forward = make_forward(model, (tap,), num_classes)
+    forward = make_forward(model, (tap,), num_classes, compute_dtype)
 
     def fn(images, variables, classes):
         pick = (lambda logits: classes) if given_classes else (lambda logits: jnp.argmax(logits, -1))
@@ -83,7 +85,7 @@ def sample_contributions_fn(model: str, tap: str, num_classes: int | None, mode:
 
 @functools.lru_cache(maxsize=None)
 def explain_fn(model: str, tap: str, map_tap: str, num_classes: int | None, mode: str, k: int,
-               percentile: float, tap_shape: tuple, full: bool):
+               percentile: float, tap_shape: tuple, full: bool, compute_dtype: str | None = None):
     """``explain_batch(batch, (variables, class_contributions)) -> dict`` for :func:`xai_jax.engine.map_batches`.
 
     Always ``predicted``, ``trust``, ``msp`` and ``labels``; with ``full`` also the neurons, contributions,
@@ -91,7 +93,7 @@ def explain_fn(model: str, tap: str, map_tap: str, num_classes: int | None, mode
     """
     from xai_jax.models import make_forward
     taps = (tap,) if map_tap == tap else (tap, map_tap)
-    forward = make_forward(model, taps, num_classes)
+    forward = make_forward(model, taps, num_classes, compute_dtype)
 
     def explain_batch(batch, params):
         variables, class_contributions = params
@@ -122,8 +124,8 @@ def explain_fn(model: str, tap: str, map_tap: str, num_classes: int | None, mode
 
 
 @functools.lru_cache(maxsize=None)
-def maps_fn(model: str, map_tap: str, num_classes: int | None):
+def maps_fn(model: str, map_tap: str, num_classes: int | None, compute_dtype: str | None = None):
     """``fn(images, variables) -> [B, h, w, U]`` the activation maps at ``map_tap``, jitted once."""
     from xai_jax.models import make_forward
-    forward = make_forward(model, (map_tap,), num_classes)
+    forward = make_forward(model, (map_tap,), num_classes, compute_dtype)
     return jax.jit(lambda images, variables: forward(images, variables)[map_tap])

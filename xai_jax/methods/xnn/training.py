@@ -189,12 +189,14 @@ def check_features(features, logits, labels, what: str = "features") -> tuple[np
 
 
 def extract_features(model: str, variables, source, tap: str, *, num_classes: int | None = None,
-                     batch_size: int = 128, progress: bool | None = None) -> dict[str, np.ndarray]:
+                     batch_size: int = 128, compute_dtype: str | None = None,
+                     progress: bool | None = None) -> dict[str, np.ndarray]:
     """One pass of the backbone (:func:`xai_jax.evaluation.predict`): ``features`` (the tap, flattened),
-    ``logits`` and ``labels``, in dataset order. Compute once and reuse for every variant."""
+    ``logits`` and ``labels``, in dataset order, the backbone in ``compute_dtype`` (e.g. ``"bfloat16"``; default
+    float32), the outputs float32. Compute once and reuse for every variant."""
     from xai_jax import evaluation
     out = evaluation.predict(model, variables, source, (tap,), num_classes=num_classes, batch_size=batch_size,
-                             progress=progress)
+                             compute_dtype=compute_dtype, progress=progress)
     return {"features": out[tap].reshape(len(out[tap]), -1), "logits": out["logits"], "labels": out["labels"]}
 
 
@@ -254,7 +256,8 @@ def fit_features(config: XNNConfig, features, logits, labels=None, *, classes: S
 def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
         classes: Sequence[int] | None = None, num_classes: int | None = None, batch_size: int = 128,
         orthogonality_images: int = 512, progress: bool | None = None, meta: dict | None = None,
-        features: Mapping | None = None, test_features: Mapping | None = None) -> XNNResult:
+        features: Mapping | None = None, test_features: Mapping | None = None,
+        compute_dtype: str | None = None) -> XNNResult:
     """Runs the backbone once over ``source`` (and ``test_source``), trains, and measures O1/O2 on the
     Grad-CAM heatmaps of the first ``orthogonality_images`` test (else training) images.
 
@@ -270,6 +273,8 @@ def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
       meta: provenance stored with the result.
       features, test_features: the output of :func:`extract_features` for these sources, to reuse one
         backbone pass for several variants.
+      compute_dtype: the backbone's dtype in the feature passes (e.g. ``"bfloat16"``); the heatmaps of
+        O1/O2 (a few hundred images) stay float32.
 
     Returns:
       an :class:`XNNResult` with ``orthogonality_basis == "heatmaps"``.
@@ -281,10 +286,10 @@ def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
     heat_tap = config.heatmap_tap or heatmaps.default_heatmap_tap(model, config.tap, num_classes)
     evaluation.check_taps(model, (heat_tap,), num_classes)
     train = features or extract_features(model, variables, source, config.tap, num_classes=num_classes,
-                                         batch_size=batch_size, progress=progress)
+                                         batch_size=batch_size, compute_dtype=compute_dtype, progress=progress)
     test = None if test_source is None else test_features or extract_features(
         model, variables, test_source, config.tap, num_classes=num_classes, batch_size=batch_size,
-        progress=progress)
+        compute_dtype=compute_dtype, progress=progress)
     result = fit_features(config, train["features"], train["logits"], train["labels"], classes=classes,
                           class_names=list(source.class_names), test=test,
                           meta={"model": model, "tap": config.tap, "heatmap_tap": heat_tap, **(meta or {})})
