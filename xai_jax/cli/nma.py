@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xai_jax.cli.common import (DATA_HELP, add_num_classes, add_sample_seed, data_meta, inputs_of,
+from xai_jax.cli.common import (DATA_HELP, add_num_classes, add_pass_args, add_sample_seed, data_meta, inputs_of,
                                 load_model_and_data, model_and_weights)
 from xai_jax.cli.flags import add_config_flags, config_from_args
 from xai_jax.cli.options import positive_int
@@ -78,6 +78,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="reference of the explanatory score: wordnet, cifar100-superclasses, or a JSON file "
                         "{group name: [class names]}")
     p.add_argument("--out", metavar="DIR", help="output folder")
+    add_pass_args(p)
 
 
 def _defer_to(verb: argparse.ArgumentParser, parent: argparse.ArgumentParser) -> None:
