@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from typing import Any, Iterator
 
 from xai_jax import distributed
@@ -106,14 +107,15 @@ class Checkpoint:
     def _create(self) -> None:
         if self._created:
             return
-        if distributed.is_main():
+        if distributed.is_main() and not os.path.isdir(self.directory):
+            # Built beside and renamed into place: a kill leaves either no folder or one with both files.
             from xai_jax.outputs import marker
-            os.makedirs(self.directory, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.directory)}.tmp-",
+                                   dir=os.path.dirname(self.directory))
             for name, content in ((_FINGERPRINT, self.fingerprint), (_MARKER, marker(KIND))):
-                tmp = os.path.join(self.directory, f".{name}.tmp")
-                with open(tmp, "w", encoding="utf-8") as f:
+                with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                     json.dump(content, f, indent=2, sort_keys=True, default=str)
-                os.replace(tmp, os.path.join(self.directory, name))
+            os.rename(tmp, self.directory)
         distributed.barrier("xai_jax checkpoint created")
         self._created = True
 
@@ -127,7 +129,11 @@ class Checkpoint:
         distributed.barrier("xai_jax checkpoint done")
         marker = _read_json(os.path.join(self.directory, _MARKER))
         if distributed.is_main() and isinstance(marker, dict) and marker.get("kind") == KIND:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            # Renamed aside first, so that a kill during the deletion leaves no half checkpoint to resume from.
+            aside = tempfile.mkdtemp(prefix=f".{os.path.basename(self.directory)}.old-",
+                                     dir=os.path.dirname(self.directory))
+            os.rename(self.directory, aside)
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def _describe_fold(state: Any, batches) -> dict:
