@@ -223,3 +223,18 @@ def test_kill_and_resume_in_one_process(one_process, tmp_path, cache, capsys, nm
     assert_equal_results(load(out, "nma.npz"), one_process["nma"], rtol=0)  # the same batches: bit for bit
     assert not checkpoint.exists()  # removed once the pass completed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nma"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--coordinator", "127.0.0.1:1234"], "give all of --coordinator HOST:PORT, --num-processes P and --process-id I"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"], "--process-id must be in [0, 2)"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "--coordinator must be HOST:PORT"),
+    (["--resume"], "--checkpoint-dir and --resume need --checkpoint-every N"),
+])
+def test_bad_cluster_and_checkpoint_flags_are_one_line(tmp_path, capsys, extra, message):
+    from xai_jax.cli.main import main
+    argv = ["nma", "--from-probs", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "out"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert list(tmp_path.iterdir()) == []

@@ -18,13 +18,17 @@ from typing import Any
 from xai_jax.errors import XaiJaxError
 
 
-def cluster_detected() -> bool:
-    """Whether JAX's own cluster detection (SLURM, Open MPI, TPU pods, Kubernetes ...) sees a cluster here."""
+def detected_process_count() -> int:
+    """How many processes the cluster environment that JAX's own detection finds here runs (SLURM, Open MPI,
+    TPU pods; like JAX, it skips the opt-in ones such as Kubernetes); 1 without one."""
     try:
         from jax._src import clusters
-        return any(env.is_env_present() for env in clusters.ClusterEnv._cluster_types)
+        for env in clusters.ClusterEnv._cluster_types:
+            if not getattr(env, "opt_in_only_method", False) and env.is_env_present():
+                return int(env.get_process_count())
     except Exception:  # noqa: BLE001 - a private API: when it moves, fall back to one process
-        return False
+        pass
+    return 1
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
@@ -32,9 +36,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """Joins this process to a multi-process JAX cluster, or stays a single process.
 
     With all three arguments, ``jax.distributed.initialize`` gets them; with none, JAX's own cluster
-    detection runs when :func:`cluster_detected` sees a cluster environment, and otherwise this stays one
-    process. On CPU the cross-process collectives go through gloo. Call it before anything uses a JAX
-    backend (``jax.devices()``, any computation); calling it again is a no-op.
+    detection runs when :func:`detected_process_count` sees a cluster of more than one process, and
+    otherwise this stays one process (so that commands in a one-task SLURM job do not each start a
+    coordinator on the job's port). On CPU the cross-process collectives go through gloo. Call it before
+    anything uses a JAX backend (``jax.devices()``, any computation); calling it again is a no-op.
 
     Args:
       coordinator: ``HOST:PORT`` of process 0's coordination service.
@@ -50,7 +55,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if any(given) and not all(given):
         raise XaiJaxError("give all of --coordinator HOST:PORT, --num-processes P and --process-id I, or none "
-                          "(then JAX detects a cluster: SLURM, Open MPI, TPU, Kubernetes)")
+                          "(then JAX detects a cluster: SLURM, Open MPI, TPU pods)")
     if all(given):
         if num_processes < 1 or not 0 <= process_id < num_processes:
             raise XaiJaxError(f"--process-id must be in [0, {num_processes}), got {process_id}")
@@ -60,7 +65,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     from jax._src import distributed
     if distributed.global_state.client is not None:  # already joined
         return jax.process_index(), jax.process_count()
-    if not all(given) and not cluster_detected():
+    if not all(given) and detected_process_count() <= 1:
         return 0, 1
     if all(given) and num_processes == 1:
         return 0, 1

@@ -34,7 +34,8 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def add_pass_args(p: argparse.ArgumentParser) -> None:
     """The flags of every dataset pass: the processes it runs on, and its checkpoints (:func:`pass_context`)."""
     g = p.add_argument_group("many hosts", "one process per host; without these flags JAX detects a cluster "
-                             "(SLURM, Open MPI, TPU, Kubernetes), else the pass runs in this one process")
+                             "(SLURM, Open MPI, TPU pods) of more than one process, else the pass runs in this "
+                             "one process")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same on every host")
     g.add_argument("--num-processes", type=positive_int, metavar="P", help="how many processes (hosts)")
     g.add_argument("--process-id", type=non_negative_int, metavar="I", help="this process's rank, 0 .. P-1")
