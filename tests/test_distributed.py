@@ -50,6 +50,11 @@ def www_argv(weights):
                                 "--out", str(out), *extra]
 
 
+@pytest.fixture(scope="module")
+def predict_argv(weights):
+    return lambda out: ["--quiet", "predict", *_inputs(weights), "--taps", "pool", "--out", str(out)]
+
+
 def _inputs(weights: str) -> list[str]:
     data = f"jpeg-npz:{shared_path('cifar10', 'cifar10_test_jpeg.npz')}"
     return ["--model", "cifar_resnet20", "--weights", weights, "--data", data, "--limit", str(LIMIT),
@@ -139,26 +144,29 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory, nma_argv, www_argv):
-    """The one-process results of both commands, computed in this process."""
+def one_process(tmp_path_factory, nma_argv, www_argv, predict_argv):
+    """The one-process results of the commands, computed in this process."""
     from xai_jax.cli.main import main
     root = tmp_path_factory.mktemp("one")
     assert main(nma_argv(root / "nma")) == 0
     assert main(www_argv(root / "www")) == 0
-    return {"nma": load(root / "nma", "nma.npz"), "www": load(root / "www", "www.npz")}
+    assert main(predict_argv(root / "predict.npz")) == 0
+    return {"nma": load(root / "nma", "nma.npz"), "www": load(root / "www", "www.npz"),
+            "predict": load(root, "predict.npz")}
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory, cache, nma_argv, www_argv):
+def two_processes(tmp_path_factory, cache, nma_argv, www_argv, predict_argv):
     """Two processes: ``nma`` saving every batch, SIGKILLed once a checkpoint exists; then, in two new
-    processes, that pass resumed (``resumed``), ``www contributions`` and the uninterrupted ``nma``."""
+    processes, that pass resumed (``resumed``), ``www contributions``, the uninterrupted ``nma`` and
+    ``predict`` (per-image outputs, gathered)."""
     root = tmp_path_factory.mktemp("two")
     every = ("--checkpoint-every", "1")
     step = kill_after_checkpoint(launch([nma_argv(root / "resumed", *every)], 2, root, cache),
                                  root / ".resumed.checkpoint")
     interrupted = {"step": step, "wrote": (root / "resumed").exists()}
     outs = finish(launch([nma_argv(root / "resumed", *every, "--resume"), www_argv(root / "www"),
-                          nma_argv(root / "nma")], 2, root, cache))
+                          nma_argv(root / "nma"), predict_argv(root / "predict.npz")], 2, root, cache))
     return root, interrupted, outs
 
 
@@ -188,13 +196,16 @@ def test_batches_share_the_global_batches_between_processes():
     assert len(later) == 1 and not later[0]["mask"].any() and (later[0]["index"] == -1).all()
 
 
-def test_nma_and_www_contributions_in_two_processes_equal_one(one_process, two_processes):
+def test_nma_www_contributions_and_predict_in_two_processes_equal_one(one_process, two_processes):
     root, _, _ = two_processes
     assert_equal_results(load(root / "nma", "nma.npz"), one_process["nma"], rtol=1e-6)
     assert_equal_results(load(root / "www", "www.npz"), one_process["www"], rtol=1e-6)
     assert int(one_process["nma"]["counts"].sum()) > 300  # the pass counted the correctly classified images
+    # per-image outputs gathered from both processes: every image once, in dataset order
+    assert_equal_results(load(root, "predict.npz"), one_process["predict"], rtol=1e-6)
+    assert one_process["predict"]["pool"].shape == (LIMIT, 64)
     # only process 0 wrote, and only the outputs: no temporary folders, no checkpoint left
-    assert sorted(p.name for p in root.iterdir()) == ["nma", "resumed", "www"]
+    assert sorted(p.name for p in root.iterdir()) == ["nma", "predict.npz", "resumed", "www"]
 
 
 def test_kill_and_resume_in_two_processes(one_process, two_processes):
