@@ -1,8 +1,8 @@
 """Passes over several processes and resumed passes: the same result as one uninterrupted process.
 
-Two local CPU processes (one device each, gloo collectives) run ``xai-jax nma`` and ``xai-jax www
-contributions`` over 512 CIFAR-10 test images with ResNet-20; the one-process result is computed in this
-process with the same commands. Kill-and-resume: a pass saving every batch is SIGKILLed once a checkpoint
+Two local CPU processes (one device each, gloo collectives) run ``xai-jax nma``, ``xai-jax www
+contributions`` and ``xai-jax predict`` over 512 CIFAR-10 test images with ResNet-20; the one-process
+result is computed in this process with the same commands. Kill-and-resume: a pass saving every batch is SIGKILLed once a checkpoint
 exists, resumed, and compared with the uninterrupted run, in one process and in two. The subprocesses share
 a persistent compilation cache, so that only the first of them compiles.
 """
@@ -238,7 +238,8 @@ def test_kill_and_resume_in_one_process(one_process, tmp_path, cache, capsys, nm
 
 @pytest.mark.parametrize("extra, message", [
     (["--coordinator", "127.0.0.1:1234"], "give all of --coordinator HOST:PORT, --num-processes P and --process-id I"),
-    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"], "--process-id must be in [0, 2)"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
+     "--process-id must be in [0, 2)"),
     (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "--coordinator must be HOST:PORT"),
     (["--resume"], "--checkpoint-dir and --resume need --checkpoint-every N"),
 ])
