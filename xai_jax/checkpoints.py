@@ -76,6 +76,7 @@ class Checkpoint:
     resume: bool = False
     _folds: int = dataclasses.field(default=0, init=False, repr=False)
     _created: bool = dataclasses.field(default=False, init=False, repr=False)
+    _checked: bool = dataclasses.field(default=False, init=False, repr=False)
 
     def __post_init__(self):
         self.directory = os.path.abspath(os.fspath(self.directory))
@@ -89,6 +90,7 @@ class Checkpoint:
         if not os.path.lexists(path):
             if not os.path.isdir(os.path.dirname(path)):
                 raise XaiJaxError(f"cannot write the checkpoint {path}: its folder does not exist")
+            self._checked = True
             return
         marker = _read_json(os.path.join(path, _MARKER))
         if os.path.islink(path) or not os.path.isdir(path) or not isinstance(marker, dict) \
@@ -102,7 +104,7 @@ class Checkpoint:
         if not isinstance(saved, dict) or _canonical(saved) != _canonical(self.fingerprint):
             raise XaiJaxError(f"cannot resume from {path}: it was made with other inputs or options ("
                               f"{_differences(saved if isinstance(saved, dict) else {}, self.fingerprint)})")
-        self._created = True
+        self._created = self._checked = True
 
     def _create(self) -> None:
         if self._created:
@@ -120,7 +122,10 @@ class Checkpoint:
         self._created = True
 
     def fold(self, state: Any, batches) -> "_FoldCheckpoint":
-        """The saver of the next fold of the command (see :func:`xai_jax.engine.run`)."""
+        """The saver of the next fold of the command (see :func:`xai_jax.engine.run`); the first one checks
+        the folder (:meth:`check`) unless :func:`checkpointing` did."""
+        if not self._checked:
+            self.check()
         index, self._folds = self._folds, self._folds + 1
         return _FoldCheckpoint(self, index, state, batches)
 
@@ -142,6 +147,13 @@ def _describe_fold(state: Any, batches) -> dict:
             "processes": batches.process_count,
             "state": [[list(a.shape), str(a.dtype)] for a in jax.tree.leaves(state)],
             "structure": str(jax.tree.structure(state))}
+
+
+def _as_dict(state: Any) -> dict:
+    """The state's leaves by position, ``{"0": leaf, ...}``: orbax's standard handler takes any state so, a
+    bare array or a NamedTuple included."""
+    import jax
+    return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(state))}
 
 
 class _FoldCheckpoint:
@@ -174,20 +186,21 @@ class _FoldCheckpoint:
         if step is None:
             return state, 0
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                 position=ocp.args.JsonRestore()))
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_as_dict(abstract)), position=ocp.args.JsonRestore()))
         record = restored["position"]
         if _canonical(record.get("fold")) != _canonical(self.description):
             raise XaiJaxError(f"cannot resume from {self.checkpoint.directory}: fold {self.index} was saved for "
                               f"other batches or state ({_differences(record.get('fold') or {}, self.description)})")
         self.saved = int(record["position"])
         print(f"xai-jax: resuming fold {self.index} after batch {self.saved} of {self.total}", file=sys.stderr)
-        return restored["state"], self.saved
+        leaves = restored["state"]
+        return jax.tree.unflatten(jax.tree.structure(state), [leaves[k] for k in sorted(leaves, key=int)]), self.saved
 
     def save(self, position: int, state: Any) -> None:
         import orbax.checkpoint as ocp
         record = {"position": position, "fold": self.description}
-        self.manager().save(position, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+        self.manager().save(position, args=ocp.args.Composite(state=ocp.args.StandardSave(_as_dict(state)),
                                                               position=ocp.args.JsonSave(record)))
         self.manager().wait_until_finished()
         self.saved = position
