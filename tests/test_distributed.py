@@ -250,3 +250,38 @@ def test_bad_cluster_and_checkpoint_flags_are_one_line(tmp_path, capsys, extra, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_engine_run_resumes_from_a_checkpoint_given_in_python(tmp_path, capsys):
+    """``engine.run(checkpoint=...)``: a fold stopped after 3 of 7 batches, resumed, equals the whole fold; a
+    checkpoint with another fingerprint is refused."""
+    import jax.numpy as jnp
+
+    from xai_jax import engine
+    from xai_jax.checkpoints import Checkpoint
+    from xai_jax.data import DigitsSource
+    from xai_jax.errors import XaiJaxError
+
+    source = DigitsSource("train")
+
+    def step(state, batch, params):  # a bare array state: per-class pixel sums
+        pixels = jnp.where(batch["mask"][:, None], batch["images"].reshape(len(batch["mask"]), -1), 0)
+        return state + jnp.zeros_like(state).at[batch["labels"]].add(pixels.astype(jnp.float32))
+
+    init = jnp.zeros((10, 64), jnp.float32)
+    batches = Batches(source, 16, np.arange(100))
+    whole = np.asarray(engine.run(step, init, batches, progress=False))
+    first = Batches(source, 16, np.arange(48))  # the first 3 batches, saved as a stopped pass would be
+    saver = Checkpoint(tmp_path / "ck", 1, {"data": "digits"}).fold(engine._replicate(init, engine._default_mesh()),
+                                                                     batches)
+    partial = engine.run(step, init, first, progress=False)
+    saver.save(3, engine._replicate(partial, engine._default_mesh()))
+    with pytest.raises(XaiJaxError, match="other inputs or options"):
+        engine.run(step, init, batches, checkpoint=Checkpoint(tmp_path / "ck", 1, {"data": "mnist"}, resume=True))
+    capsys.readouterr()
+    resumed = engine.run(step, init, batches, progress=False,
+                         checkpoint=Checkpoint(tmp_path / "ck", 1, {"data": "digits"}, resume=True))
+    # restored after batch 3 and folded from batch 4: from batch 1 it would count the first 48 images twice
+    assert "resuming fold 0 after batch 3 of 7" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.asarray(resumed), whole)
+    assert whole.sum() > 0
