@@ -275,18 +275,9 @@ def explain(args) -> None:
     if args.label:
         print(result.explain(args.label).text())
         return
-    import jax
-
-    from xai_jax import models, weights
     from xai_jax.data.sources import read_image
+    from xai_jax.methods.nma.query import Classifier, answer
     spec, weights_path = model_and_weights(args, result.meta, fitted_from="saved scores")
     image = read_image(args.image, spec)
-    num_classes = args.num_classes or (result.num_classes if result.num_classes != spec.num_classes else None)
-    variables = weights.load(spec, weights_path, num_classes=num_classes)
-    logits = models.make_forward(spec.name, (), num_classes)(image[None], variables)["logits"]
-    probs = np.asarray(jax.nn.softmax(logits[0]))
-    if len(probs) != result.num_classes:
-        raise XaiJaxError(f"{spec.name} has {len(probs)} outputs but the result has {result.num_classes} labels")
-    label = int(probs.argmax())
-    print(f"classified as {result.class_names[label]} (p = {probs[label]:.3f})")
-    print(result.explain(label).text())
+    classifier = Classifier.load(spec, weights_path, result, args.num_classes)
+    print("\n".join(answer(result, classifier.probabilities(image))["printed"]))
