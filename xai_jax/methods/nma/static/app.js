@@ -2,10 +2,11 @@
 // Only what is expanded is drawn (a collapsed subtree is one triangle), so 1,000 or 21,841 labels stay responsive.
 "use strict";
 
-const ROW = 18, WIDTH = 640, LEFT = 30, TOP = 24, LABEL_ROOM = 260, MAX_ROWS = 2000;
+// NAME_ROOM: between the lowest merge and the leaves, for the names of the lowest concepts.
+const ROW = 22, WIDTH = 520, LEFT = 30, TOP = 24, NAME_ROOM = 150, LABEL_ROOM = 280, MAX_ROWS = 2000;
 const $ = (id) => document.getElementById(id);
 const S = {tree: null, C: 0, root: 0, parent: null, expanded: new Set(), zoom: 1, selected: null,
-           path: new Set(), labelCache: new Map(), flash: null};
+           path: new Set(), labelCache: new Map(), flash: null, scale: "order", rank: null};
 
 // --- the API ---------------------------------------------------------------------------------------------------
 
@@ -40,6 +41,10 @@ async function load() {
   tree.children.forEach(([a, b], i) => { S.parent[a] = S.C + i; S.parent[b] = S.C + i; });
   S.hmax = tree.heights.reduce((a, b) => Math.max(a, b), -Infinity);
   S.hmin = tree.heights.reduce((a, b) => Math.min(a, b), Infinity);
+  // Merge order: internal node i's rank among the merge heights (SciPy's rows are already in that order).
+  const order = tree.heights.map((h, i) => [h, i]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  S.rank = new Float64Array(S.C - 1);
+  order.forEach(([, i], k) => { S.rank[i] = (k + 1) / order.length; });
   collapseTop(40);
   showScore(tree.score, tree.undo);
   $("query-note").textContent = tree.model ? `Queries are classified by ${tree.model}.` +
@@ -99,9 +104,18 @@ function layout() {
   return {y, tips, order, rowH};
 }
 
-function xOf(h) {
-  const width = WIDTH * S.zoom, low = S.hmin - 0.08 * (S.hmax - S.hmin || 1e-3);
-  return LEFT + ((S.hmax - h) / (S.hmax - low)) * width;
+// x of an internal node: by merge order (evenly spread, the default: near-miss heights crowd just below 1) or
+// by merge height (the range the merges span, as the dendrogram figure draws it).
+function xOf(n) {
+  const width = WIDTH * S.zoom;
+  if (S.scale === "order") return LEFT + (1 - S.rank[n - S.C]) * width;
+  const low = S.hmin - 0.08 * (S.hmax - S.hmin || 1e-3);
+  return LEFT + ((S.hmax - height(n)) / (S.hmax - low)) * width;
+}
+
+function xOfHeight(h) {
+  const low = S.hmin - 0.08 * (S.hmax - S.hmin || 1e-3);
+  return LEFT + ((S.hmax - h) / (S.hmax - low)) * WIDTH * S.zoom;
 }
 
 const esc = (text) => String(text).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;",
@@ -109,13 +123,18 @@ const esc = (text) => String(text).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<
 
 function render() {
   const {y, tips, order, rowH} = layout();
-  const xLeaf = LEFT + WIDTH * S.zoom, parts = [];
-  const xNode = (n) => (isLeaf(n) ? xLeaf : xOf(height(n)));
+  const xLeaf = LEFT + WIDTH * S.zoom + NAME_ROOM, parts = [];
+  const xNode = (n) => (isLeaf(n) ? xLeaf : xOf(n));
   const on = (n) => (S.path.has(n) ? " on-path" : "");
-  for (const tick of [S.hmax, (S.hmax + S.hmin) / 2, S.hmin]) {
-    const x = xOf(tick);
-    parts.push(`<line class="axis" x1="${x}" x2="${x}" y1="12" y2="${TOP + tips.length * rowH}"/>`,
-               `<text class="axis" x="${x - 14}" y="10">${tick.toFixed(4)}</text>`);
+  if (S.scale === "height") {
+    for (const tick of [S.hmax, (S.hmax + S.hmin) / 2, S.hmin]) {
+      const x = xOfHeight(tick);
+      parts.push(`<line class="axis" x1="${x}" x2="${x}" y1="12" y2="${TOP + tips.length * rowH}"/>`,
+                 `<text class="axis" x="${x - 14}" y="10">${tick.toFixed(4)}</text>`);
+    }
+  } else {
+    parts.push(`<text class="axis" x="${LEFT}" y="10">root</text>`,
+               `<text class="axis" x="${LEFT + WIDTH * S.zoom - 60}" y="10">first merges</text>`);
   }
   for (const n of order) {
     const [a, b] = kids(n), x = xNode(n);
@@ -367,6 +386,7 @@ function wire() {
     e.preventDefault();
     setZoom(e.deltaY < 0 ? 1.1 : 1 / 1.1);
   }, {passive: false});
+  $("scale").addEventListener("change", () => { S.scale = $("scale").value; render(); });
   $("zoom-in").addEventListener("click", () => setZoom(1.25));
   $("zoom-out").addEventListener("click", () => setZoom(0.8));
   $("expand").addEventListener("click", () => {
