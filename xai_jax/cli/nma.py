@@ -329,6 +329,8 @@ def serve(args) -> None:
               + ("; queries with " + explorer.classifier.spec.name if explorer.classifier else "; no queries")
               + "; Ctrl-C stops)", flush=True)
         server.serve_forever()
+    except KeyboardInterrupt:  # Ctrl-C is how a server stops
+        print("stopped")
     finally:
         server.server_close()
 

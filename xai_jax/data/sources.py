@@ -327,31 +327,32 @@ def load_folder_image(path: pathlib.Path | io.BytesIO, resize: int | None, crop:
       path: the image file, or its encoded bytes in a ``BytesIO``.
       resize: shorter side after a bilinear resize (Pillow's, as torchvision uses for PIL images), or None.
       crop: ``(height, width)`` of the centre crop, or None.
-      name: how an error names the image (default: ``path``).
+      name: how an error names the image (default: ``image PATH``).
       max_pixels: refuse, before decoding, an image of more pixels than this (Pillow's own decompression-bomb
         guard still applies without it).
 
     Returns:
       uint8 ``[H, W, 3]``.
     """
-    name = str(path) if name is None else name
+    name = f"image {path}" if name is None else name
     try:
         with Image.open(path) as image:
             width, height = image.size  # read from the header: nothing is decoded yet
             if max_pixels is not None and width * height > max_pixels:
-                raise XaiJaxError(f"image {name} is {width}x{height}, more than the {max_pixels:,} pixels allowed")
+                raise XaiJaxError(f"{name} is {width}x{height}, more than the {max_pixels:,} pixels allowed")
             image = image.convert("RGB")
             if resize is not None:
                 image = image.resize(resized_size(*image.size, resize), Image.BILINEAR)
             if crop is not None:
                 width, height = image.size
                 if crop[0] > height or crop[1] > width:
-                    raise XaiJaxError(f"image {name} is {width}x{height} after resizing, smaller than the "
+                    raise XaiJaxError(f"{name} is {width}x{height} after resizing, smaller than the "
                                       f"{crop[1]}x{crop[0]} crop")
                 image = image.crop(center_crop_box(width, height, crop))
             return np.asarray(image)
     except _IMAGE_ERRORS as err:
-        raise XaiJaxError(f"cannot decode image {name}: {err}") from None
+        detail = str(err).split(" <_io.BytesIO")[0]  # Pillow names a buffer by its repr
+        raise XaiJaxError(f"cannot decode {name}: {detail}") from None
 
 
 def read_image(path: PathLike | None, spec=None, what: str = "image") -> np.ndarray:
@@ -362,10 +363,11 @@ def read_image(path: PathLike | None, spec=None, what: str = "image") -> np.ndar
     of the decoded RGB; RGB from grey: repeated), and its shape checked against ``spec.input_shape``.
     """
     path = existing_file(path, what)
-    return _query_image(pathlib.Path(path), str(path), spec, what)
+    return _query_image(pathlib.Path(path), f"{what} {path}", spec)
 
 
-def decode_image(data: bytes, spec=None, what: str = "uploaded image", max_pixels: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, spec=None, what: str = "the uploaded image",
+                 max_pixels: int | None = None) -> np.ndarray:
     """:func:`read_image` for an image's encoded bytes (an upload), with an optional pixel limit checked
     before decoding.
 
@@ -380,10 +382,10 @@ def decode_image(data: bytes, spec=None, what: str = "uploaded image", max_pixel
     """
     if not data:
         raise XaiJaxError(f"{what} is empty")
-    return _query_image(io.BytesIO(data), what, spec, what, max_pixels)
+    return _query_image(io.BytesIO(data), what, spec, max_pixels)
 
 
-def _query_image(path, name: str, spec, what: str, max_pixels: int | None = None) -> np.ndarray:
+def _query_image(path, name: str, spec, max_pixels: int | None = None) -> np.ndarray:
     if spec is None:
         return load_folder_image(path, None, None, name, max_pixels)
     image = load_folder_image(path, spec.resize, tuple(spec.input_shape[:2]) if spec.resize else None, name,
@@ -394,8 +396,7 @@ def _query_image(path, name: str, spec, what: str, max_pixels: int | None = None
     elif image.shape[-1] != channels:
         image = np.repeat(image[..., :1], channels, -1)
     if tuple(image.shape) != tuple(spec.input_shape):
-        called = what if name == what else f"{what} {name}"
-        raise XaiJaxError(f"{called} is {image.shape[1]}x{image.shape[0]}; {spec.name} takes "
+        raise XaiJaxError(f"{name} is {image.shape[1]}x{image.shape[0]}; {spec.name} takes "
                           f"{spec.input_shape[1]}x{spec.input_shape[0]} images")
     return image
 

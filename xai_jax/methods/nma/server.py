@@ -55,6 +55,8 @@ NAME_PATTERN = re.compile(r"[^\W_][\w '\-.,&()]*")
 #: the largest upload accepted by default (bytes), and the most pixels its header may declare
 MAX_UPLOAD = 8 << 20
 MAX_PIXELS = 40_000_000
+#: how much of an oversized body is read (and dropped) before the refusal, so that the client gets it
+DRAIN_MAX = 4 << 20
 #: the largest JSON body (renames, data queries)
 MAX_JSON = 4096
 #: what ``GET /api/labels/I`` lists
@@ -445,7 +447,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if length is None or not length.isdigit():
             raise ApiError(411, "a request body needs its Content-Length")
         if int(length) > limit:
-            self.close_connection = True  # the body is left unread
+            # Read (a bounded part of) what was sent before answering: closing a socket with unread data makes
+            # the kernel reset the connection, and the client may lose the answer.
+            self.rfile.read(min(int(length), limit + DRAIN_MAX))
+            self.close_connection = True
             raise ApiError(413, f"the request body has {int(length):,} bytes; at most {limit:,} are accepted")
         return self.rfile.read(int(length))
 
