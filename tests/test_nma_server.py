@@ -417,3 +417,48 @@ def test_page_queries_an_upload_and_a_data_image_as_nma_explain(page, served, ca
     name = page.locator("#prediction").inner_text().split(" (p = ")[0]
     assert page.locator("#explanation").inner_text() == explain_cli(capsys, "--result", str(folder), "--label",
                                                                      name)[0]
+
+
+@pytest.fixture(scope="module")
+def imagenet_sized(tmp_path_factory):
+    """A result over ImageNet's 1,000 labels (its wnids) from probabilities whose near misses are each label's
+    neighbours in the class order (which keeps related classes together), served in this process."""
+    from xai_jax.methods.nma import NearMissAnalysis
+    from xai_jax.methods.nma.server import Explorer, make_server
+    wnids = shared_path("imagenet", "imagenet_synsets.txt").read_text().split()
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(1000), 2)
+    logits = rng.normal(size=(2000, 1000))
+    logits[np.arange(2000), labels] += 12
+    logits[np.arange(2000), (labels + rng.integers(-4, 5, 2000)) % 1000] += 6
+    result = NearMissAnalysis().fit_scores(logits, labels, wnids, from_logits=True, names=False, progress=False)
+    folder = tmp_path_factory.mktemp("imagenet") / "nma"
+    result.save(folder)
+    server = make_server(Explorer(folder), port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield wnids, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_page_with_imagenet_labels_draws_only_what_is_expanded(browser, imagenet_sized):
+    wnids, port = imagenet_sized
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    tab = context.new_page()
+    tab.goto(f"http://127.0.0.1:{port}/")
+    tab.wait_for_selector("body[data-ready='1']")
+    rows = int(tab.get_attribute("#tree", "data-rows"))
+    assert 30 <= rows <= 60  # the top of the tree: collapsed subtrees, not 1,000 rows
+    assert tab.locator("#tree text.leaf").count() + tab.locator("#tree text.tip").count() == rows
+    assert tab.locator("#tree circle.node").count() == rows - 1  # one per expanded concept
+    shown = set(tab.locator("#tree text.leaf").all_text_contents())
+    target = next(w for w in wnids[::-1] if w not in shown)
+    tab.fill("#search", target)
+    tab.keyboard.press("Enter")  # expands the path to it, and only that
+    tab.wait_for_selector(f"#tree text.leaf.flash[data-node='{wnids.index(target)}']")
+    path = request(port, "GET", f"/api/labels/{wnids.index(target)}")[1]["path"]
+    assert int(tab.get_attribute("#tree", "data-rows")) <= rows + len(path)
+    tab.click("#expand")  # everything under the root, up to 2,000 rows
+    expect(tab.locator("#tree")).to_have_attribute("data-rows", "1000")
+    assert sorted(tab.locator("#tree text.leaf").all_text_contents()) == sorted(wnids)
+    context.close()
