@@ -3,6 +3,7 @@
     xai-jax nma fit --model cifar_resnet56 --weights resnet56.th --data jpeg-npz:test.npz --out nma56
     xai-jax nma fit --from-probs preds.npz --out nma          # `fit` may be left out: xai-jax nma --from-probs ...
     xai-jax nma explain --result nma56 --label cat            # or --image photo.png
+    xai-jax nma serve --result nma56                          # the near-miss explorer at http://127.0.0.1:8765/
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("nma", help=METHODS["nma"].summary,
                               description="Fit: `xai-jax nma [fit] --model/--weights/--data or --from-probs, with "
                                           "--out`. Explain: `xai-jax nma explain --result DIR --label NAME | "
-                                          "--image FILE`.")
+                                          "--image FILE`. Explore in a browser: `xai-jax nma serve --result DIR`.")
     _add_fit_args(p)  # the bare `xai-jax nma --out DIR ...` fits, as before the verbs
     p.set_defaults(func=fit)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
