@@ -246,14 +246,17 @@ async function select(node) {
   }));
 }
 
+// Probabilities: four decimals, or three significant digits below 0.001 (near misses can be tiny).
+const prob = (p) => (p >= 1e-3 || p === 0 ? p.toFixed(4) : p.toExponential(2));
+
 function nearList(items, by) {
   if (!items.length) return "<p class='hint'>none</p>";
   const top = Math.max(...items.map((m) => (by === "events" ? m.events : m.p)));
   return "<ul class='near'>" + items.map((m) => {
     const value = by === "events" ? m.events : m.p;
-    const text = by === "events" ? `${m.events} times, mean p ${m.p.toFixed(4)}` : `p = ${m.p.toFixed(4)}`;
-    return `<li><span class="label">${esc(m.name)}</span><span class="bar" style="width:${Math.max(2, 120 * value / top)}px">` +
-           `</span><span>${text}</span></li>`;
+    const text = by === "events" ? `${m.events}×, mean p ${prob(m.p)}` : `p = ${prob(m.p)}`;
+    return `<li><span class="label">${esc(m.name)}</span><span class="barbox"><span class="bar" ` +
+           `style="width:${Math.max(2, 120 * value / top)}px"></span></span><span>${text}</span></li>`;
   }).join("") + "</ul>";
 }
 
