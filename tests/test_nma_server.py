@@ -205,7 +205,7 @@ def before_score(files: dict) -> float:
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 65, "<script>alert(1)</script>", "../../etc/passwd", "a/b",
-                                  "bell\x07", "nul\x00", "semi;colon", "_hidden", 7, None, ["pets"]])
+                                  "bell\x07", "nul\x00", "semi;colon", "_hidden", "snake_case", 7, None, ["pets"]])
 def test_api_refuses_bad_names_and_changes_nothing(served, name):
     folder, port = served
     before = snapshot(folder, contents=True)

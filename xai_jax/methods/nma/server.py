@@ -51,7 +51,7 @@ from xai_jax.methods.nma.result import NMAResult, cluster_id
 #: the longest name a concept may be given
 NAME_MAX = 64
 #: a name: a letter or digit first, then letters, digits, spaces and - ' . , & ( )
-NAME_PATTERN = re.compile(r"[^\W_][\w '\-.,&()]*")
+NAME_PATTERN = re.compile(r"[^\W_](?:[^\W_]|[ '\-.,&()])*")
 #: the largest upload accepted by default (bytes), and the most pixels its header may declare
 MAX_UPLOAD = 8 << 20
 MAX_PIXELS = 40_000_000
