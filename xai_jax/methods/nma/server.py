@@ -119,10 +119,6 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _finite(value: float) -> float | None:
-    return None if not np.isfinite(value) else float(value)
-
-
 class Explorer:
     """One NMA result folder, served: everything the page shows, and renames saved into the folder.
 
