@@ -313,6 +313,49 @@ def write_files(directory: PathLike, files: Mapping[str, bytes] | None) -> None:
             f.write(data)
 
 
+def replace_file(directory: PathLike, name: str, data: bytes, kind: str) -> str:
+    """Replaces one file of an existing xai-jax output folder of ``kind`` atomically: written beside it in the
+    same folder, flushed, then renamed over it, so that a reader sees the old file or the new one, never a part.
+
+    For edits of a result in place (a renamed concept); everything else goes through :func:`atomic_dir`.
+
+    Args:
+      directory: the output folder; it must carry the marker of ``kind``.
+      name: a plain file name inside it (no folder part, not hidden, not the marker).
+      data: the new contents.
+      kind: the folder's kind.
+
+    Returns:
+      the path written.
+
+    Raises:
+      XaiJaxError: the folder is not an xai-jax ``kind`` output, or ``name`` is not a plain file name in it.
+    """
+    directory = os.fspath(directory)
+    if os.path.basename(name) != name or name in ("", ".", "..", MARKER) or name.startswith("."):
+        raise XaiJaxError(f"{name!r} is not a file name an output may replace")
+    found = existing_kind(directory)
+    if found != kind:
+        what = _describe(found) if found else "not written by xai-jax"
+        raise XaiJaxError(f"{directory} is {what}; xai-jax edits only its own {kind} outputs")
+    target = os.path.join(directory, name)
+    if os.path.islink(target) or os.path.isdir(target):
+        raise XaiJaxError(f"{target} is a link or a folder; xai-jax replaces only its own files")
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _follow_umask(tmp, is_dir=False)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    return target
+
+
 # --- single files --------------------------------------------------------------------------------------------
 
 def _png_with_marker(data: bytes, kind: str) -> bytes:
