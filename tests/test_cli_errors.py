@@ -162,6 +162,7 @@ def commands(p):
         "nma-explain": (["nma", "explain", "--result", p["nma"], "--label", "cat"], {"--result": "result:nma"}),
         "nma-explain-image": (["nma", "explain", "--result", p["nma"], "--image", p["image.png"], *model],
                               {"--image": "image"}),
+        "nma-serve": (["nma", "serve", "--result", p["nma"], "--port", "0", *model], {"--result": "result:nma"}),
         "dec-fit": (["dec", "fit", *model, "--data", data, "--limit", "64", "--taps", "layer3", "--pretrain-epochs",
                      "1", "--out", out("dec")], {"--out": "dir-out"}),
         "dec-similar": (["dec", "similar", "--result", p["dec_bad"], "--image", p["image.png"],
@@ -226,12 +227,13 @@ def _replace(argv, flag, value):
 def rows():
     """``(id, command, how to spoil its argv)``: resolved against the fixture's paths in the test."""
     out = []
-    names = ["predict", "convert", "nma-probs", "nma-model", "nma-explain", "nma-explain-image", "dec-fit",
+    names = ["predict", "convert", "nma-probs", "nma-model", "nma-explain", "nma-explain-image", "nma-serve", "dec-fit",
              "dec-similar", "dec-concepts", "www-concepts", "www-contributions", "www-explain", "xnn-fit",
              "xnn-explain", "cladec-fit", "cladec-explain", "cladec-occlusion", "demo"]
     flags = {  # the file-typed flags of each command, as in commands()
         "nma-probs": {"--from-probs": "npz"}, "nma-explain": {"--result": "result:nma"},
-        "nma-explain-image": {"--image": "image"}, "dec-similar": {"--result": "result:dec"},
+        "nma-explain-image": {"--image": "image"}, "nma-serve": {"--result": "result:nma"},
+        "dec-similar": {"--result": "result:dec"},
         "dec-concepts": {"--result": "result:dec"},
         "www-concepts": {"--activations": "npz", "--image-embeddings": "npz", "--concepts": "text"},
         "www-explain": {"--result": "result:www", "--image": "image"}, "xnn-fit": {"--features": "npz"},
@@ -239,7 +241,7 @@ def rows():
         "cladec-occlusion": {"--result": "result:cladec"},
     }
     outs = {"predict": ".npz", "dec-similar": ".png", "dec-concepts": ".png", "cladec-explain": ".png"}
-    no_out = {"nma-explain", "nma-explain-image"}
+    no_out = {"nma-explain", "nma-explain-image", "nma-serve"}
     for name in names:
         for flag, kind in flags.get(name, {}).items():
             for bad in BAD_FILES[kind]:
@@ -247,7 +249,8 @@ def rows():
         if name not in no_out:
             for label in BAD_OUTPUTS:
                 out.append((f"{name} --out {label}", name, ("out", label, outs.get(name, ""))))
-    for name in ("predict", "convert", "nma-model", "www-contributions", "nma-explain-image", "www-explain"):
+    for name in ("predict", "convert", "nma-model", "www-contributions", "nma-explain-image", "nma-serve",
+                 "www-explain"):
         for bad in WEIGHTS:
             out.append((f"{name} --weights {bad}", name, ("file", "--weights", bad)))
     # option values out of range, checked where they are parsed

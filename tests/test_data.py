@@ -616,3 +616,22 @@ def test_breaking_out_early_stops_the_prefetcher():
     assert not prefetch_threads()
     assert source.reads < 20  # it stopped instead of reading all 500 batches
     assert time.monotonic() - start < 5
+
+
+def test_decode_image_is_read_image_for_uploaded_bytes_with_a_pixel_cap(tmp_path):
+    from xai_jax import models
+    from xai_jax.data.sources import decode_image, read_image
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    spec = models.get("cifar_resnet20")
+    data = (tmp_path / "x.png").read_bytes()
+    np.testing.assert_array_equal(decode_image(data, spec), read_image(tmp_path / "x.png", spec))
+    with pytest.raises(XaiJaxError, match="the uploaded image is 32x32, more than the 1,000 pixels allowed"):
+        decode_image(data, spec, max_pixels=1000)
+    with pytest.raises(XaiJaxError, match="^cannot decode the uploaded image: cannot identify image file$"):
+        decode_image(b"not an image", spec)
+    with pytest.raises(XaiJaxError, match="the uploaded image is empty"):
+        decode_image(b"", spec)
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(XaiJaxError, match="the uploaded image is 24x20; cifar_resnet20 takes 32x32 images"):
+        decode_image((tmp_path / "small.png").read_bytes(), spec)

@@ -449,3 +449,19 @@ def test_hierarchy_and_score_errors(wn):
     one_line_error("machine concept 'b': label 5 is not an index in \\[0, 3\\)", H.explanatory_score, concepts,
                    [H.Concept("b", frozenset({5}))], 3)
     one_line_error("num_labels must be a positive int", H.explanatory_score, concepts, concepts, 0)
+
+
+def test_candidate_names_are_the_lowest_common_hypernym_then_its_hypernyms_with_glosses(cifar10, wn):
+    vehicles = [cifar10[CIFAR10.index("automobile")], cifar10[CIFAR10.index("truck")]]
+    offered = H.candidate_names(vehicles)
+    assert offered[0] == {"name": "motor vehicle", "synset": "motor_vehicle.n.01",
+                          "gloss": wn.synset("motor_vehicle.n.01").definition()}
+    assert offered[0]["name"] == H.cluster_name(vehicles)  # the automatic name comes first
+    assert offered[1]["name"] == "automotive vehicle"  # the other lemma of the same synset
+    path = [s.name() for s in W.hypernym_path(wn.synset("motor_vehicle.n.01"))][::-1]
+    synsets = list(dict.fromkeys(c["synset"] for c in offered))
+    assert synsets == path[:len(synsets)] and len(offered) == 8  # then up its hypernyms, nearest first
+    assert len({c["name"].lower() for c in offered}) == len(offered)
+    assert [c["name"] for c in H.candidate_names(cifar10, limit=3)][0] == H.cluster_name(cifar10)
+    assert H.candidate_names([cifar10[3]], limit=1) == [{"name": "cat", "synset": "cat.n.01",
+                                                        "gloss": wn.synset("cat.n.01").definition()}]

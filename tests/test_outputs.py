@@ -6,6 +6,7 @@ import io
 import json
 import multiprocessing
 import os
+import pathlib
 import stat
 
 import numpy as np
@@ -196,3 +197,24 @@ def test_concurrent_writers_into_one_path_each_end_whole_or_with_one_line(tmp_pa
     parts = {(tmp_path / "out" / f"part{i}.txt").read_text() for i in range(20)}
     assert len(parts) == 1  # one writer's whole result, never a mix
     assert sorted(os.listdir(tmp_path)) == ["out"]  # every temporary and set-aside folder is gone
+
+
+def test_replace_file_edits_one_file_of_its_own_output_only(tmp_path):
+    with outputs.atomic_dir(tmp_path / "r", "nma") as tmp:
+        (pathlib.Path(tmp) / "nma.json").write_text('{"old": 1}')
+    before = snapshot(tmp_path / "r", contents=True)
+    outputs.replace_file(tmp_path / "r", "nma.json", b'{"new": 2}', "nma")
+    after = snapshot(tmp_path / "r", contents=True)
+    assert after.pop("nma.json") == b'{"new": 2}' and before.pop("nma.json") == b'{"old": 1}'
+    assert after == before  # the marker untouched, nothing left beside
+    for name in ["../x.json", "sub/x.json", outputs.MARKER, ".hidden", ""]:
+        with pytest.raises(XaiJaxError, match="not a file name"):
+            outputs.replace_file(tmp_path / "r", name, b"x", "nma")
+    with pytest.raises(XaiJaxError, match="xai-jax edits only its own www outputs"):
+        outputs.replace_file(tmp_path / "r", "nma.json", b"x", "www")  # another kind
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "nma.json").write_text("my file")
+    with pytest.raises(XaiJaxError, match="not written by xai-jax"):
+        outputs.replace_file(tmp_path / "mine", "nma.json", b"x", "nma")
+    assert (tmp_path / "mine" / "nma.json").read_text() == "my file"
+    assert snapshot(tmp_path / "r", contents=True)["nma.json"] == b'{"new": 2}'

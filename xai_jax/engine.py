@@ -31,8 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from xai_jax.checkpoints import Checkpoint, checkpointing, fold_saver  # noqa: F401 - checkpointing re-exported
 from xai_jax.data.base import Source
 from xai_jax.data.batcher import Batches
+from xai_jax.distributed import gather_rows
 from xai_jax.errors import XaiJaxError
 
 Batch = dict[str, Any]
@@ -45,8 +47,21 @@ def local_mesh() -> Mesh:
     return Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,))
 
 
+def global_mesh() -> Mesh:
+    """A 1-D mesh named ``"data"`` over the devices of every process, process by process, so that process
+    ``p``'s devices hold the ``p``-th block of a batch (the rows :meth:`Batches.share` gives it). With one
+    process it is :func:`local_mesh`."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
 @functools.lru_cache(maxsize=None)
 def _default_mesh() -> Mesh:
+    return global_mesh()
+
+
+@functools.lru_cache(maxsize=None)
+def _default_local_mesh() -> Mesh:
     return local_mesh()
 
 
@@ -76,20 +91,46 @@ def _jitted_map(fn: Callable[[Batch, Any], Any], mesh: Mesh):
     return jax.jit(fn, in_shardings=(batch_sharding(mesh), replicated(mesh)), out_shardings=batch_sharding(mesh))
 
 
+def _processes(mesh: Mesh) -> int:
+    return len({d.process_index for d in mesh.devices.flat})
+
+
 def _as_batches(data: Source | Batches, batch_size: int | None, mesh: Mesh) -> Batches:
     if isinstance(data, Batches):
         if data.batch_size % mesh.size:
             raise XaiJaxError(f"batch size {data.batch_size} must be a multiple of the {mesh.size} devices; "
                               f"use {round_batch_size(data.batch_size, mesh)}")
-        return data
-    if isinstance(data, Source):
-        return Batches(data, round_batch_size(batch_size or 128, mesh))
-    raise TypeError(f"expected a Source or Batches, got {type(data).__name__}")
+        batches = data
+    elif isinstance(data, Source):
+        batches = Batches(data, round_batch_size(batch_size or 128, mesh))
+    else:
+        raise TypeError(f"expected a Source or Batches, got {type(data).__name__}")
+    if _processes(mesh) > 1 and batches.process_count == 1:
+        # Each process reads only its block of every global batch.
+        batches = batches.share(jax.process_index(), jax.process_count())
+    return batches
 
 
 def _to_device(batch: Batch, sharding: NamedSharding) -> Batch:
     # make_array_from_process_local_data is the multi-host-correct form of device_put for a global batch.
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def _replicate(tree: Any, mesh: Mesh) -> Any:
+    """``tree`` copied onto every device of ``mesh`` (the same values in every process)."""
+    sharding = replicated(mesh)
+    if _processes(mesh) == 1:
+        return jax.device_put(jax.tree.map(jnp.array, tree), sharding)
+    # Across processes each one places its own copy on its own devices.
+    return jax.tree.map(lambda leaf: jax.make_array_from_callback(np.shape(leaf), sharding,
+                                                                  lambda index, a=np.asarray(leaf): a[index]), tree)
+
+
+def _local(tree: Any, mesh: Mesh) -> Any:
+    """A replicated result as arrays on this process's first device, which it can read without the others."""
+    if _processes(mesh) == 1:
+        return tree
+    return jax.tree.map(lambda a: a.addressable_data(0), tree)
 
 
 def _progress(total_batches: int, total_images: int, desc: str, enabled: bool | None):
@@ -126,7 +167,8 @@ class _Meter:
 
 
 def run(step: Step, state: Any, data: Source | Batches, params: Any = None, *,
-        batch_size: int | None = None, mesh: Mesh | None = None, desc: str = "", progress: bool | None = None) -> Any:
+        batch_size: int | None = None, mesh: Mesh | None = None, desc: str = "", progress: bool | None = None,
+        checkpoint: Checkpoint | None = None) -> Any:
     """Folds ``step`` over every batch of ``data`` and returns the final state.
 
     Args:
@@ -137,26 +179,34 @@ def run(step: Step, state: Any, data: Source | Batches, params: Any = None, *,
         ready :class:`Batches`.
       params: read-only inputs of every step (model variables), replicated on the mesh.
       batch_size: global batch size when ``data`` is a Source (default 128).
-      mesh: the devices to shard the batch over (default: all local devices).
+      mesh: the devices to shard the batch over (default: every device of every process; each process
+        reads only its block of every batch, and XLA reduces the state across processes).
       desc: label of the progress bar.
       progress: show a progress bar with images/s (default: when stderr is a terminal).
+      checkpoint: save the state every few batches and resume from it (default: the one
+        :func:`checkpointing` made active, if any).
 
     Returns:
-      The state after the last batch, replicated on the mesh.
+      The state after the last batch, replicated on the mesh (over several processes: this process's copy,
+      on its first device).
     """
     mesh = mesh or _default_mesh()
     batches = _as_batches(data, batch_size, mesh)
     fold = _jitted_fold(step, mesh)
     sharding = batch_sharding(mesh)
     # The fold donates its state: copy the caller's arrays so they outlive the pass.
-    state = jax.device_put(jax.tree.map(jnp.array, state), replicated(mesh))
-    params = jax.device_put(params, replicated(mesh))
+    state = _replicate(state, mesh)
+    params = _replicate(params, mesh)
+    saver = fold_saver(checkpoint, state, batches)
+    state, first = saver.restore(state)
     meter = _Meter(batches, desc, progress)
     try:
-        for batch in batches:
+        for position, batch in enumerate(batches.starting_at(first), start=first + 1):
             state = fold(state, _to_device(batch, sharding), params)
             meter.update(batch)
-        return jax.block_until_ready(state)
+            saver.after(position, state)
+        saver.done(state)
+        return _local(jax.block_until_ready(state), mesh)
     finally:
         meter.close()
 
@@ -167,12 +217,14 @@ def map_batches(fn: Callable[[Batch, Any], Any], data: Source | Batches, params:
 
     For passes whose result has a row per image (predictions, taps to be saved).
     ``fn(batch, params)`` returns a pytree of arrays with a leading batch axis; padding rows are dropped before yielding.
+    Over several processes each reads its block of every batch and the outputs are gathered: every process
+    gets every row, in dataset order (:func:`xai_jax.distributed.gather_rows`).
     """
     mesh = mesh or _default_mesh()
     batches = _as_batches(data, batch_size, mesh)
     mapped = _jitted_map(fn, mesh)
     sharding = batch_sharding(mesh)
-    params = jax.device_put(params, replicated(mesh))
+    params = _replicate(params, mesh)
     meter = _Meter(batches, desc, progress)
     pending = None
     try:
@@ -212,7 +264,8 @@ def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *
       params: read-only inputs of every call (model variables), replicated on the mesh and traced, so new
         values of the same shapes reuse the program.
       chunk: rows per call before the rounding (>= 1).
-      mesh: the devices to shard the rows over (default: all local devices).
+      mesh: the devices to shard the rows over (default: all local devices: over several processes, each
+        one holds the arrays and computes every row itself, with no communication).
 
     Returns:
       The pytree ``fn`` returns, each leaf a NumPy array ``[n, ...]`` with the rows in input order.
@@ -220,7 +273,7 @@ def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *
     Raises:
       XaiJaxError: no arrays, no rows, leading axes of different lengths, or ``chunk < 1``.
     """
-    mesh = mesh or _default_mesh()
+    mesh = mesh or _default_local_mesh()
     leaves, treedef = jax.tree.flatten(arrays)
     if not leaves:
         raise XaiJaxError("map_arrays needs at least one array")
@@ -271,7 +324,9 @@ def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *
 
 
 def _valid_rows(out: Any, mask: np.ndarray) -> Any:
-    return jax.tree.map(lambda a: np.asarray(a)[mask], out)
+    # gather_rows is the identity on one process; across processes it also orders the mask like the rows.
+    out, mask = gather_rows((out, mask))
+    return jax.tree.map(lambda a: a[mask], out)
 
 
 def collect(chunks: Iterable[Any]) -> Any:

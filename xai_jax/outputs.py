@@ -11,6 +11,8 @@ Rules (the README's "Where results go"):
   A file is written beside its destination and renamed over it. An interruption (an error, Ctrl-C, SIGTERM)
   removes what was being built.
 - New folders and files follow the user's umask.
+- Over several processes (:mod:`xai_jax.distributed`) only process 0 writes: the others run the same checks,
+  build into a private temporary folder that is then dropped, and create nothing beside the output.
 
 :func:`check_output` is the preflight a command runs before its expensive work; :func:`atomic_dir` and
 :func:`write_file` / :func:`save_npz` check again when they commit.
@@ -211,8 +213,15 @@ def check_output(path: PathLike | None, kind: str, *, file: bool = False, inputs
             what = _describe(found) if found else "not written by xai-jax"
             raise XaiJaxError(f"{flag} {text} exists and is {what}; xai-jax replaces only its own {kind} "
                               f"outputs: choose a new path, e.g. {_free_path(text, file)}")
-    _probe_writable(parent, flag, text)
+    if _writes():
+        _probe_writable(parent, flag, text)
     return target
+
+
+def _writes() -> bool:
+    """Whether this process writes outputs: process 0 of a multi-process pass, or the only one."""
+    from xai_jax.distributed import is_main
+    return is_main()
 
 
 def _probe_writable(parent: str, flag: str, text: str) -> None:
@@ -272,6 +281,13 @@ def atomic_dir(path: PathLike, kind: str, *, inputs: Sequence[PathLike | None] =
     The folder gets a ``xai_jax_result.json`` marker (kind, command, version, time).
     """
     target = check_output(path, kind, inputs=inputs)
+    if not _writes():  # another process writes the result: build it aside and drop it
+        discard = tempfile.mkdtemp(prefix="xai-jax-discard-")
+        try:
+            yield discard
+        finally:
+            shutil.rmtree(discard, ignore_errors=True)
+        return
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=os.path.dirname(target))
     try:
         yield tmp
@@ -297,6 +313,49 @@ def write_files(directory: PathLike, files: Mapping[str, bytes] | None) -> None:
             f.write(data)
 
 
+def replace_file(directory: PathLike, name: str, data: bytes, kind: str) -> str:
+    """Replaces one file of an existing xai-jax output folder of ``kind`` atomically: written beside it in the
+    same folder, flushed, then renamed over it, so that a reader sees the old file or the new one, never a part.
+
+    For edits of a result in place (a renamed concept); everything else goes through :func:`atomic_dir`.
+
+    Args:
+      directory: the output folder; it must carry the marker of ``kind``.
+      name: a plain file name inside it (no folder part, not hidden, not the marker).
+      data: the new contents.
+      kind: the folder's kind.
+
+    Returns:
+      the path written.
+
+    Raises:
+      XaiJaxError: the folder is not an xai-jax ``kind`` output, or ``name`` is not a plain file name in it.
+    """
+    directory = os.fspath(directory)
+    if os.path.basename(name) != name or name in ("", ".", "..", MARKER) or name.startswith("."):
+        raise XaiJaxError(f"{name!r} is not a file name an output may replace")
+    found = existing_kind(directory)
+    if found != kind:
+        what = _describe(found) if found else "not written by xai-jax"
+        raise XaiJaxError(f"{directory} is {what}; xai-jax edits only its own {kind} outputs")
+    target = os.path.join(directory, name)
+    if os.path.islink(target) or os.path.isdir(target):
+        raise XaiJaxError(f"{target} is a link or a folder; xai-jax replaces only its own files")
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _follow_umask(tmp, is_dir=False)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    return target
+
+
 # --- single files --------------------------------------------------------------------------------------------
 
 def _png_with_marker(data: bytes, kind: str) -> bytes:
@@ -320,6 +379,10 @@ def _commit_file(tmp: str, target: str, kind: str) -> None:
 def _atomic_file(path: PathLike, kind: str,
                  inputs: Sequence[PathLike | None]) -> Iterator[tuple[str, io.BufferedWriter]]:
     target = check_output(path, kind, file=True, inputs=inputs)
+    if not _writes():  # another process writes the file
+        with open(os.devnull, "wb") as f:
+            yield target, f
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target))
     try:
         with os.fdopen(fd, "wb") as f:

@@ -29,7 +29,7 @@ import numpy as np
 
 from xai_jax import config as C
 from xai_jax.errors import XaiJaxError
-from xai_jax.outputs import NPZ_MARKER, atomic_dir, save_npz, write_files
+from xai_jax.outputs import NPZ_MARKER, atomic_dir, replace_file, save_npz, write_files
 from xai_jax.readers import read_json, read_npz, reading
 
 #: the version of this layout, written as ``xai_jax_format`` into every result's JSON
@@ -136,7 +136,6 @@ class Result:
         command can put more beside them)."""
         from xai_jax.weights import save_variables
         directory = os.fspath(directory)
-        summary: dict[str, Any] = {FORMAT_KEY: FORMAT_VERSION, "kind": self.KIND}
         arrays: dict[str, np.ndarray] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
@@ -147,15 +146,31 @@ class Result:
             leaves = None if dataclasses.is_dataclass(value) else _array_leaves(value, field.name)
             if leaves is not None:
                 arrays.update(leaves)
-            else:
-                summary[field.name] = _jsonable(value)
-        if notes:
-            summary["notes"] = _jsonable(dict(notes))
-        with open(os.path.join(directory, f"{self.STEM}.json"), "w") as f:
-            json.dump(summary, f, indent=2, allow_nan=True)
+        with open(os.path.join(directory, f"{self.STEM}.json"), "wb") as f:
+            f.write(self._summary_json(notes))
         if arrays:
             save_npz(os.path.join(directory, f"{self.STEM}.npz"), arrays)
         write_files(directory, extra_files)
+
+    def rewrite_summary(self, directory: str | os.PathLike, notes: Mapping[str, Any] | None = None) -> None:
+        """Replaces only ``STEM.json`` of this result saved in ``directory``, atomically
+        (:func:`xai_jax.outputs.replace_file`): for edits that change no array and no trained network, such as
+        a concept's human name. ``notes`` replace the stored ones."""
+        replace_file(directory, f"{self.STEM}.json", self._summary_json(notes), self.KIND)
+
+    def _summary_json(self, notes: Mapping[str, Any] | None) -> bytes:
+        """``STEM.json``: the format version, the kind, every field that is neither arrays nor a trained network,
+        and the notes."""
+        summary: dict[str, Any] = {FORMAT_KEY: FORMAT_VERSION, "kind": self.KIND}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.metadata.get(_TRAINED):
+                continue
+            if dataclasses.is_dataclass(value) or _array_leaves(value, field.name) is None:
+                summary[field.name] = _jsonable(value)
+        if notes:
+            summary["notes"] = _jsonable(dict(notes))
+        return json.dumps(summary, indent=2, allow_nan=True).encode()
 
     @classmethod
     def load(cls, directory: str | os.PathLike):

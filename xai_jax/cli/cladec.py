@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from xai_jax.cli.common import add_sample_seed, inputs_of
+from xai_jax.cli.common import add_pass_args, add_sample_seed, inputs_of
 from xai_jax.cli.flags import add_config_flags, config_from_args
 from xai_jax.cli.options import non_negative_int, positive_int
 from xai_jax.errors import XaiJaxError
@@ -39,6 +39,7 @@ def register(subparsers) -> None:
                    help="use only the first N training images (a random N with --sample-seed)")
     t.add_argument("--test-limit", type=positive_int, help="use only the first N test images (likewise)")
     add_sample_seed(t)
+    add_pass_args(t)
     fields = add_config_flags(t.add_argument_group("ClaDec"), ClaDecConfig)
     t.add_argument("--out", required=True, metavar="DIR")
     t.set_defaults(func=fit_cmd, config_fields=fields)
@@ -56,6 +57,7 @@ def register(subparsers) -> None:
     o.add_argument("--split", help="split of --data (default test for idx)")
     o.add_argument("--limit", type=positive_int, help="use only the first N images (a random N with --sample-seed)")
     add_sample_seed(o)
+    add_pass_args(o)
     o.add_argument("--weights", metavar="PATH", help="classifier weights (default: the ones the result names)")
     o.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
     o.add_argument("--seed", type=non_negative_int, default=0, help="breaks ties between squares (default 0)")

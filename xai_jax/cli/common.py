@@ -4,6 +4,8 @@ and data, the paths a command reads, and where a result's images came from."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 
 from xai_jax.cli.options import non_negative_int, positive_int
 from xai_jax.errors import XaiJaxError
@@ -26,6 +28,78 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--synsets", metavar="FILE", help="for folder: sources named by WordNet id, the label order "
                    "(one wnid a line, e.g. the 1,000 ILSVRC-2012 wnids)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size (default 128)")
+    add_pass_args(p)
+
+
+def add_pass_args(p: argparse.ArgumentParser) -> None:
+    """The flags of every dataset pass: the processes it runs on, and its checkpoints (:func:`pass_context`)."""
+    g = p.add_argument_group("many hosts", "one process per host; without these flags JAX detects a cluster "
+                             "(SLURM, Open MPI, TPU pods) of more than one process, else the pass runs in this "
+                             "one process")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same on every host")
+    g.add_argument("--num-processes", type=positive_int, metavar="P", help="how many processes (hosts)")
+    g.add_argument("--process-id", type=non_negative_int, metavar="I", help="this process's rank, 0 .. P-1")
+    g = p.add_argument_group("resumable passes")
+    g.add_argument("--checkpoint-every", type=positive_int, metavar="N",
+                   help="save each fold's state every N batches (default: no checkpoints)")
+    g.add_argument("--checkpoint-dir", metavar="DIR", help="where (default: .OUT.checkpoint beside --out; "
+                   "removed when the command completes)")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir "
+                   "(refused if it was made with other inputs or options)")
+
+
+#: flags that do not change a pass's result, left out of its checkpoint's fingerprint
+_NOT_FINGERPRINTED = {"quiet", "func", "config_fields", "coordinator", "process_id", "checkpoint_every",
+                      "checkpoint_dir", "resume"}
+
+
+def _fingerprint(args, process_count: int) -> dict:
+    """Every flag that shapes the result, and the size and time of each input file it names."""
+    found = {"processes": process_count}
+    for name, value in sorted(vars(args).items()):
+        if name in _NOT_FINGERPRINTED or callable(value):
+            continue
+        found[name] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+        if isinstance(value, str) and name != "out":
+            from xai_jax.data import spec_path
+            path = spec_path(value) if name.endswith("data") else value
+            if path and os.path.exists(path):
+                stat = os.stat(path)
+                found[f"{name} (file)"] = [os.path.realpath(path), stat.st_size, stat.st_mtime_ns]
+    return found
+
+
+def checkpoint_of(args, process_count: int = 1):
+    """The :class:`xai_jax.checkpoints.Checkpoint` that a command's flags ask for, or None."""
+    every, directory = getattr(args, "checkpoint_every", None), getattr(args, "checkpoint_dir", None)
+    if every is None:
+        if directory or getattr(args, "resume", False):
+            raise XaiJaxError("--checkpoint-dir and --resume need --checkpoint-every N")
+        return None
+    from xai_jax.checkpoints import Checkpoint
+    if not directory:
+        out = getattr(args, "out", None)
+        if not out:
+            raise XaiJaxError("--checkpoint-every needs --checkpoint-dir DIR (this command has no --out)")
+        out = os.path.abspath(out).rstrip(os.sep)
+        directory = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.checkpoint")
+    return Checkpoint(directory, every, _fingerprint(args, process_count), resume=args.resume)
+
+
+@contextlib.contextmanager
+def pass_context(args):
+    """Runs a pass command on the processes its flags name and with the checkpoints they ask for.
+
+    Joins the cluster (:func:`xai_jax.distributed.initialize`, before any JAX backend is used), checks the
+    checkpoint folder before any work, and removes it when the command completes.
+    """
+    if getattr(args, "checkpoint_every", None) is None:  # flag errors first, before JAX starts
+        checkpoint_of(args)
+    from xai_jax import distributed
+    from xai_jax.checkpoints import checkpointing
+    _, count = distributed.initialize_from_args(args)
+    with checkpointing(checkpoint_of(args, count)):
+        yield
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

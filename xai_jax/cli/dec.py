@@ -16,8 +16,8 @@ import os
 
 import numpy as np
 
-from xai_jax.cli.common import (add_data_args, add_model_args, add_sample_seed, compute_dtype, data_meta, inputs_of,
-                               load_model_and_data)
+from xai_jax.cli.common import (add_data_args, add_model_args, add_pass_args, add_sample_seed, compute_dtype, data_meta,
+                               inputs_of, load_model_and_data)
 from xai_jax.cli.flags import add_config_flags, config_from_args, to_argv
 from xai_jax.cli.options import number_list, positive_int
 from xai_jax.config import to_json
@@ -75,6 +75,7 @@ def _add_result_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=positive_int, help="with --data: use only the first N images (a random N with "
                                              "--sample-seed); default: what the surrogate was fitted on")
     add_sample_seed(p)
+    add_pass_args(p)
     p.add_argument("--batch-size", type=positive_int, default=128)
 
 

@@ -17,7 +17,7 @@ import sys
 import threading
 
 from xai_jax.cli.common import (add_data_args, add_model_args, add_num_classes, compute_dtype, inputs_of,
-                               load_model_and_data)
+                               load_model_and_data, pass_context)
 from xai_jax.cli.options import Parser, non_negative_int, positive_int
 from xai_jax.errors import Terminated, XaiJaxError
 from xai_jax.methods import METHODS
@@ -158,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
             return stop.code if isinstance(stop.code, int) else 2
         if args.quiet:
             os.environ["XAI_JAX_NO_PROGRESS"] = "1"
-        (getattr(args, "func", None) or COMMANDS[args.command])(args)
+        command = getattr(args, "func", None) or COMMANDS[args.command]
+        if hasattr(args, "checkpoint_every"):  # a dataset pass: its processes and checkpoints
+            with pass_context(args):
+                command(args)
+        else:
+            command(args)
     except XaiJaxError as err:
         print(f"xai-jax: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

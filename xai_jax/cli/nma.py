@@ -3,6 +3,7 @@
     xai-jax nma fit --model cifar_resnet56 --weights resnet56.th --data jpeg-npz:test.npz --out nma56
     xai-jax nma fit --from-probs preds.npz --out nma          # `fit` may be left out: xai-jax nma --from-probs ...
     xai-jax nma explain --result nma56 --label cat            # or --image photo.png
+    xai-jax nma serve --result nma56                          # the near-miss explorer at http://127.0.0.1:8765/
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xai_jax.cli.common import (DATA_HELP, add_bf16, add_num_classes, add_sample_seed, compute_dtype, data_meta,
-                                inputs_of, load_model_and_data, model_and_weights)
+from xai_jax.cli.common import (DATA_HELP, add_bf16, add_num_classes, add_pass_args, add_sample_seed, compute_dtype,
+                                data_meta, inputs_of, load_model_and_data, model_and_weights)
 from xai_jax.cli.flags import add_config_flags, config_from_args
-from xai_jax.cli.options import positive_int
+from xai_jax.cli.options import int_in, positive_int, positive_number
 from xai_jax.errors import XaiJaxError
 from xai_jax.methods.nma.config import NMAConfig
 from xai_jax.readers import numeric, read_json, read_names, read_npz
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("nma", help=METHODS["nma"].summary,
                               description="Fit: `xai-jax nma [fit] --model/--weights/--data or --from-probs, with "
                                           "--out`. Explain: `xai-jax nma explain --result DIR --label NAME | "
-                                          "--image FILE`.")
+                                          "--image FILE`. Explore in a browser: `xai-jax nma serve --result DIR`.")
     _add_fit_args(p)  # the bare `xai-jax nma --out DIR ...` fits, as before the verbs
     p.set_defaults(func=fit)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
@@ -52,6 +53,31 @@ def register(subparsers) -> None:
                    "comma-separated) -> name")
     _defer_to(e, p)
     e.set_defaults(func=explain)
+
+    s = actions.add_parser("serve", help="the near-miss explorer: browse, rename and query a result in a browser",
+                           description="Serves a local web page over an NMA result (and its JSON API): the "
+                                       "dendrogram, renaming concepts (saved into the result at once, with undo), "
+                                       "and queries of images with the model.")
+    s.add_argument("--result", required=True, metavar="DIR", help="output folder of `xai-jax nma fit`")
+    s.add_argument("--data", metavar="SPEC", help="labelled images to show and pick (default: the result's own, "
+                   "when it was fitted from images); " + DATA_HELP)
+    s.add_argument("--split")
+    s.add_argument("--limit", type=positive_int, help="use only the first N images (a random N with --sample-seed)")
+    add_sample_seed(s)
+    s.add_argument("--synsets", metavar="FILE", help="folder data: wnid order file")
+    s.add_argument("--model", help="backbone that classifies queries (default: the result's)")
+    s.add_argument("--weights", metavar="PATH", help="checkpoint of --model (default: the result's)")
+    add_num_classes(s)
+    s.add_argument("--human", metavar="REF", help="reference of the explanatory score: wordnet, "
+                   "cifar100-superclasses, or a JSON file {group name: [class names]} (default: the one the "
+                   "result was scored against, else wordnet where the labels have synsets)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int_in(0, 65535), default=8765, help="port (default 8765; 0 picks a free one)")
+    s.add_argument("--max-upload-mb", type=positive_number, default=8.0, metavar="MB",
+                   help="largest image upload accepted (default 8)")
+    s.add_argument("--verbose", action="store_true", help="log every request")
+    _defer_to(s, p)
+    s.set_defaults(func=serve)
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
@@ -78,6 +104,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="reference of the explanatory score: wordnet, cifar100-superclasses, or a JSON file "
                         "{group name: [class names]}")
     p.add_argument("--out", metavar="DIR", help="output folder")
+    add_pass_args(p)
 
 
 def _defer_to(verb: argparse.ArgumentParser, parent: argparse.ArgumentParser) -> None:
@@ -232,11 +259,7 @@ def fit(args) -> None:
         result = result.with_overrides(overrides)
 
     human, match = human_reference(result, args.human)
-    score = None
-    if human is not None:
-        phi, phi_m = result.score(human, match)
-        score = {"reference": args.human, "match": match, "phi_M": None if np.isnan(phi_m) else float(phi_m),
-                 "phi": {n: None if np.isnan(v) else float(v) for n, v in zip(result.class_names, phi)}}
+    score = None if human is None else result.score_note(human, match, args.human)
     nodes = result.members()[result.num_classes:]
     png = dendrogram(result.linkage, result.class_names, [result.name_of(m) for m in nodes],
                      leaf_groups(human, result.num_classes) if human else None,
@@ -275,18 +298,66 @@ def explain(args) -> None:
     if args.label:
         print(result.explain(args.label).text())
         return
-    import jax
-
-    from xai_jax import models, weights
     from xai_jax.data.sources import read_image
+    from xai_jax.methods.nma.query import Classifier, answer
     spec, weights_path = model_and_weights(args, result.meta, fitted_from="saved scores")
     image = read_image(args.image, spec)
-    num_classes = args.num_classes or (result.num_classes if result.num_classes != spec.num_classes else None)
-    variables = weights.load(spec, weights_path, num_classes=num_classes)
-    logits = models.make_forward(spec.name, (), num_classes)(image[None], variables)["logits"]
-    probs = np.asarray(jax.nn.softmax(logits[0]))
-    if len(probs) != result.num_classes:
-        raise XaiJaxError(f"{spec.name} has {len(probs)} outputs but the result has {result.num_classes} labels")
-    label = int(probs.argmax())
-    print(f"classified as {result.class_names[label]} (p = {probs[label]:.3f})")
-    print(result.explain(label).text())
+    classifier = Classifier.load(spec, weights_path, result, args.num_classes)
+    print("\n".join(answer(result, classifier.probabilities(image))["printed"]))
+
+
+def serve(args) -> None:
+    """``xai-jax nma serve``: binds the port first (a port in use is one line before any loading), then loads
+    the result, the human reference, the images and the model, and serves until Ctrl-C."""
+    if args.out:
+        raise XaiJaxError("serve edits the result in place; it takes no --out")
+    from xai_jax.methods.nma import NMAResult
+    from xai_jax.methods.nma.server import Explorer, make_server
+    from xai_jax.readers import read_json
+    result = NMAResult.load(args.result)  # a wrong folder is one line before the port is taken
+    if args.human:
+        _check_human(args.human)
+    server = make_server(None, args.host, args.port, verbose=args.verbose)
+    try:
+        notes = read_json(os.path.join(args.result, "nma.json"), "near-miss analysis result file").get("notes") or {}
+        reference = args.human or (notes.get("score") or {}).get("reference") or "wordnet"
+        human, match = human_reference(result, reference)
+        server.explorer = Explorer(args.result, human=human, match=match, reference=reference,
+                                   classifier=_classifier(args, result), source=_source(args, result),
+                                   max_upload=int(args.max_upload_mb * (1 << 20)))
+        explorer = server.explorer
+        print(f"serving {args.result} at {server.url}  ({result.num_classes} labels; "
+              + ("images from " + explorer.source.description if explorer.source is not None else "no images")
+              + ("; queries with " + explorer.classifier.spec.name if explorer.classifier else "; no queries")
+              + "; Ctrl-C stops)", flush=True)
+        server.serve_forever()
+    except KeyboardInterrupt:  # Ctrl-C is how a server stops
+        print("stopped")
+    finally:
+        server.server_close()
+
+
+def _source(args, result):
+    """The images of ``--data``, else of the data the result was fitted from (``None`` without either)."""
+    from xai_jax import data, models
+    meta = result.meta
+    spec = args.data or meta.get("data")
+    if not spec:
+        return None
+    given = args.data is not None
+    model = args.model or meta.get("model")
+    shape = models.get(model) if model else None
+    return data.open_source(spec, split=args.split if given else meta.get("split"),
+                            limit=args.limit if given else meta.get("limit"),
+                            sample_seed=args.sample_seed if given else meta.get("sample_seed"),
+                            resize=shape.resize if shape else None,
+                            crop=shape.input_shape[:2] if shape and shape.resize else None, synsets=args.synsets)
+
+
+def _classifier(args, result):
+    """The model of ``--model/--weights``, else the result's own (``None`` without either)."""
+    if not (args.model or args.weights or (result.meta.get("model") and result.meta.get("weights"))):
+        return None
+    from xai_jax.methods.nma.query import Classifier
+    spec, weights_path = model_and_weights(args, result.meta, fitted_from="saved scores")
+    return Classifier.load(spec, weights_path, result, args.num_classes)

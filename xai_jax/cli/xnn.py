@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 
-from xai_jax.cli.common import DATA_HELP, add_bf16, add_sample_seed, compute_dtype, data_meta, inputs_of, model_and_weights
+from xai_jax.cli.common import (DATA_HELP, add_bf16, add_pass_args, add_sample_seed, compute_dtype, data_meta, inputs_of,
+                               model_and_weights)
 from xai_jax.cli.flags import add_config_flags, config_from_args, to_argv
 from xai_jax.cli.options import choice_list, int_list, positive_int
 from xai_jax.errors import XaiJaxError
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
     f.add_argument("--split", help="split of --data (default train where the source has splits)")
     f.add_argument("--limit", type=positive_int, help="use only the first N training images (a random N with --sample-seed)")
     add_sample_seed(f)
+    add_pass_args(f)
     f.add_argument("--test-data", metavar="SPEC", help="held-out data for the _test metrics (e.g. the test file of "
                                                        "jpeg-npz data; default: --test-split of --data)")
     f.add_argument("--test-split", help="held-out split of --data (or of --test-data) for the _test metrics")

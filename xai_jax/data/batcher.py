@@ -2,10 +2,15 @@
 
 Every batch has exactly ``batch_size`` rows so that a jitted step compiles once; the last one is padded
 by repeating its final valid image and carries ``mask == False`` (and ``index == -1``) in the padding.
+
+Over several processes (:meth:`Batches.share`) a batch is a global one: process ``p`` of ``P`` reads rows
+``[p * b / P, (p + 1) * b / P)`` of every global batch of ``b`` rows, so the processes read disjoint images,
+together all of them, with the same number of batches each, and the global batches are those of one process.
 """
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from typing import Iterator
@@ -25,6 +30,10 @@ class Batches:
       batch_size: rows per batch, padding included.
       indices: which items, in which order (default: all, in dataset order).
       prefetch: batches prepared ahead on a background thread (0: read in the caller's thread).
+
+    Attributes:
+      process_index, process_count: this process's share (see :meth:`share`); ``0, 1`` reads every row.
+      first: the global batch iteration starts at (see :meth:`starting_at`).
     """
 
     def __init__(self, source: Source, batch_size: int, indices: np.ndarray | None = None, prefetch: int = 2):
@@ -32,6 +41,35 @@ class Batches:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.source, self.batch_size, self.prefetch = source, int(batch_size), int(prefetch)
         self.indices = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
+        self.process_index, self.process_count, self.first = 0, 1, 0
+
+    def share(self, process_index: int, process_count: int) -> "Batches":
+        """The same global batches, of which this process reads only its rows (``batch_size / process_count``
+        a batch, the ``process_index``-th block of each global batch).
+
+        Raises:
+          ValueError: ``batch_size`` is not a multiple of ``process_count``, or the index is out of range.
+        """
+        if self.batch_size % process_count:
+            raise ValueError(f"batch size {self.batch_size} is not a multiple of the {process_count} processes")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process index {process_index} outside [0, {process_count})")
+        shared = copy.copy(self)
+        shared.process_index, shared.process_count = int(process_index), int(process_count)
+        return shared
+
+    def starting_at(self, first: int) -> "Batches":
+        """The same batches from global batch ``first`` on (resuming a pass)."""
+        if not 0 <= first <= len(self):
+            raise ValueError(f"batch {first} outside [0, {len(self)}]")
+        later = copy.copy(self)
+        later.first = int(first)
+        return later
+
+    @property
+    def local_batch_size(self) -> int:
+        """Rows of each batch this process reads."""
+        return self.batch_size // self.process_count
 
     @property
     def num_examples(self) -> int:
@@ -41,22 +79,27 @@ class Batches:
         return -(-len(self.indices) // self.batch_size)
 
     def _make(self, start: int) -> dict[str, np.ndarray]:
-        idx = self.indices[start:start + self.batch_size]
-        images, labels = self.source.read(idx)
+        size = self.local_batch_size
+        idx = self.indices[start:start + size]
         valid = len(idx)
-        pad = self.batch_size - valid
-        mask = np.ones(self.batch_size, bool)
-        index = np.full(self.batch_size, -1, np.int64)
+        # A process whose share of the last batch is empty reads one image to pad with, masked out.
+        images, labels = self.source.read(idx if valid else self.indices[-1:])
+        pad = size - valid
+        mask = np.ones(size, bool)
+        index = np.full(size, -1, np.int64)
         index[:valid] = idx
         if pad:
             images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
             labels = np.concatenate([labels, np.repeat(labels[-1:], pad)])
             mask[valid:] = False
+        if not valid:
+            images, labels = images[:size], labels[:size]
         return {"images": images, "labels": np.asarray(labels, np.int32), "mask": mask, "index": index}
 
     def _serial(self) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(self.indices), self.batch_size):
-            yield self._make(start)
+        offset = self.process_index * self.local_batch_size
+        for start in range(self.first * self.batch_size, len(self.indices), self.batch_size):
+            yield self._make(start + offset)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         if self.prefetch <= 0:

@@ -319,31 +319,40 @@ def center_crop_box(width: int, height: int, crop: tuple[int, int]) -> tuple[int
     return left, top, left + crop_w, top + crop_h
 
 
-def load_folder_image(path: pathlib.Path, resize: int | None, crop: tuple[int, int] | None) -> np.ndarray:
+def load_folder_image(path: pathlib.Path | io.BytesIO, resize: int | None, crop: tuple[int, int] | None,
+                      name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
     """Decodes one image to RGB and applies torchvision-style ``Resize(resize)`` then ``CenterCrop(crop)``.
 
     Args:
-      path: the image file.
+      path: the image file, or its encoded bytes in a ``BytesIO``.
       resize: shorter side after a bilinear resize (Pillow's, as torchvision uses for PIL images), or None.
       crop: ``(height, width)`` of the centre crop, or None.
+      name: how an error names the image (default: ``image PATH``).
+      max_pixels: refuse, before decoding, an image of more pixels than this (Pillow's own decompression-bomb
+        guard still applies without it).
 
     Returns:
       uint8 ``[H, W, 3]``.
     """
+    name = f"image {path}" if name is None else name
     try:
         with Image.open(path) as image:
+            width, height = image.size  # read from the header: nothing is decoded yet
+            if max_pixels is not None and width * height > max_pixels:
+                raise XaiJaxError(f"{name} is {width}x{height}, more than the {max_pixels:,} pixels allowed")
             image = image.convert("RGB")
             if resize is not None:
                 image = image.resize(resized_size(*image.size, resize), Image.BILINEAR)
             if crop is not None:
                 width, height = image.size
                 if crop[0] > height or crop[1] > width:
-                    raise XaiJaxError(f"image {path} is {width}x{height} after resizing, smaller than the "
+                    raise XaiJaxError(f"{name} is {width}x{height} after resizing, smaller than the "
                                       f"{crop[1]}x{crop[0]} crop")
                 image = image.crop(center_crop_box(width, height, crop))
             return np.asarray(image)
     except _IMAGE_ERRORS as err:
-        raise XaiJaxError(f"cannot decode image {path}: {err}") from None
+        detail = str(err).split(" <_io.BytesIO")[0]  # Pillow names a buffer by its repr
+        raise XaiJaxError(f"cannot decode {name}: {detail}") from None
 
 
 def read_image(path: PathLike | None, spec=None, what: str = "image") -> np.ndarray:
@@ -354,16 +363,40 @@ def read_image(path: PathLike | None, spec=None, what: str = "image") -> np.ndar
     of the decoded RGB; RGB from grey: repeated), and its shape checked against ``spec.input_shape``.
     """
     path = existing_file(path, what)
+    return _query_image(pathlib.Path(path), f"{what} {path}", spec)
+
+
+def decode_image(data: bytes, spec=None, what: str = "the uploaded image",
+                 max_pixels: int | None = None) -> np.ndarray:
+    """:func:`read_image` for an image's encoded bytes (an upload), with an optional pixel limit checked
+    before decoding.
+
+    Args:
+      data: the encoded image (any format Pillow reads).
+      spec: the model to prepare it for, as :func:`read_image` does.
+      what: how errors name it.
+      max_pixels: the most pixels (width x height) the encoded image may declare.
+
+    Returns:
+      uint8 ``[H, W, C]``.
+    """
+    if not data:
+        raise XaiJaxError(f"{what} is empty")
+    return _query_image(io.BytesIO(data), what, spec, max_pixels)
+
+
+def _query_image(path, name: str, spec, max_pixels: int | None = None) -> np.ndarray:
     if spec is None:
-        return load_folder_image(pathlib.Path(path), None, None)
-    image = load_folder_image(pathlib.Path(path), spec.resize, tuple(spec.input_shape[:2]) if spec.resize else None)
+        return load_folder_image(path, None, None, name, max_pixels)
+    image = load_folder_image(path, spec.resize, tuple(spec.input_shape[:2]) if spec.resize else None, name,
+                              max_pixels)
     channels = spec.input_shape[-1]
     if channels == 1:
         image = np.round(image.mean(-1, keepdims=True)).astype(np.uint8)
     elif image.shape[-1] != channels:
         image = np.repeat(image[..., :1], channels, -1)
     if tuple(image.shape) != tuple(spec.input_shape):
-        raise XaiJaxError(f"{what} {path} is {image.shape[1]}x{image.shape[0]}; {spec.name} takes "
+        raise XaiJaxError(f"{name} is {image.shape[1]}x{image.shape[0]}; {spec.name} takes "
                           f"{spec.input_shape[1]}x{spec.input_shape[0]} images")
     return image
 

@@ -32,8 +32,8 @@ import numpy as np
 from nltk.corpus.reader.wordnet import Synset, WordNetCorpusReader
 
 from xai_jax.errors import XaiJaxError
-from xai_jax.naming.wordnet import (_ancestors, concept_name, load_wordnet, lowest_common_hypernym, synset,
-                                    synset_from_wnid)
+from xai_jax.naming.wordnet import (_ancestors, concept_name, hypernym_path, load_wordnet, lowest_common_hypernym,
+                                    synset, synset_from_wnid)
 
 DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "imagenet")
 # Datasets whose class names are wnids and so need no table.
@@ -206,6 +206,35 @@ def cluster_name(synsets: Sequence[Synset]) -> str:
       XaiJaxError: no synsets, or no common hypernym.
     """
     return concept_name(lowest_common_hypernym(synsets))
+
+
+def candidate_names(synsets: Sequence[Synset], limit: int = 8) -> list[dict[str, str]]:
+    """Names WordNet offers for a cluster of labels, for a person choosing one: the lemmas of the labels' lowest
+    common hypernym (the automatic name first), then its hypernyms from the nearest up, each with its gloss.
+
+    Args:
+      synsets: the cluster's label synsets (one or more).
+      limit: the most names returned.
+
+    Returns:
+      ``[{"name": "motor vehicle", "synset": "motor_vehicle.n.01", "gloss": "a self-propelled wheeled vehicle
+      ..."}, ...]``, no name twice.
+
+    Raises:
+      XaiJaxError: no synsets, or no common hypernym.
+    """
+    lowest = lowest_common_hypernym(synsets)
+    offered, seen = [], set()
+    for node in [lowest, *hypernym_path(lowest)[-2::-1]]:
+        for lemma in (node.lemmas() if node is lowest else node.lemmas()[:1]):
+            name = lemma.name().replace("_", " ")
+            if name.lower() in seen:
+                continue
+            seen.add(name.lower())
+            offered.append({"name": name, "synset": node.name(), "gloss": node.definition()})
+            if len(offered) >= limit:
+                return offered
+    return offered
 
 
 def _depth_rank_key(node: Synset) -> tuple[int, str]:

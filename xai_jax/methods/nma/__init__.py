@@ -24,7 +24,10 @@ The public API:
 - :class:`NMAResult` (``result``): ``explain(label)`` (an :class:`Explanation`), ``score()``, ``merge_order()``,
   ``with_overrides()``, ``save``/``load``; :func:`classes_without_images`, :func:`cluster_id`;
 - ``graph``: the steps from statistics to the hierarchy, one function each;
-- :func:`dendrogram`, :func:`draw_dendrogram` (``figures``); ``demo.section`` for ``xai-jax demo``.
+- :func:`dendrogram`, :func:`draw_dendrogram` (``figures``); ``demo.section`` for ``xai-jax demo``;
+- ``query``: :class:`~xai_jax.methods.nma.query.Classifier` and ``answer`` (an image's prediction, near misses and
+  explanation, for ``nma explain --image`` and the explorer); ``server``: the near-miss explorer of
+  ``xai-jax nma serve`` (:class:`~xai_jax.methods.nma.server.Explorer`, its JSON API and ``static/`` page).
 
 Importing this package or its config loads no JAX; the other names load their module on first use.
 """

@@ -138,6 +138,13 @@ class NMAResult(Result):
             match = match or "name"
         return hierarchy.explanatory_score(human, self.concepts(), self.num_classes, match=match or "members")
 
+    def score_note(self, human, match: str, reference: str) -> dict:
+        """The explanatory score against ``human`` as ``nma.json`` keeps it under ``notes.score``:
+        ``{"reference", "match", "phi_M", "phi": {label: phi}}``, undefined values as ``None``."""
+        phi, phi_m = self.score(human, match)
+        return {"reference": reference, "match": match, "phi_M": None if np.isnan(phi_m) else float(phi_m),
+                "phi": {n: None if np.isnan(v) else float(v) for n, v in zip(self.class_names, phi)}}
+
     def merge_order(self, top: int = 3) -> list[tuple[str, str, float]]:
         """The first ``top`` merges: (left cluster's labels, right cluster's labels, height)."""
         nodes = self.members()
