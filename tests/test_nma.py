@@ -215,7 +215,7 @@ def test_saved_result_is_the_generic_layout(tmp_path):
     assert summary["kind"] == "nma" and summary["class_names"] == NAMES and summary["notes"]["score"]["phi_M"] == 1
     assert summary["config"] == {"k": 3, "t": 1e-6, "min_confidence": 0.0, "symmetrize": "mean",
                                  "edge_weight": "probability", "linkage": "average", "linkage_input": "condensed",
-                                 "block_size": None}
+                                 "block_size": None, "graph": "near_misses", "labels": None, "human_root": "labels"}
     with np.load(tmp_path / "r" / "nma.npz") as arrays:
         assert {"p", "events", "counts", "distances", "linkage"} <= set(arrays.files)
     # A linkage that is no tree of the labels is refused on loading, in one line naming the folder.
