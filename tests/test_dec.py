@@ -333,13 +333,14 @@ def test_cli_fit_similar_concepts(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def resnet20_cifar_surrogate():
-    """A small surrogate of ResNet-20 on 300 random CIFAR-10 training JPEGs (layer3, a small autoencoder): the
-    bank of penultimate features is real, whatever the clusters' quality."""
+    """A small surrogate of ResNet-20 on 200 random CIFAR-10 training JPEGs (layer3, a small autoencoder, few
+    steps): the bank of penultimate features is real, whatever the clusters' quality."""
     from xai_jax import weights
     from xai_jax.data import JpegNpzSource
     variables = weights.load(models.get("cifar_resnet20"), shared_path("cifar10_resnet", "resnet20-12fca82f.th"))
-    train = subset(JpegNpzSource(shared_path("cifar10", "cifar10_train_jpeg.npz")), 300, seed=0)
-    config = DECConfig(taps=("layer3",), clusters=5, pretrain_epochs=1, **{**SMALL, "max_dec_steps": 20})
+    train = subset(JpegNpzSource(shared_path("cifar10", "cifar10_train_jpeg.npz")), 200, seed=0)
+    config = DECConfig(taps=("layer3",), clusters=5, pretrain_epochs=1, **{**SMALL, "max_dec_steps": 20,
+                                                                            "kmeans_inits": 1})
     method = ActivationClusteringSurrogate("cifar_resnet20", variables, config, batch_size=100, progress=False)
     return method, method.fit(train), train, variables
 
@@ -351,19 +352,17 @@ def test_baseline_neighbours_are_the_penultimate_features_nearest_by_euclid(resn
     from xai_jax.methods.dec import feature_tap
     method, result, train, variables = resnet20_cifar_surrogate
     assert feature_tap("cifar_resnet20") == result.feature_tap == "pool" and feature_tap("small_cnn") == "fc"
-    forward = models.make_forward("cifar_resnet20", ("pool",))
-    images, _ = train.read(np.arange(len(train)))
-    bank = np.asarray(forward(images, variables)["pool"], np.float64)
-    assert result.train_features.shape == (300, 64)
-    np.testing.assert_allclose(result.train_features, bank, rtol=2e-3, atol=2e-3)  # float16 storage
     queries = subset(JpegNpzSource(shared_path("cifar10", "cifar10_test_jpeg.npz")), 7, seed=1)
+    images = np.concatenate([train.read(np.arange(len(train)))[0], queries.read(np.arange(7))[0]])
+    computed = np.asarray(models.make_forward("cifar_resnet20", ("pool",))(images, variables)["pool"], np.float64)
+    bank, features = computed[:200], computed[200:]  # one forward pass of its own, apart from the surrogate's
+    assert result.train_features.shape == (200, 64)
+    np.testing.assert_allclose(result.train_features, bank, rtol=2e-3, atol=2e-3)  # float16 storage
     out = method.embed(result, queries)
-    query_images, _ = queries.read(np.arange(7))
-    features = np.asarray(forward(query_images, variables)["pool"], np.float64)
     np.testing.assert_allclose(out["features"], features, rtol=2e-3, atol=2e-3)
     m = 9
     rows, distances = result.similar_by_features(out["features"], m)
-    reference = np.linalg.norm(features[:, None] - bank[None], axis=-1)  # [7, 300], float64, brute force
+    reference = np.linalg.norm(features[:, None] - bank[None], axis=-1)  # [7, 200], float64, brute force
     nearest = np.sort(reference, axis=1)[:, :m]
     # the rows found are the m nearest (up to float16 rounding of the bank), nearest first
     np.testing.assert_allclose(np.take_along_axis(reference, rows, 1), nearest, rtol=5e-3)
