@@ -9,7 +9,7 @@ the test JPEGs: baseline accuracy, surrogate accuracy and fidelity, next to the 
     python experiments/dec_cifar10.py --train-limit 8000 --pretrain-epochs 8   # what fits a shared 2-core CPU
 
 The training activations are kept on the host as float16 (stem and layer1: 32 KiB per image each). Writes
-OUT/summary.json, OUT/surrogate/ (the fitted result with its encoders), OUT/similar_*.png (figure 3) and
+OUT/summary.json, OUT/surrogate/ (the fitted result with its encoders), OUT/similar_*.png (figures 2 and 3) and
 OUT/concepts_*.png (figures 4 and 5), and prints a Markdown table and every phase's time.
 """
 
@@ -92,6 +92,10 @@ def main() -> None:
             bank, _ = result.similar(embedded["embeddings"][:, q:q + 1], 10, w)
             images, labels = train.read(result.train_indices[bank[0]])
             rows.append((f"{name}\n{w or 'equal'}", images, [result.class_names[int(y)] for y in labels]))
+        # Figure 2's baseline: Euclidean distance of the penultimate features
+        bank, _ = result.similar_by_features(embedded["features"][q:q + 1], 10)
+        images, labels = train.read(result.train_indices[bank[0]])
+        rows.append((f"{result.feature_tap}\nfeatures", images, [result.class_names[int(y)] for y in labels]))
         png = similar_samples(image[0], f"{result.class_names[int(label[0])]} -> "
                               f"{result.class_names[int(embedded['predictions'][q])]}", rows)
         pathlib.Path(args.out, f"similar_{q}.png").write_bytes(png)

@@ -71,6 +71,7 @@ def inputs(tmp_path_factory):
     open(path("invalid.json"), "w").write('{"cat": ')
     open(path("list.json"), "w").write("[1, 2]")
     open(path("groups_bad.json"), "w").write('{"animals": "cat"}')
+    open(path("groups_lion.json"), "w").write('{"animals": ["cat", "lion"]}')
     open(path("names_range.json"), "w").write('{"0,99": "zoo"}')
     open(path("words.txt"), "w").write("dog\ncat\nbird\ncar\ntree\n")
     open(path("blank.txt"), "w").write("\n  \n")
@@ -287,7 +288,8 @@ def rows():
         ("nma-probs", ["--names", "latin1.json"]), ("nma-probs", ["--human", "groups_bad.json"]),
         ("nma-probs", ["--human", "list.json"]), ("nma-probs", ["--class-names", "latin1.txt"]),
         ("nma-probs", ["--class-names", "blank.txt"]), ("nma-explain", ["--names", "names_range.json"]),
-        ("nma-probs", ["--synset-table", "list.json"]),
+        ("nma-probs", ["--synset-table", "list.json"]), ("nma-probs", ["--score-groups", "groups_bad.json"]),
+        ("nma-probs", ["--score-groups", "list.json"]),
     ]:
         out.append((f"{name} {' '.join(extra)}", name, ("add", *extra)))
     # configuration errors that would otherwise show only after the pass or the training
@@ -297,6 +299,10 @@ def rows():
         ("cladec-fit", ["--neurons", "0:9999"]), ("cladec-fit", ["--layer", "nolayer"]),
         ("cladec-fit", ["--decoder-widths", "64,32,16,8,4"]), ("xnn-fit", ["--variants", "srae,nope"]),
         ("nma-probs", ["--k", "10"]), ("predict", ["--taps", "layer9"]),
+        ("nma-model", ["--labels", "cat,lion"]), ("nma-model", ["--labels", "cat,cat"]),
+        ("nma-model", ["--labels", "cat"]), ("nma-model", ["--score-groups", "groups_lion.json"]),
+        ("nma-model", ["--labels", "cat,dog", "--score-groups", "groups_lion.json"]),
+        ("nma-probs", ["--graph", "literal"]), ("nma-probs", ["--human-root", "top"]),
     ]:
         out.append((f"{name} {' '.join(extra)}", name, ("add", *extra)))
     return out

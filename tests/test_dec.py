@@ -4,6 +4,7 @@ the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -302,7 +303,18 @@ def test_cli_fit_similar_concepts(tmp_path, capsys):
                      "--out", str(tmp_path / "similar.png")]) == 0
     printed = capsys.readouterr().out
     assert "equal:" in printed and "low layers:" in printed and "high layers:" in printed
+    # Figure 2's baseline beside the surrogate's rows: the small CNN's fc features, 5 neighbours listed
+    baseline = [line for line in printed.splitlines() if line.startswith("baseline, fc features: ")]
+    assert len(baseline) == 1 and baseline[0].count("#") == 5
     assert (tmp_path / "similar.png").stat().st_size > 1000
+    # the figure has a fourth row: as tall as four rows of the same images, taller than the surrogate's three
+    from xai_jax.methods.dec.figures import similar_samples
+    query = np.asarray(Image.open(image))
+    row = ("equal", np.stack([query] * 5), ["3"] * 5)
+    heights = [Image.open(__import__("io").BytesIO(similar_samples(query, "model: 3", [row] * n,
+                                                                   title="most similar training images"))).height
+               for n in (3, 4)]
+    assert Image.open(tmp_path / "similar.png").height == heights[1] > heights[0]
     assert cli.main(["--quiet", "dec", "concepts", "--result", str(out), "--tap", "conv3", "--per-cluster", "3",
                      "--out", str(tmp_path / "concepts.png")]) == 0
     assert (tmp_path / "concepts.png").stat().st_size > 1000
@@ -317,3 +329,50 @@ def test_cli_fit_similar_concepts(tmp_path, capsys):
                      "--layer-weights", "0,0"]) == 2
     assert "all zero" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.fixture(scope="module")
+def resnet20_cifar_surrogate():
+    """A small surrogate of ResNet-20 on 200 random CIFAR-10 training JPEGs (layer3, a small autoencoder, few
+    steps): the bank of penultimate features is real, whatever the clusters' quality."""
+    from xai_jax import weights
+    from xai_jax.data import JpegNpzSource
+    variables = weights.load(models.get("cifar_resnet20"), shared_path("cifar10_resnet", "resnet20-12fca82f.th"))
+    train = subset(JpegNpzSource(shared_path("cifar10", "cifar10_train_jpeg.npz")), 200, seed=0)
+    config = DECConfig(taps=("layer3",), clusters=5, pretrain_epochs=1, **{**SMALL, "max_dec_steps": 20,
+                                                                            "kmeans_inits": 1})
+    method = ActivationClusteringSurrogate("cifar_resnet20", variables, config, batch_size=100, progress=False)
+    return method, method.fit(train), train, variables
+
+
+def test_baseline_neighbours_are_the_penultimate_features_nearest_by_euclid(resnet20_cifar_surrogate):
+    """Figure 2's baseline on real data: its bank is ResNet-20's ``pool`` features of the training images, and a
+    query's neighbours are the m smallest Euclidean distances of a NumPy brute force on features computed apart."""
+    from xai_jax.data import JpegNpzSource
+    from xai_jax.methods.dec import feature_tap
+    method, result, train, variables = resnet20_cifar_surrogate
+    assert feature_tap("cifar_resnet20") == result.feature_tap == "pool" and feature_tap("small_cnn") == "fc"
+    queries = subset(JpegNpzSource(shared_path("cifar10", "cifar10_test_jpeg.npz")), 7, seed=1)
+    images = np.concatenate([train.read(np.arange(len(train)))[0], queries.read(np.arange(7))[0]])
+    computed = np.asarray(models.make_forward("cifar_resnet20", ("pool",))(images, variables)["pool"], np.float64)
+    bank, features = computed[:200], computed[200:]  # one forward pass of its own, apart from the surrogate's
+    assert result.train_features.shape == (200, 64)
+    np.testing.assert_allclose(result.train_features, bank, rtol=2e-3, atol=2e-3)  # float16 storage
+    out = method.embed(result, queries)
+    np.testing.assert_allclose(out["features"], features, rtol=2e-3, atol=2e-3)
+    m = 9
+    rows, distances = result.similar_by_features(out["features"], m)
+    reference = np.linalg.norm(features[:, None] - bank[None], axis=-1)  # [7, 200], float64, brute force
+    nearest = np.sort(reference, axis=1)[:, :m]
+    # the rows found are the m nearest (up to float16 rounding of the bank), nearest first
+    np.testing.assert_allclose(np.take_along_axis(reference, rows, 1), nearest, rtol=5e-3)
+    np.testing.assert_allclose(distances, nearest, rtol=5e-3)
+    assert np.all(np.diff(distances, axis=1) >= 0) and len({tuple(r) for r in rows}) == 7
+    # not the surrogate's neighbours: another metric, other rows for most queries
+    surrogate_rows, _ = result.similar(out["embeddings"], m)
+    assert np.mean(surrogate_rows != rows) > 0.3
+    with pytest.raises(XaiJaxError, match=r"features must be \[q, 64\]"):
+        result.similar_by_features(out["features"][:, :10], m)
+    without = dataclasses.replace(result, train_features=None, feature_tap=None)
+    with pytest.raises(XaiJaxError, match="no penultimate features"):
+        without.similar_by_features(out["features"], m)

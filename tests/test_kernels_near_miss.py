@@ -15,8 +15,8 @@ from xai_jax.data import Batches
 from xai_jax.data.base import Source
 from xai_jax.kernels import www, xnn_metrics
 from xai_jax.kernels.floyd_warshall import floyd_warshall
-from xai_jax.kernels.near_miss import (connection_weights, fill_disconnected, near_miss_init, near_miss_matrix,
-                                       near_miss_update)
+from xai_jax.kernels.near_miss import (connection_weights, fill_disconnected, label_probability_matrix,
+                                       near_miss_init, near_miss_matrix, near_miss_update)
 
 
 def numpy_near_misses(probs, labels, mask, num_classes, *, k=3, t=1e-6, min_confidence=0.0):
@@ -34,6 +34,16 @@ def numpy_near_misses(probs, labels, mask, num_classes, *, k=3, t=1e-6, min_conf
                 sums[label, j] += p[j]
                 events[label, j] += 1
     return sums, events, counts
+
+
+def numpy_label_sums(probs, labels, mask, num_classes):
+    """The paper's sums literally, one image at a time: every non-padding image adds its whole row."""
+    sums, counts = np.zeros((num_classes, num_classes)), np.zeros(num_classes)
+    for p, label, valid in zip(np.asarray(probs, np.float64), labels, mask):
+        if valid:
+            sums[label] += p
+            counts[label] += 1
+    return sums, counts
 
 
 def random_batch(rng, batch, num_classes, *, ties=False, sharp=3.0):
@@ -65,7 +75,8 @@ def assert_state_equals(state, sums, events, counts):
 def test_init_shapes_and_dtypes():
     state = near_miss_init(7)
     assert {k: (v.shape, v.dtype) for k, v in state._asdict().items()} == {
-        "sums": ((7, 7), jnp.float32), "events": ((7, 7), jnp.int32), "counts": ((7,), jnp.float32)}
+        "sums": ((7, 7), jnp.float32), "events": ((7, 7), jnp.int32), "counts": ((7,), jnp.float32),
+        "label_sums": ((7, 7), jnp.float32), "label_counts": ((7,), jnp.float32)}
     assert not any(np.any(np.asarray(v)) for v in state)
 
 
@@ -152,7 +163,8 @@ def test_several_batches_equal_one_big_batch():
     for start in range(0, 96, 32):
         state = update(state, probs[start:start + 32], labels[start:start + 32], mask[start:start + 32], k=4)
     np.testing.assert_allclose(np.asarray(state.sums), np.asarray(big.sums), rtol=1e-6)
-    for key in ("events", "counts"):
+    np.testing.assert_allclose(np.asarray(state.label_sums), np.asarray(big.label_sums), rtol=1e-6)
+    for key in ("events", "counts", "label_counts"):
         np.testing.assert_array_equal(np.asarray(getattr(state, key)), np.asarray(getattr(big, key)))
 
 
@@ -215,6 +227,47 @@ def test_matrix_divides_by_counted_images_and_leaves_empty_rows_zero():
     p = np.asarray(near_miss_matrix(state))
     np.testing.assert_allclose(p, expected, rtol=1e-5, atol=1e-7)
     assert not p[[2, 5]].any() and np.isfinite(p).all() and p[counts > 0].any()
+
+
+@pytest.mark.parametrize("num_classes,num_images,batch", [
+    (2, 1, 1),      # one image, one batch
+    (7, 57, 16),    # three full batches and a padded one
+    (13, 45, 45),   # one batch, no padding
+    (31, 100, 37),  # a batch size that divides nothing
+])
+def test_label_sums_fold_over_every_image_and_match_numpy(num_classes, num_images, batch):
+    # The paper's p_ij literally: all images of label i (misclassified and uncertain ones too), all labels j,
+    # divided by N_i = all images of label i; through the engine's fold with its padded last batch.
+    rng = np.random.default_rng(num_classes * 1000 + num_images)
+    probs, labels, _ = random_batch(rng, num_images, num_classes)
+    if num_classes > 2:
+        labels[labels == 1] = 0  # label 1 has no images: its row of p stays 0
+    state = engine.run(lambda st, b, params: near_miss_update(st, b["images"], b["labels"], b["mask"], k=1,
+                                                              **params),
+                       near_miss_init(num_classes), Batches(ProbabilitySource(probs, labels), batch),
+                       {"t": 0.5, "min_confidence": 0.99}, progress=False)  # thresholds play no part in these sums
+    sums, counts = numpy_label_sums(probs, labels, np.ones(num_images, bool), num_classes)
+    np.testing.assert_allclose(np.asarray(state.label_sums), sums, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(state.label_counts), counts)
+    expected = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
+    np.fill_diagonal(expected, 0)
+    p = np.asarray(label_probability_matrix(state))
+    np.testing.assert_allclose(p, expected, rtol=1e-5, atol=1e-7)
+    # each row of an image-holding label sums to 1 - mean P(i | x) of its images
+    held = counts > 0
+    np.testing.assert_allclose(p[held].sum(1) + np.diag(sums)[held] / counts[held], 1, rtol=1e-5)
+    if num_classes > 2:
+        assert not p[1].any()
+
+
+def test_label_sums_skip_padding_rows():
+    rng = np.random.default_rng(8)
+    probs, labels, mask = random_batch(rng, 50, 9)
+    state = update(near_miss_init(9), probs, labels, mask)
+    sums, counts = numpy_label_sums(probs, labels, mask, 9)
+    assert counts.sum() == mask.sum() < 50
+    np.testing.assert_allclose(np.asarray(state.label_sums), sums, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(state.label_counts), counts)
 
 
 def numpy_weights(p, events, t, symmetrize, mode):

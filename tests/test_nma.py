@@ -215,7 +215,7 @@ def test_saved_result_is_the_generic_layout(tmp_path):
     assert summary["kind"] == "nma" and summary["class_names"] == NAMES and summary["notes"]["score"]["phi_M"] == 1
     assert summary["config"] == {"k": 3, "t": 1e-6, "min_confidence": 0.0, "symmetrize": "mean",
                                  "edge_weight": "probability", "linkage": "average", "linkage_input": "condensed",
-                                 "block_size": None}
+                                 "block_size": None, "graph": "near_misses", "labels": None, "human_root": "labels"}
     with np.load(tmp_path / "r" / "nma.npz") as arrays:
         assert {"p", "events", "counts", "distances", "linkage"} <= set(arrays.files)
     # A linkage that is no tree of the labels is refused on loading, in one line naming the folder.
@@ -357,3 +357,32 @@ def test_cli_fit_from_the_model_with_overrides_and_a_user_grouping(tmp_path, cap
     assert cli.main(["nma", "explain", "--result", str(out), "--image", image]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("classified as cat") and "A cat is part of the concept pets (cat, dog)" in printed
+
+
+@pytest.mark.slow
+def test_resnet20_under_the_papers_graph_and_root(resnet20_logits, tmp_path, capsys):
+    """ResNet-20's CIFAR-10 logits: the paper's graph is the mean softmax over all images of each label, and the
+    scores of experiments/nma_protocols.py (README, "Near-miss analysis": the paper's protocols)."""
+    import jax
+    (tmp_path / "groups.json").write_text(json.dumps({"animals": ["bird", "cat", "deer", "dog", "frog", "horse"],
+                                                      "vehicles": ["airplane", "automobile", "ship", "truck"]}))
+    runs = {"paper": ["--graph", "paper", "--symmetrize", "max"], "default": []}
+    for name, flags in runs.items():
+        code = cli.main(["--quiet", "nma", "fit", "--from-probs", str(resnet20_logits), "--human-root", "entity",
+                         "--score-groups", str(tmp_path / "groups.json"), *flags, "--out", str(tmp_path / name)])
+        assert code == 0, capsys.readouterr().err
+    saved = np.load(resnet20_logits)
+    probs = np.asarray(jax.nn.softmax(saved["logits"], -1), np.float64)
+    labels = saved["labels"]
+    p = np.stack([probs[labels == i].mean(0) for i in range(10)])
+    np.fill_diagonal(p, 0)
+    paper = NMAResult.load(tmp_path / "paper")
+    np.testing.assert_allclose(paper.p, p, rtol=1e-4, atol=1e-7)
+    assert paper.counts.sum() == 10000
+    scores = {name: json.loads((tmp_path / name / "nma.json").read_text())["notes"]["score"] for name in runs}
+    # rooted at entity, "whole" (the ten labels' common hypernym) counts on both sides: 0.867 -> 0.900
+    assert scores["default"]["groups"] == pytest.approx({"total": 0.9, "animals": 5 / 6, "vehicles": 1.0})
+    assert NMAResult.load(tmp_path / "default").score(root="labels")[1] == pytest.approx(13 / 15)
+    # the literal graph joins bird with deer before the placentals: "placental" is lost for the animals
+    assert scores["paper"]["groups"] == pytest.approx({"total": 0.85, "animals": 0.75, "vehicles": 1.0})
+    assert ("bird", "deer") in [tuple(sorted((a, b))) for a, b, _ in paper.merge_order(3)]

@@ -49,7 +49,8 @@ def register(subparsers) -> None:
     # explain: the paper explains a prediction by these similar samples (section 4), as the other methods'
     # `explain --result R --image I` explain one image
     s = actions.add_parser("similar", aliases=["explain"],
-                           help="the most similar training images of an image (paper figure 3)")
+                           help="the most similar training images of an image (paper figure 3), and Figure 2's "
+                                "baseline by Euclidean distance of the penultimate features")
     _add_result_args(s)
     s.add_argument("--image", required=True, metavar="FILE", help="query image file")
     s.add_argument("--m", type=positive_int, default=10, help="similar images per weighting (default 10)")
@@ -197,6 +198,18 @@ def similar(args) -> None:
         captions = [result.class_names[int(y)] for y in labels]
         rows.append((name, images, captions))
         print(f"{name}: " + ", ".join(f"#{i} {c} ({d:.2f})" for i, c, d in zip(indices, captions, distances[0])))
+    if result.train_features is None:
+        print("baseline: none (this surrogate holds no penultimate features; fit it again for Figure 2's baseline)")
+    else:
+        # Figure 2's baseline: Euclidean distance of the penultimate features, beside the surrogate's rows
+        bank_rows, distances = result.similar_by_features(query["features"], args.m)
+        indices = result.train_indices[bank_rows[0]]
+        images, labels = train.read(indices)
+        captions = [result.class_names[int(y)] for y in labels]
+        name = f"{result.feature_tap} features"
+        rows.append((name, images, captions))
+        print(f"baseline, {name}: " + ", ".join(f"#{i} {c} ({d:.2f})" for i, c, d in
+                                                 zip(indices, captions, distances[0])))
     if args.out:
         png = similar_samples(image, f"model: {result.class_names[prediction]}", rows,
                               title="most similar training images")

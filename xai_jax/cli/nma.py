@@ -103,6 +103,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--human", default="wordnet", metavar="REF",
                    help="reference of the explanatory score: wordnet, cifar100-superclasses, or a JSON file "
                         "{group name: [class names]}")
+    p.add_argument("--score-groups", metavar="FILE.json",
+                   help="the explanatory score per group of labels too (the paper's Table 2 columns): a JSON file "
+                        "{group name: [class names]}, e.g. animals and vehicles")
     p.add_argument("--out", metavar="DIR", help="output folder")
     add_pass_args(p)
 
@@ -174,12 +177,22 @@ def _synset(name):
     return synset(name)
 
 
-def _check_synsets(args, class_names, dataset) -> None:
-    """Resolves every label's synset before the pass, so that a bad table or a missing WordNet stops it early."""
+def _check_synsets(args, config: NMAConfig, class_names, dataset) -> None:
+    """Resolves the analysed labels' synsets (and the ``--labels`` subset) before the pass, so that a bad table,
+    an unknown label or a missing WordNet stops it early."""
+    subset = config.label_indices(class_names)
+    kept = class_names if subset is None else [class_names[i] for i in subset]
+    lookup = {str(n).lower() for n in kept}
+    for path in (args.score_groups, None if args.human in ("wordnet", "cifar100-superclasses") else args.human):
+        for group, members in (_read_groups(path) if path else {}).items():
+            unknown = [m for m in members if str(m).lower() not in lookup and not
+                       (isinstance(m, int) and 0 <= m < len(kept))]
+            if unknown:
+                raise XaiJaxError(f"{path}: group {group!r} names {unknown[0]!r}, not one of the analysed labels")
     if args.no_names:
         return
     from xai_jax.naming import hierarchy
-    hierarchy.label_synsets(class_names, dataset=dataset, table=args.synset_table)
+    hierarchy.label_synsets(kept, dataset=dataset, table=args.synset_table)
 
 
 def leaf_groups(concepts, num_classes: int) -> dict[int, str]:
@@ -193,9 +206,11 @@ def leaf_groups(concepts, num_classes: int) -> dict[int, str]:
     return groups
 
 
-def _check_human(reference: str) -> None:
+def _check_human(reference: str, score_groups: str | None = None) -> None:
     if reference not in ("wordnet", "cifar100-superclasses"):
         _read_groups(reference)
+    if score_groups:
+        _read_groups(score_groups)
 
 
 def fit(args) -> None:
@@ -205,12 +220,12 @@ def fit(args) -> None:
     if not args.out:
         raise XaiJaxError("--out DIR is required")
     inputs = inputs_of(args, "from_probs", "weights", "data", "synsets", "class_names", "synset_table", "names",
-                       "human")
+                       "human", "score_groups")
     outputs.check_output(args.out, KIND, inputs=inputs)
     method = NearMissAnalysis(config_from_args(NMAConfig, args))
     progress = False if args.quiet else None
     overrides = _read_names(args.names) if args.names else None
-    _check_human(args.human)
+    _check_human(args.human, args.score_groups)
     if args.from_probs:
         if args.model or args.data:
             raise XaiJaxError("give either --from-probs or --model/--weights/--data, not both")
@@ -235,7 +250,7 @@ def fit(args) -> None:
         if len(class_names) != scores.shape[1]:
             raise XaiJaxError(f"{len(class_names)} class names for {scores.shape[1]} columns of scores")
         method.config.validate(len(class_names))
-        _check_synsets(args, class_names, dataset)
+        _check_synsets(args, method.config, class_names, dataset)
         result = method.fit_scores(scores, labels, class_names, from_logits=from_logits,
                                    synsets=args.synset_table, dataset=dataset, names=not args.no_names,
                                    meta={"scores": os.path.abspath(args.from_probs)}, progress=progress)
@@ -250,7 +265,7 @@ def fit(args) -> None:
         source.class_names = tuple(class_names)
         dataset = args.dataset or guess_dataset(class_names)
         method.config.validate(len(class_names))
-        _check_synsets(args, class_names, dataset)
+        _check_synsets(args, method.config, class_names, dataset)
         result = method.fit(spec.name, variables, source, synsets=args.synset_table, dataset=dataset,
                             names=not args.no_names, num_classes=args.num_classes, batch_size=args.batch_size,
                             compute_dtype=compute_dtype(args), progress=progress,
@@ -259,14 +274,16 @@ def fit(args) -> None:
         result = result.with_overrides(overrides)
 
     human, match = human_reference(result, args.human)
-    score = None if human is None else result.score_note(human, match, args.human)
+    groups = _read_groups(args.score_groups) if args.score_groups else None
+    score = None if human is None else result.score_note(human, match, args.human, groups)
     nodes = result.members()[result.num_classes:]
     png = dendrogram(result.linkage, result.class_names, [result.name_of(m) for m in nodes],
                      leaf_groups(human, result.num_classes) if human else None,
                      title="near-miss dendrogram" + (f" of {result.meta['model']}" if "model" in result.meta else ""))
     report = Report("Near-miss analysis")
     empty = classes_without_images(result)
-    report.paragraph(f"{int(result.counts.sum())} correctly classified images counted over "
+    counted = "images" if result.config.graph == "paper" else "correctly classified images"
+    report.paragraph(f"{int(result.counts.sum())} {counted} counted over "
                      f"{result.num_classes} labels; K = {result.config.k}, t = {result.config.t:g}, "
                      f"{result.config.linkage} linkage on the {result.config.linkage_input} shortest-path metric."
                      + (f" Without any counted image (singleton leaves): {', '.join(empty)}." if empty else ""))
@@ -274,6 +291,8 @@ def fit(args) -> None:
     if score:
         report.paragraph(f"Explanatory score phi(M) = {score['phi_M']} against the {args.human} hierarchy "
                          f"(concepts matched by {match}).")
+        if "groups" in score:
+            report.table([{"group": n, "phi": v} for n, v in score["groups"].items()])
     report.table([{"merge": i + 1, "left": a, "right": b, "height": h}
                   for i, (a, b, h) in enumerate(result.merge_order(min(10, result.num_classes - 1)))])
     result.save(args.out, {"dendrogram.png": png, "report.html": report.render().encode()},
@@ -282,6 +301,9 @@ def fit(args) -> None:
           f"({int(result.counts.sum())} images counted"
           + (f", phi(M) = {score['phi_M']:.3f} vs {args.human}" if score and score["phi_M"] is not None else "")
           + ")")
+    if score and "groups" in score:
+        print("  phi per group: " + ", ".join(f"{n} {'-' if v is None else f'{v:.3f}'}"
+                                              for n, v in score["groups"].items()))
     for a, b, h in result.merge_order(3):
         print(f"  merges first: {a} | {b} at {h:.4f}")
     if empty:

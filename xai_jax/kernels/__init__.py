@@ -38,8 +38,8 @@ from xai_jax.kernels.clustering import (cluster_frequencies, kl_divergence, kl_d
                                         nearest_neighbours, project_to_sphere, soft_assignment,
                                         target_distribution, validate_layer_weights)
 from xai_jax.kernels.floyd_warshall import floyd_warshall_auto
-from xai_jax.kernels.near_miss import (NearMissState, connection_weights, fill_disconnected, near_miss_init,
-                                       near_miss_matrix, near_miss_update)
+from xai_jax.kernels.near_miss import (NearMissState, connection_weights, fill_disconnected,
+                                       label_probability_matrix, near_miss_init, near_miss_matrix, near_miss_update)
 from xai_jax.kernels.srae import (approximation, faithfulness_loss, one_vs_all_weights, pull_away_loss,
                                   sparse_reconstruction_loss, srae_loss)
 from xai_jax.kernels.www import (ClassContributionState, TopNState, adaptive_cosine_scores, adaptive_selection,
@@ -58,8 +58,8 @@ __all__ = [
     # modules
     "attribution", "cladec", "clustering", "floyd_warshall", "near_miss", "srae", "www", "xnn_metrics",
     # near_miss
-    "NearMissState", "near_miss_init", "near_miss_update", "near_miss_matrix", "connection_weights",
-    "fill_disconnected",
+    "NearMissState", "near_miss_init", "near_miss_update", "near_miss_matrix", "label_probability_matrix",
+    "connection_weights", "fill_disconnected",
     # floyd_warshall (the function itself is floyd_warshall.floyd_warshall: the name is the module's)
     "floyd_warshall_auto",
     # clustering

@@ -4,6 +4,7 @@ One dataset pass folds :func:`near_miss_update` over batches of class probabilit
 device sums, so the pass streams over any number of images. Then
 
     p = near_miss_matrix(state)            # p[i, j], paper section 3.1 / DESIGN "Near-miss analysis"
+    p = label_probability_matrix(state)    # or the paper's p[i, j] literally: all images, all labels
     w = connection_weights(p)              # undirected edge weights, inf = no edge
     d = fill_disconnected(floyd_warshall(w))
 
@@ -30,11 +31,16 @@ class NearMissState(NamedTuple):
         near misses include ``j``.
       events: ``i32[C, C]``, how many of those images there are.
       counts: ``f32[C]``, ``N_i``, the number of counted images of class ``i``.
+      label_sums: ``f32[C, C]``, ``label_sums[i, j] = sum_x P(j | x)`` over *every* (non-padding) image ``x``
+        of class ``i``, correctly classified or not, and every label ``j``: the paper's sum, literally.
+      label_counts: ``f32[C]``, the number of (non-padding) images of class ``i``.
     """
 
     sums: jax.Array
     events: jax.Array
     counts: jax.Array
+    label_sums: jax.Array
+    label_counts: jax.Array
 
 
 def near_miss_init(num_classes: int) -> NearMissState:
@@ -48,7 +54,9 @@ def near_miss_init(num_classes: int) -> NearMissState:
     """
     return NearMissState(sums=jnp.zeros((num_classes, num_classes), jnp.float32),
                          events=jnp.zeros((num_classes, num_classes), jnp.int32),
-                         counts=jnp.zeros((num_classes,), jnp.float32))
+                         counts=jnp.zeros((num_classes,), jnp.float32),
+                         label_sums=jnp.zeros((num_classes, num_classes), jnp.float32),
+                         label_counts=jnp.zeros((num_classes,), jnp.float32))
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -62,9 +70,12 @@ def near_miss_update(state: NearMissState, probs: jax.Array, labels: jax.Array, 
     to the lower label) with ``P(j | x) >= t``. For each near miss ``sums[label, j] += P(j | x)`` and
     ``events[label, j] += 1``; ``counts[label] += 1`` once per counted image.
 
-    Only the ``B * k`` top entries are scattered into the ``[C, C]`` sums, so a step costs
-    ``O(B * C)`` for the top-k plus ``O(B * k)`` scattered adds, whatever ``C`` (21,841 for
-    ImageNet-21k).
+    Every non-padding image also adds its whole probability row to ``label_sums[label]`` and 1 to
+    ``label_counts[label]`` (the paper's ``p_ij`` taken literally, :func:`label_probability_matrix`).
+
+    Only the ``B * k`` top entries are scattered into the ``[C, C]`` sums, and ``B`` rows into the label
+    sums, so a step costs ``O(B * C)`` for the top-k and the rows plus ``O(B * k)`` scattered adds, whatever
+    ``C`` (21,841 for ImageNet-21k; the two ``[C, C]`` float sums and the events then take 5.7 GB).
 
     Args:
       state: accumulators from :func:`near_miss_init` (or a previous update).
@@ -88,7 +99,9 @@ def near_miss_update(state: NearMissState, probs: jax.Array, labels: jax.Array, 
     sums = state.sums.at[rows, top_labels].add(jnp.where(near, top_probs, 0).astype(state.sums.dtype))
     events = state.events.at[rows, top_labels].add(near.astype(state.events.dtype))
     counts = state.counts.at[labels].add(counted.astype(state.counts.dtype))
-    return NearMissState(sums=sums, events=events, counts=counts)
+    label_sums = state.label_sums.at[labels].add(jnp.where(mask[:, None], probs, 0).astype(state.label_sums.dtype))
+    label_counts = state.label_counts.at[labels].add(mask.astype(state.label_counts.dtype))
+    return NearMissState(sums=sums, events=events, counts=counts, label_sums=label_sums, label_counts=label_counts)
 
 
 @jax.jit
@@ -106,6 +119,23 @@ def near_miss_matrix(state: NearMissState) -> jax.Array:
     """
     counts = state.counts[:, None]
     return jnp.where(counts > 0, state.sums / jnp.where(counts > 0, counts, 1), 0)
+
+
+@jax.jit
+def label_probability_matrix(state: NearMissState) -> jax.Array:
+    """The paper's ``p[i, j] = (1 / N_i) * sum_x P(j | x)`` literally (section 3.1): the sum runs over all
+    ``N_i`` images ``x`` of label ``i``, correctly classified or not, for every label ``j != i``.
+
+    Args:
+      state: accumulators after a pass of :func:`near_miss_update`.
+
+    Returns:
+      ``f32[C, C]`` with a zero diagonal (a label is not its own near miss); rows of labels without images are
+      all 0.
+    """
+    counts = state.label_counts[:, None]
+    p = jnp.where(counts > 0, state.label_sums / jnp.where(counts > 0, counts, 1), 0)
+    return jnp.where(jnp.eye(p.shape[0], dtype=bool), 0, p)
 
 
 @functools.partial(jax.jit, static_argnames=("symmetrize", "mode"))

@@ -381,6 +381,33 @@ def cifar100_superclasses(class_names: Sequence[str]) -> dict[str, list[int]]:
     return groups
 
 
+def group_scores(phi: np.ndarray, groups: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """The explanatory score of groups of labels (the paper's Table 2 columns: animals, vehicles, ...): the mean
+    ``phi(i)`` over each group's labels that have a score (NaN when none has).
+
+    Args:
+      phi: ``[C]`` per-label scores from :func:`explanatory_score`.
+      groups: group name -> label indices in ``[0, C)``.
+
+    Returns:
+      ``{"total": phi(M), group: mean phi}`` in the groups' order.
+
+    Raises:
+      XaiJaxError: an empty group or an index out of range.
+    """
+    if "total" in groups:
+        raise XaiJaxError("a group may not be named 'total': that name is kept for the score of all labels")
+    phi = np.asarray(phi, np.float64)
+    out = {}
+    for name, members in {"total": range(len(phi)), **groups}.items():
+        indices = [_check_label(index, len(phi), f"group {name!r}") for index in members]
+        if not indices:
+            raise XaiJaxError(f"group {name!r} has no labels")
+        scored = phi[indices][~np.isnan(phi[indices])]
+        out[str(name)] = float(scored.mean()) if scored.size else math.nan
+    return out
+
+
 def concept_path(concepts: Sequence[Concept], label: int) -> list[Concept]:
     """The concepts that contain a label, smallest first (ties by name): its path from leaf to root."""
     return sorted((c for c in concepts if label in c.members), key=lambda c: (len(c.members), c.name))
@@ -391,7 +418,7 @@ def concept_path(concepts: Sequence[Concept], label: int) -> list[Concept]:
 
 
 def explanatory_score(human: Sequence[Concept], machine: Sequence[Concept], num_labels: int,
-                      match: str = "name") -> tuple[np.ndarray, float]:
+                      match: str = "name", root: str | None = None) -> tuple[np.ndarray, float]:
     """The paper's explanatory measurement of a machine hierarchy against a human one (eq. 1 and 2).
 
     For label i, ``S_i`` are the concepts on its path in ``human`` and ``U_i`` those on its path in
@@ -404,11 +431,16 @@ def explanatory_score(human: Sequence[Concept], machine: Sequence[Concept], num_
     empty (nothing between it and the root in the human hierarchy) has no score: ``phi(i)`` is NaN and it
     is left out of the mean; when every label is NaN, so is ``phi(M)``.
 
+    With ``root`` a name (the paper's ``"entity"``), the roots left out are the concepts of that name instead of
+    those holding all labels: both hierarchies are then rooted above the label set, and a concept of all labels
+    named otherwise (the label set's common hypernym, e.g. "whole") counts on both sides.
+
     Args:
       human: the reference concepts, e.g. :func:`wordnet_hierarchy` or :func:`grouping_hierarchy`.
       machine: the named clusters of the model's hierarchy.
       num_labels: the number of labels C; members must lie in ``[0, C)``.
       match: ``"name"`` or ``"members"``.
+      root: ``None`` (the roots are the concepts of all labels) or the root's name.
 
     Returns:
       ``(phi, phi_M)``: float64 ``[C]`` scores per label, and their mean over labels with a score.
@@ -419,8 +451,8 @@ def explanatory_score(human: Sequence[Concept], machine: Sequence[Concept], num_
     num_labels = _check_num_labels(num_labels)
     if match not in MATCHES:
         raise XaiJaxError(f"unknown match {match!r}: expected one of {', '.join(MATCHES)}")
-    human_sets = _inner_concepts_per_label(human, num_labels, match, "human")
-    machine_sets = _inner_concepts_per_label(machine, num_labels, match, "machine")
+    human_sets = _inner_concepts_per_label(human, num_labels, match, "human", root)
+    machine_sets = _inner_concepts_per_label(machine, num_labels, match, "machine", root)
     phi = np.full(num_labels, np.nan)
     for label, (reference, found) in enumerate(zip(human_sets, machine_sets)):
         if reference:
@@ -429,13 +461,16 @@ def explanatory_score(human: Sequence[Concept], machine: Sequence[Concept], num_
     return phi, float(scored.mean()) if scored.size else math.nan
 
 
-def _inner_concepts_per_label(concepts: Sequence[Concept], num_labels: int, match: str, side: str) -> list[set]:
-    """For each label, the keys (names or member sets) of the concepts above it, leaves and roots left out."""
+def _inner_concepts_per_label(concepts: Sequence[Concept], num_labels: int, match: str, side: str,
+                              root: str | None = None) -> list[set]:
+    """For each label, the keys (names or member sets) of the concepts above it, leaves and roots left out
+    (roots: the concepts of all labels, or with ``root`` those named so)."""
     per_label: list[set] = [set() for _ in range(num_labels)]
     for concept in concepts:
         for member in concept.members:
             _check_label(member, num_labels, f"{side} concept {concept.name!r}")
-        if 1 < len(concept.members) < num_labels:
+        is_root = concept.name == root if root is not None else len(concept.members) == num_labels
+        if len(concept.members) > 1 and not is_root:
             key = concept.name if match == "name" else concept.members
             for member in concept.members:
                 per_label[member].add(key)

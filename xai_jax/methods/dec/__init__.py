@@ -11,8 +11,9 @@ Public API:
 
 - :class:`DECConfig` (``config``), :func:`layer_emphasis`, ``POSTERIORS``, ``KIND``: no JAX;
 - :class:`ActivationClusteringSurrogate` and :class:`Activations` (``passes``): the taps pass, ``fit``,
-  ``embed``, ``evaluate``;
-- :class:`DECResult` (``result``): predictions, scores, ``similar``, ``concepts``, ``save``/``load``;
+  ``embed``, ``evaluate``; :func:`feature_tap`, the penultimate features of a model;
+- :class:`DECResult` (``result``): predictions, scores, ``similar``, Figure 2's Euclidean baseline
+  ``similar_by_features``, ``concepts``, ``save``/``load``;
 - :func:`dec_refine`, :func:`cluster_posteriors` (``refine``) and :func:`embed_rows`, :func:`embedder`
   (``autoencoder``): the parts, for benchmarks and tests;
 - ``figures`` (:func:`similar_samples`, :func:`concept_grid`) and ``demo`` (the ``xai-jax demo`` section).
@@ -26,7 +27,7 @@ from xai_jax import lazy
 from xai_jax.methods.dec.config import KIND, POSTERIORS, DECConfig, layer_emphasis
 
 __getattr__, __dir__, _lazy_all = lazy.attach(__name__, {
-    "passes": ["ActivationClusteringSurrogate", "Activations"],
+    "passes": ["ActivationClusteringSurrogate", "Activations", "feature_tap"],
     "result": ["DECResult"],
     "refine": ["cluster_posteriors", "dec_refine"],
     "autoencoder": ["embed_rows", "embedder"],
@@ -37,6 +38,6 @@ __all__ = sorted(["KIND", "POSTERIORS", "DECConfig", "layer_emphasis", *_lazy_al
 if TYPE_CHECKING:
     from xai_jax.methods.dec.autoencoder import embed_rows, embedder
     from xai_jax.methods.dec.figures import concept_grid, similar_samples
-    from xai_jax.methods.dec.passes import ActivationClusteringSurrogate, Activations
+    from xai_jax.methods.dec.passes import ActivationClusteringSurrogate, Activations, feature_tap
     from xai_jax.methods.dec.refine import cluster_posteriors, dec_refine
     from xai_jax.methods.dec.result import DECResult

@@ -59,9 +59,13 @@ def section(report: Report, context: DemoContext) -> tuple[dict, Result]:
         bank_rows, _ = result.similar(test["embeddings"][:, query:query + 1], 10, weights)
         images, labels = context.train_set.read(result.train_indices[bank_rows[0]])
         rows.append((name, images, [str(int(y)) for y in labels]))
+    bank_rows, _ = result.similar_by_features(test["features"][query:query + 1], 10)
+    images, labels = context.train_set.read(result.train_indices[bank_rows[0]])
+    rows.append((f"{result.feature_tap} features", images, [str(int(y)) for y in labels]))
     report.figure(similar_samples(test_images[0], f"test digit {int(test['labels'][query])}", rows),
                   "a test digit (red border) and its ten most similar training digits under equal, low-layer "
-                  "and high-layer weights (paper figure 3)")
+                  "and high-layer weights (paper figure 3), and by Euclidean distance of the penultimate "
+                  f"{result.feature_tap} features (the baseline of figure 2)")
     concept_rows, _ = result.concepts("fc", 8)
     images, _ = context.train_set.read(result.train_indices[concept_rows.ravel()])
     sizes = result.cluster_sizes()[TAPS.index("fc")]

@@ -27,12 +27,14 @@ def _show(ax, image, title: str = "", color: str = "black", border: str | None =
 
 def similar_samples(query: np.ndarray, query_title: str, rows: Sequence[tuple[str, np.ndarray, Sequence[str]]],
                     title: str = "") -> bytes:
-    """Figure 3: a query (red border) and its most similar training images, one row per weighting.
+    """Figures 2 and 3: a query (red border) and its most similar training images, one row per weighting of the
+    surrogate's layers and one for the baseline (Euclidean distance of the penultimate features).
 
     Args:
       query: the query image ``[H, W(, C)]``.
       query_title: its caption (e.g. label and prediction).
-      rows: ``(row name, images [m, H, W(, C)], captions [m])`` per weighting, e.g. equal / low / high layers.
+      rows: ``(row name, images [m, H, W(, C)], captions [m])`` per row, e.g. equal / low / high layers and
+        ``pool features``.
       title: figure title.
     """
     m = max(len(images) for _, images, _ in rows)

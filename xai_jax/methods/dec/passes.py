@@ -48,15 +48,33 @@ def _adam(learning_rate: float) -> optax.GradientTransformation:
     return optax.adam(learning_rate)
 
 
+def feature_tap(model: str, num_classes: int | None = None) -> str:
+    """The model's penultimate features: the tap that feeds the classifier (the last one before ``logits``), e.g.
+    ``pool`` of a ResNet, ``fc`` of the small CNN, ``fc7`` of a VGG.
+
+    Figure 2's baseline finds similar training samples by Euclidean distance of these features.
+    """
+    from xai_jax.models import tap_shapes
+    names = list(tap_shapes(model, num_classes))
+    return names[names.index("logits") - 1]
+
+
+def _with_feature_tap(model: str, taps: tuple[str, ...], num_classes: int | None) -> tuple[str, tuple[str, ...]]:
+    feature = feature_tap(model, num_classes)
+    return feature, taps + ((feature,) if feature not in taps else ())
+
+
 @functools.lru_cache(maxsize=None)
 def _tap_fn(model: str, taps: tuple[str, ...], num_classes: int | None, compute_dtype: str | None):
     from xai_jax.models import make_forward
-    forward = make_forward(model, taps, num_classes, compute_dtype)
+    feature, forward_taps = _with_feature_tap(model, taps, num_classes)
+    forward = make_forward(model, forward_taps, num_classes, compute_dtype)
 
     def fn(batch, variables):
         out = forward(batch["images"], variables)
         n = batch["images"].shape[0]
         return {"taps": {t: out[t].reshape(n, -1).astype(jnp.float16) for t in taps},
+                "features": out[feature].reshape(n, -1).astype(jnp.float16),
                 "predictions": jnp.argmax(out["logits"], -1).astype(jnp.int32), "labels": batch["labels"]}
 
     return fn
@@ -66,15 +84,17 @@ def _tap_fn(model: str, taps: tuple[str, ...], num_classes: int | None, compute_
 def _embed_fn(model: str, taps: tuple[str, ...], num_classes: int | None, compute_dtype: str | None,
               hidden: tuple[int, ...], embedding: int, radius: float):
     from xai_jax.models import make_forward
-    forward = make_forward(model, taps, num_classes, compute_dtype)
+    feature, forward_taps = _with_feature_tap(model, taps, num_classes)
+    forward = make_forward(model, forward_taps, num_classes, compute_dtype)
 
     def fn(batch, params):
         variables, layers = params
         out = forward(batch["images"], variables)
         n = batch["images"].shape[0]
-        # float16 round trip: the same activations the encoders were trained on
+        # float16 round trip: the same activations the encoders were trained on (and the bank of features holds)
         z = [encode(hidden, embedding, radius, layers[t], out[t].reshape(n, -1).astype(jnp.float16)) for t in taps]
         return {"embeddings": jnp.stack(z, axis=1), "predictions": jnp.argmax(out["logits"], -1).astype(jnp.int32),
+                "features": out[feature].reshape(n, -1).astype(jnp.float16).astype(jnp.float32),
                 "labels": batch["labels"]}
 
     return fn
@@ -82,12 +102,14 @@ def _embed_fn(model: str, taps: tuple[str, ...], num_classes: int | None, comput
 
 @dataclasses.dataclass
 class Activations:
-    """The selected taps of a dataset, flattened, on the host (float16), with labels and model predictions."""
+    """The selected taps of a dataset, flattened, on the host (float16), with labels and model predictions, and
+    the penultimate features (:func:`feature_tap`, float16) for the Euclidean baseline of similar samples."""
 
     taps: dict[str, np.ndarray]
     labels: np.ndarray
     predictions: np.ndarray
     indices: np.ndarray
+    features: np.ndarray | None = None
 
 
 class ActivationClusteringSurrogate:
@@ -115,7 +137,8 @@ class ActivationClusteringSurrogate:
           source: the images (labels included).
 
         Returns:
-          the flattened taps ``{tap: [n, d]}`` with labels, the model's predictions and positions ``0..n-1``.
+          the flattened taps ``{tap: [n, d]}`` with labels, the model's predictions, positions ``0..n-1`` and the
+          penultimate features ``[n, f]``.
         """
         from xai_jax.models import tap_shapes
         n = len(source)
@@ -123,6 +146,7 @@ class ActivationClusteringSurrogate:
             raise XaiJaxError("the training set is empty")
         shapes = tap_shapes(self.model, self.num_classes)
         taps = {t: np.empty((n, int(np.prod(shapes[t]))), np.float16) for t in self.config.taps}
+        features = np.empty((n, int(np.prod(shapes[feature_tap(self.model, self.num_classes)]))), np.float16)
         labels, predictions = np.empty(n, np.int32), np.empty(n, np.int32)
         fn = _tap_fn(self.model, self.config.taps, self.num_classes, self.compute_dtype)
         start = 0
@@ -131,9 +155,10 @@ class ActivationClusteringSurrogate:
             rows = len(out["labels"])
             for t in taps:
                 taps[t][start:start + rows] = out["taps"][t]
+            features[start:start + rows] = out["features"]
             labels[start:start + rows], predictions[start:start + rows] = out["labels"], out["predictions"]
             start += rows
-        return Activations(taps, labels, predictions, np.arange(n))
+        return Activations(taps, labels, predictions, np.arange(n), features)
 
     def fit(self, source: Source | None = None, *, activations: Activations | None = None,
             class_names: Sequence[str] | None = None, meta: dict | None = None) -> DECResult:
@@ -177,7 +202,10 @@ class ActivationClusteringSurrogate:
         result = DECResult(model=self.model, class_names=names, config=c, layers=layers, centroids=centroids,
                            posteriors=posteriors, train_embeddings=embeddings.astype(np.float32),
                            train_labels=activations.labels, train_predictions=activations.predictions,
-                           train_indices=activations.indices, history=history, meta=dict(meta or {}))
+                           train_indices=activations.indices, history=history, meta=dict(meta or {}),
+                           train_features=activations.features,
+                           feature_tap=None if activations.features is None else feature_tap(self.model,
+                                                                                             self.num_classes))
         train_scores = result.scores(embeddings, activations.labels, activations.predictions)
         return dataclasses.replace(result, metrics={"train": train_scores})
 
@@ -211,8 +239,8 @@ class ActivationClusteringSurrogate:
         return layer, z, centroids, {"pretrain_loss": pretrain_losses, **dec_history, "input_dim": dim}
 
     def embed(self, result: DECResult, source: Source) -> dict:
-        """Embeddings ``[L, n, e]``, model predictions and labels of ``source`` under ``result``'s encoders
-        (one pass; the taps are never stored)."""
+        """Embeddings ``[L, n, e]``, model predictions, labels and penultimate ``features`` ``[n, f]`` of
+        ``source`` under ``result``'s encoders (one pass; the taps are never stored)."""
         c = result.config
         if result.model != self.model:
             raise XaiJaxError(f"the surrogate was fitted on {result.model}, not {self.model}")
@@ -221,7 +249,7 @@ class ActivationClusteringSurrogate:
         out = engine.collect(engine.map_batches(fn, source, (self.variables, result.layers),
                                                 batch_size=self.batch_size, desc="embed", progress=self.progress))
         return {"embeddings": np.moveaxis(out["embeddings"], 1, 0), "predictions": out["predictions"],
-                "labels": out["labels"]}
+                "labels": out["labels"], "features": out["features"]}
 
     def evaluate(self, result: DECResult, source: Source, layer_weights=None) -> dict:
         """Baseline accuracy, surrogate accuracy and fidelity (per layer and combined) on ``source``."""

@@ -38,6 +38,9 @@ class DECResult(results.Result):
       metrics: accuracy and fidelity per layer and combined (training set; ``evaluate`` adds others).
       history: per layer, pretraining losses, DEC steps, changed fractions and seconds.
       meta: free-form provenance (weights, data).
+      train_features: ``[N, f]`` the training samples' penultimate features (float16; ``None`` in results fitted
+        from activations without them): the bank of Figure 2's Euclidean baseline.
+      feature_tap: the tap they are (``pool`` of a ResNet).
     """
 
     KIND: ClassVar[str] = KIND
@@ -57,6 +60,8 @@ class DECResult(results.Result):
     metrics: dict = dataclasses.field(default_factory=dict)
     history: dict = dataclasses.field(default_factory=dict)
     meta: dict = dataclasses.field(default_factory=dict)
+    train_features: np.ndarray | None = None
+    feature_tap: str | None = None
 
     def check(self) -> None:
         """The arrays fit the config's taps and clusters, and the bank of training samples is one size."""
@@ -71,6 +76,8 @@ class DECResult(results.Result):
                 self.train_predictions) != n:
             raise ValueError(f"dec.npz holds embeddings {self.train_embeddings.shape}, {len(self.train_labels)} "
                              f"labels and {len(self.train_predictions)} predictions for {n} training samples")
+        if self.train_features is not None and (self.train_features.ndim != 2 or len(self.train_features) != n):
+            raise ValueError(f"dec.npz holds features {self.train_features.shape} for {n} training samples")
         if set(self.layers) != set(self.taps):
             raise ValueError(f"layers/ holds the encoders of {', '.join(sorted(self.layers)) or 'no tap'}, "
                              f"not of {', '.join(self.taps)}")
@@ -139,6 +146,30 @@ class DECResult(results.Result):
         if not 1 <= m <= n:
             raise XaiJaxError(f"m must be in [1, {n}] (the training samples), got {m}")
         rows, distances = nearest_neighbours(list(embeddings), list(self.train_embeddings), weights, m)
+        return np.asarray(rows), np.asarray(distances)
+
+    def similar_by_features(self, features: np.ndarray, m: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Figure 2's baseline: the ``m`` training samples nearest each query by Euclidean distance of the
+        penultimate features (the activation feeding the classifier), ``|f(x) - f(s)|``, beside the surrogate's
+        :meth:`similar`.
+
+        Args:
+          features: ``[q, f]`` the queries' features (``embed(...)["features"]``).
+          m: neighbours per query.
+
+        Returns:
+          ``(bank rows [q, m], distances [q, m])``, nearest first, as :meth:`similar`.
+        """
+        if self.train_features is None:
+            raise XaiJaxError("this surrogate holds no penultimate features of its training samples (fitted from "
+                              "activations without them): fit it again for the baseline")
+        n, dim = self.train_features.shape
+        features = np.asarray(features, np.float32)
+        if features.ndim != 2 or features.shape[1] != dim:
+            raise XaiJaxError(f"features must be [q, {dim}] (the {self.feature_tap} tap); got {features.shape}")
+        if not 1 <= m <= n:
+            raise XaiJaxError(f"m must be in [1, {n}] (the training samples), got {m}")
+        rows, distances = nearest_neighbours([features], [self.train_features.astype(np.float32)], [1.0], m)
         return np.asarray(rows), np.asarray(distances)
 
     def concepts(self, tap: str | int, per_cluster: int = 10) -> tuple[np.ndarray, np.ndarray]:

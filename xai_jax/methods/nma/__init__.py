@@ -37,8 +37,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from xai_jax import lazy
-from xai_jax.methods.nma.config import (EDGE_WEIGHTS, KIND, LINKAGE_INPUTS, LINKAGE_METHODS, SYMMETRIZE,
-                                        NMAConfig)
+from xai_jax.methods.nma.config import (EDGE_WEIGHTS, GRAPHS, HUMAN_ROOTS, KIND, LINKAGE_INPUTS, LINKAGE_METHODS,
+                                        SYMMETRIZE, NMAConfig)
 
 if TYPE_CHECKING:
     from xai_jax.methods.nma.explain import Explanation
@@ -54,4 +54,4 @@ __getattr__, __dir__, _lazy = lazy.attach(__name__, {
     "graph": ["STATISTICS"],
     "figures": ["dendrogram", "draw_dendrogram", "node_positions"],
 })
-__all__ = ["EDGE_WEIGHTS", "KIND", "LINKAGE_INPUTS", "LINKAGE_METHODS", "NMAConfig", "SYMMETRIZE", *_lazy]
+__all__ = ["EDGE_WEIGHTS", "GRAPHS", "HUMAN_ROOTS", "KIND", "LINKAGE_INPUTS", "LINKAGE_METHODS", "NMAConfig", "SYMMETRIZE", *_lazy]

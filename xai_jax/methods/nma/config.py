@@ -19,6 +19,12 @@ EDGE_WEIGHTS = ("probability", "summed", "count")
 LINKAGE_METHODS = ("average", "single", "complete", "weighted", "ward")
 #: what the linkage clusters: the metric itself, or each label's row of it as a feature vector
 LINKAGE_INPUTS = ("condensed", "rows")
+#: which probabilities make the near-miss matrix: the correctly classified images' top-K near misses (the default
+#: reading), or every image's whole probability vector (the paper's section 3.1 literally)
+GRAPHS = ("near_misses", "paper")
+#: where the WordNet reference of the explanatory score is rooted: the label set's lowest common hypernym, or
+#: WordNet's own root "entity" (the paper's paths)
+HUMAN_ROOTS = ("labels", "entity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +44,15 @@ class NMAConfig:
         of the paper's figures.
       block_size: Floyd-Warshall tile size (default: blocked by 32 from 256 labels on, unblocked below; the
         measured policy of :func:`~xai_jax.kernels.floyd_warshall.floyd_warshall_auto`).
+      graph: ``"near_misses"``: ``p[i, j]`` sums ``P(j | x)`` over the correctly classified images of ``i`` whose
+        top ``k`` hold ``j``, divided by their number; ``"paper"``: section 3.1 literally, ``p[i, j] = (1 / N_i)
+        sum_x P(j | x)`` over all ``N_i`` images of ``i`` (``k`` and ``min_confidence`` play no part). The
+        paper's undirected edge for each ordered pair with ``p[i, j] >= t`` is ``--symmetrize max``.
+      labels: analyse only these labels (class names, or indices): the graph induced on them by the one pass
+        over all labels, e.g. the paper's 41 ImageNet labels of Table 2 (default: all).
+      human_root: the WordNet reference of the explanatory score: ``"labels"`` roots it at the label set's
+        lowest common hypernym (left out of S_i, as the machine's root is of U_i); ``"entity"`` at WordNet's
+        root, as the paper's paths end, so the labels' common hypernym counts on both sides.
     """
 
     k: int = C.option(3, low=1)
@@ -48,6 +63,9 @@ class NMAConfig:
     linkage: str = C.option("average", choices=LINKAGE_METHODS)
     linkage_input: str = C.option("condensed", choices=LINKAGE_INPUTS)
     block_size: int | None = C.option(None, low=1)
+    graph: str = C.option("near_misses", choices=GRAPHS)
+    labels: tuple[str, ...] | None = C.option(None, metavar="NAME,NAME,...")
+    human_root: str = C.option("labels", choices=HUMAN_ROOTS)
 
     def validate(self, num_classes: int | None = None) -> None:
         """Raises :class:`XaiJaxError` for a value outside its declared choices or bounds, and, given the
@@ -59,3 +77,30 @@ class NMAConfig:
             raise XaiJaxError(f"near-miss analysis needs at least 2 classes; got {num_classes}")
         if self.k >= num_classes:
             raise XaiJaxError(f"K must satisfy 1 <= K < C = {num_classes} (the number of classes); got K = {self.k}")
+
+    def label_indices(self, class_names) -> list[int] | None:
+        """The indices of :attr:`labels` among ``class_names`` (names matched without case, or indices), in the
+        given order; ``None`` without a subset.
+
+        Raises:
+          XaiJaxError: an unknown or repeated label, or fewer than two.
+        """
+        if self.labels is None:
+            return None
+        lookup = {str(n).lower(): i for i, n in enumerate(class_names)}
+        indices = []
+        for label in self.labels:
+            key = str(label).strip()
+            if key.lower() in lookup:
+                index = lookup[key.lower()]
+            elif key.isdigit() and int(key) < len(class_names):
+                index = int(key)
+            else:
+                shown = ", ".join(map(str, list(class_names)[:8])) + (" ..." if len(class_names) > 8 else "")
+                raise XaiJaxError(f"labels: {label!r} is not a class (classes: {shown})")
+            if index in indices:
+                raise XaiJaxError(f"labels: {label!r} is given twice")
+            indices.append(index)
+        if len(indices) < 2:
+            raise XaiJaxError(f"labels: near-miss analysis needs at least 2 labels; got {len(indices)}")
+        return indices

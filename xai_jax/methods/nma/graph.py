@@ -13,40 +13,58 @@ from scipy.spatial.distance import pdist, squareform
 
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels.floyd_warshall import floyd_warshall, floyd_warshall_auto
-from xai_jax.kernels.near_miss import NearMissState, connection_weights, fill_disconnected, near_miss_matrix
+from xai_jax.kernels.near_miss import (NearMissState, connection_weights, fill_disconnected, label_probability_matrix,
+                                       near_miss_matrix)
 from xai_jax.methods.nma.config import NMAConfig
 from xai_jax.methods.nma.result import cluster_id, node_members
 
 #: the accumulators of a near-miss pass, by name (:func:`xai_jax.kernels.near_miss.near_miss_init`)
 STATISTICS = NearMissState._fields
+#: those every graph reads; the paper's graph (``NMAConfig.graph = "paper"``) reads the others
+NEAR_MISS_STATISTICS = ("sums", "events", "counts")
+_SQUARE = ("sums", "events", "label_sums")
 
 
-def statistics(state: Mapping[str, Any], num_classes: int) -> dict[str, np.ndarray]:
+def statistics(state: Mapping[str, Any], num_classes: int, graph: str = "near_misses") -> dict[str, np.ndarray]:
     """The near-miss statistics of ``num_classes`` labels as host arrays, their names and shapes checked.
 
     Args:
-      state: ``{"sums": [C, C], "events": [C, C], "counts": [C]}``: a pass's :class:`NearMissState`, or the
-        same arrays read back from a file (an ``np.load`` of an ``.npz`` is such a mapping).
+      state: ``{"sums": [C, C], "events": [C, C], "counts": [C], "label_sums": [C, C], "label_counts": [C]}``: a
+        pass's :class:`NearMissState`, or the same arrays read back from a file (an ``np.load`` of an ``.npz``
+        is such a mapping). Statistics saved before the paper's graph existed lack the last two; only
+        ``graph="paper"`` needs them.
       num_classes: ``C``.
+      graph: the graph they are for (``NMAConfig.graph``).
 
     Returns:
-      ``{name: np.ndarray}`` for the names of :data:`STATISTICS`.
+      ``{name: np.ndarray}`` for the names of :data:`STATISTICS` that ``state`` holds.
 
     Raises:
-      XaiJaxError: an array is missing or has the wrong shape.
+      XaiJaxError: an array the graph needs is missing, or one has the wrong shape.
     """
     if isinstance(state, NearMissState):
         state = state._asdict()
-    missing = [name for name in STATISTICS if name not in state]
+    needed = STATISTICS if graph == "paper" else NEAR_MISS_STATISTICS
+    missing = [name for name in needed if name not in state]
     if missing:
-        raise XaiJaxError(f"near-miss statistics without {', '.join(missing)} (need {', '.join(STATISTICS)})")
-    arrays = {name: np.asarray(state[name]) for name in STATISTICS}
-    square = (num_classes, num_classes)
-    for name, shape in (("sums", square), ("events", square), ("counts", (num_classes,))):
-        if arrays[name].shape != shape:
-            raise XaiJaxError(f"near-miss `{name}` has shape {arrays[name].shape}, expected {shape} for "
+        raise XaiJaxError(f"near-miss statistics without {', '.join(missing)} (need {', '.join(needed)})")
+    arrays = {name: np.asarray(state[name]) for name in STATISTICS if name in state}
+    for name, array in arrays.items():
+        shape = (num_classes, num_classes) if name in _SQUARE else (num_classes,)
+        if array.shape != shape:
+            raise XaiJaxError(f"near-miss `{name}` has shape {array.shape}, expected {shape} for "
                               f"{num_classes} labels")
     return arrays
+
+
+def restrict(arrays: Mapping[str, np.ndarray], indices: Sequence[int]) -> dict[str, np.ndarray]:
+    """The statistics of the labels ``indices`` alone: the graph that the pass over all labels induces on them.
+
+    ``p[i, j]`` of two kept labels is unchanged (their images and near misses are the same), and a near miss
+    outside the subset is no edge of it; ``counts`` still count the images the full model classifies correctly.
+    """
+    ix = np.asarray(indices)
+    return {name: array[np.ix_(ix, ix)] if array.ndim == 2 else array[ix] for name, array in arrays.items()}
 
 
 def shortest_paths(config: NMAConfig, p: np.ndarray, events: np.ndarray) -> np.ndarray:
@@ -90,6 +108,10 @@ def concept_names(linkage: np.ndarray, class_names: Sequence[str], *, synsets=No
     return [s.name() for s in resolved], names
 
 
-def near_miss_probabilities(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    """``p[i, j]``, the mean near-miss probability of ``j`` over the counted images of class ``i`` (3.1)."""
-    return np.asarray(near_miss_matrix(NearMissState(**{name: arrays[name] for name in STATISTICS})))
+def near_miss_probabilities(arrays: Mapping[str, np.ndarray], graph: str = "near_misses") -> np.ndarray:
+    """``p[i, j]`` (3.1): with ``graph="near_misses"`` the mean near-miss probability of ``j`` over the counted
+    images of class ``i``; with ``"paper"`` the mean ``P(j | x)`` over all images of class ``i``."""
+    empty = np.zeros((0,), np.float32)  # a kernel reads only its own fields; older statistics lack the others
+    state = NearMissState(**{name: arrays.get(name, empty) for name in STATISTICS})
+    matrix = label_probability_matrix if graph == "paper" else near_miss_matrix
+    return np.asarray(matrix(state))

@@ -111,7 +111,7 @@ class NearMissAnalysis:
           progress: show a progress bar (default: on a terminal).
 
         Returns:
-          the near-miss statistics ``{"sums", "events", "counts"}`` on the host (:meth:`from_state` takes them).
+          the near-miss statistics (a :class:`NearMissState` of host arrays; :meth:`from_state` takes them).
         """
         from xai_jax.models import get
         classes = num_classes or get(model).num_classes
@@ -158,25 +158,30 @@ class NearMissAnalysis:
         """The connection graph, shortest paths, linkage and names from accumulated near-miss statistics.
 
         Args:
-          state: ``{"sums", "events", "counts"}`` arrays: from :meth:`accumulate` / :meth:`accumulate_scores`,
+          state: the :data:`graph.STATISTICS` arrays: from :meth:`accumulate` / :meth:`accumulate_scores`,
             or saved and read back (e.g. ``np.load`` of an ``.npz`` holding them).
-          class_names: one per label.
+          class_names: one per label of the pass.
           synsets: a label -> synset table (JSON path or mapping), as :func:`naming.hierarchy.label_synsets` takes.
           dataset: name of a packaged table (cifar10, cifar100, mnist, fashion_mnist, imagenet).
           names: ``False`` skips WordNet naming (no synsets needed).
           meta: provenance kept in the result.
 
         Returns:
-          a new :class:`NMAResult`.
+          a new :class:`NMAResult`; with ``config.labels``, of those labels alone (:func:`graph.restrict`).
         """
         c = self.config
         c.validate(len(class_names))
-        arrays = graph.statistics(state, len(class_names))
-        p = graph.near_miss_probabilities(arrays)
+        arrays = graph.statistics(state, len(class_names), c.graph)
+        subset = c.label_indices(class_names)
+        if subset is not None:
+            arrays, class_names = graph.restrict(arrays, subset), [class_names[i] for i in subset]
+        p = graph.near_miss_probabilities(arrays, c.graph)
         distances = graph.shortest_paths(c, p, arrays["events"])
         linkage = graph.cluster(c, distances)
         synset_names, auto_names = (graph.concept_names(linkage, class_names, synsets=synsets, dataset=dataset)
                                     if names else (None, {}))
+        # N_i, what each row of p is averaged over: the correctly classified images, or all (the paper's graph)
+        counts = arrays["label_counts" if c.graph == "paper" else "counts"]
         return NMAResult(class_names=list(class_names), synsets=synset_names, p=p, events=arrays["events"],
-                         counts=arrays["counts"], distances=distances, linkage=linkage, names=auto_names, config=c,
+                         counts=counts, distances=distances, linkage=linkage, names=auto_names, config=c,
                          meta=dict(meta or {}))

@@ -15,6 +15,10 @@ from xai_jax.methods.nma.explain import Explanation
 from xai_jax.results import Result
 
 
+#: the name of WordNet's root, where the paper's hypernym paths end (``NMAConfig.human_root = "entity"``)
+ENTITY = "entity"
+
+
 def cluster_id(members) -> str:
     """A cluster's stable id: its sorted member label indices, comma-separated."""
     return ",".join(str(m) for m in sorted(members))
@@ -38,7 +42,8 @@ class NMAResult(Result):
       synsets: WordNet synset name per label (``None`` when the analysis ran without names).
       p: ``[C, C]`` near-miss matrix (row i: mean near-miss probability of images of class i).
       events: ``[C, C]`` number of near-miss events.
-      counts: ``[C]`` counted (correctly classified) images per class.
+      counts: ``[C]`` ``N_i``, the images each row of ``p`` averages over: the correctly classified ones
+        (``config.graph = "near_misses"``) or all images of the class (``"paper"``).
       distances: ``[C, C]`` shortest-path distances, disconnected pairs filled.
       linkage: SciPy linkage matrix ``[C - 1, 4]``.
       names: cluster id -> automatic WordNet name (every internal node).
@@ -121,7 +126,7 @@ class NMAResult(Result):
         return Explanation(self.class_names[index], [(n, [self.class_names[m] for m in ms]) for n, ms in path],
                            max_listed)
 
-    def score(self, human=None, match: str | None = None) -> tuple[np.ndarray, float]:
+    def score(self, human=None, match: str | None = None, root: str | None = None) -> tuple[np.ndarray, float]:
         """The explanatory score (eq. 1, 2): phi per label and phi(M) against a human hierarchy.
 
         Args:
@@ -129,21 +134,61 @@ class NMAResult(Result):
             ``None`` for the WordNet tree induced on the label set.
           match: ``"name"`` (the paper: shared concept names) or ``"members"`` (identical label sets); default
             name for the WordNet reference, members for a user grouping.
+          root: where the WordNet reference is rooted, ``"labels"`` or ``"entity"`` (``NMAConfig.human_root``,
+            the default); a user grouping keeps its own root, the concept of all labels.
         """
         from xai_jax.naming import hierarchy
+        from xai_jax.methods.nma.config import HUMAN_ROOTS
+        root = root or self.config.human_root
+        if root not in HUMAN_ROOTS:
+            raise XaiJaxError(f"unknown root {root!r}: expected one of {', '.join(HUMAN_ROOTS)}")
+        named_root = None
         if human is None:
             if self.synsets is None:
                 raise XaiJaxError("scoring against WordNet needs label synsets; run the analysis with names")
             human = hierarchy.wordnet_hierarchy(_synsets(self.synsets))
             match = match or "name"
-        return hierarchy.explanatory_score(human, self.concepts(), self.num_classes, match=match or "members")
+            named_root = ENTITY if root == "entity" else None
+        return hierarchy.explanatory_score(human, self.concepts(), self.num_classes, match=match or "members",
+                                           root=named_root)
 
-    def score_note(self, human, match: str, reference: str) -> dict:
+    def group_scores(self, groups: Mapping[str, Sequence[int | str]], human=None, match: str | None = None,
+                     root: str | None = None) -> dict[str, float]:
+        """The explanatory score per group of labels, the paper's Table 2 columns (e.g. animals, vehicles).
+
+        Args:
+          groups: group name -> its labels (class names or indices), e.g. ``{"animals": ["cat", "dog"], ...}``.
+          human, match, root: the reference, as :meth:`score` takes them.
+
+        Returns:
+          ``{"total": phi(M), group: mean phi of its labels}`` (NaN where no label of a group has a score).
+        """
+        from xai_jax.naming import hierarchy
+        indices = {}
+        for name, members in groups.items():
+            try:
+                indices[name] = [self.label_index(m) for m in members]
+            except XaiJaxError as err:
+                raise XaiJaxError(f"group {name!r}: {err}") from None
+        phi, _ = self.score(human, match, root)
+        return hierarchy.group_scores(phi, indices)
+
+    def score_note(self, human, match: str, reference: str, groups: Mapping[str, Sequence] | None = None) -> dict:
         """The explanatory score against ``human`` as ``nma.json`` keeps it under ``notes.score``:
-        ``{"reference", "match", "phi_M", "phi": {label: phi}}``, undefined values as ``None``."""
-        phi, phi_m = self.score(human, match)
-        return {"reference": reference, "match": match, "phi_M": None if np.isnan(phi_m) else float(phi_m),
+        ``{"reference", "match", "phi_M", "phi": {label: phi}}`` (and ``"groups"``: phi per group of labels, as
+        :meth:`group_scores`), undefined values as ``None``. ``reference`` names the reference (``--human``'s
+        value): for ``"wordnet"`` the tree is WordNet's rooted as ``config.human_root`` says, recorded as
+        ``"human_root"``."""
+        chosen = None if reference == "wordnet" else human
+        phi, phi_m = self.score(chosen, match)
+        note = {"reference": reference, "match": match, "phi_M": None if np.isnan(phi_m) else float(phi_m),
                 "phi": {n: None if np.isnan(v) else float(v) for n, v in zip(self.class_names, phi)}}
+        if reference == "wordnet":
+            note["human_root"] = self.config.human_root
+        if groups:
+            note["groups"] = {n: None if np.isnan(v) else v for n, v in
+                              self.group_scores(groups, chosen, match).items()}
+        return note
 
     def merge_order(self, top: int = 3) -> list[tuple[str, str, float]]:
         """The first ``top`` merges: (left cluster's labels, right cluster's labels, height)."""
