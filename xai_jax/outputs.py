@@ -341,10 +341,20 @@ def replace_file(directory: PathLike, name: str, data: bytes, kind: str) -> str:
     target = os.path.join(directory, name)
     if os.path.islink(target) or os.path.isdir(target):
         raise XaiJaxError(f"{target} is a link or a folder; xai-jax replaces only its own files")
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    with _replacing(target) as f:
+        f.write(data)
+    return target
+
+
+@contextlib.contextmanager
+def _replacing(target: str):
+    """A new binary file whose contents replace ``target`` in one rename when the block ends (written beside it,
+    synced first, the umask's mode); on an error the temporary file is removed and ``target`` is untouched."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(target)))
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         _follow_umask(tmp, is_dir=False)
@@ -353,7 +363,6 @@ def replace_file(directory: PathLike, name: str, data: bytes, kind: str) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-    return target
 
 
 # --- single files --------------------------------------------------------------------------------------------
@@ -408,17 +417,8 @@ def save_npz(path: PathLike, arrays: Mapping[str, np.ndarray], kind: str | None 
     """``np.savez`` atomically. With ``kind``, ``path`` is an output under the rules of :func:`check_output`
     and is marked; without it, ``path`` is a file inside a folder being built by :func:`atomic_dir`."""
     if kind is None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(os.fspath(path))}.", suffix=".tmp",
-                                   dir=os.path.dirname(os.path.abspath(os.fspath(path))))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            _follow_umask(tmp, is_dir=False)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
+        with _replacing(os.fspath(path)) as f:
+            np.savez(f, **arrays)
         return
     with _atomic_file(path, kind, inputs) as (_, f):
         np.savez(f, **arrays, **{NPZ_MARKER: np.asarray(json.dumps(marker(kind)))})
