@@ -299,13 +299,18 @@ def test_layer_list_reproduces_every_tap_and_excitation_backprop_conserves_mass(
     assert set(ends) == set(taps)
     assert models.sequential_layers(name, variables, None, shape)[1] == len(layers) == ends["logits"]
 
+    # c-MWP of the class the random network scores highest: for a low-scoring class the contrast with its dual
+    # can cancel to exactly zero through 19 random layers (vgg19's class 3 did on an AMD EPYC: every pixel 0,
+    # the other classes about 1e-10 on a quarter of the pixels), which says nothing about the kernel.
+    top = int(np.argmax(np.asarray(reference["logits"]).sum(0)))
+
     @jax.jit
     def run(variables, x):
         layers, ends = spec.sequential(variables, shape)
         at_taps = {tap: layer_inputs(layers[:ends[tap]], x)[-1] for tap in taps}
         p_top = jax.nn.one_hot(jnp.full(x.shape[0], 3), classes)
         levels = excitation_backprop(layers, x, p_top, stop=2)
-        return at_taps, levels, contrastive_mwp(layers, x, 3)
+        return at_taps, levels, contrastive_mwp(layers, x, top)
 
     at_taps, levels, maps = run(variables, x)
     for tap in taps:
