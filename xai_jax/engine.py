@@ -36,6 +36,7 @@ from xai_jax.data.base import Source
 from xai_jax.data.batcher import Batches
 from xai_jax.distributed import gather_rows
 from xai_jax.errors import XaiJaxError
+from xai_jax import rowstore
 
 Batch = dict[str, Any]
 Step = Callable[[Any, Batch, Any], Any]
@@ -260,7 +261,8 @@ def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *
         mesh: pass the same object every time (a module-level function, or one made by an
         ``functools.lru_cache`` factory) to reuse it; a lambda or closure built per call compiles again on
         every call.
-      arrays: a pytree (typically a dict) of host arrays with a common leading axis of ``n >= 1`` rows.
+      arrays: a pytree (typically a dict) of host arrays (or :class:`xai_jax.rowstore.DiskRows`) with a common
+        leading axis of ``n >= 1`` rows.
       params: read-only inputs of every call (model variables), replicated on the mesh and traced, so new
         values of the same shapes reuse the program.
       chunk: rows per call before the rounding (>= 1).
@@ -277,7 +279,7 @@ def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *
     leaves, treedef = jax.tree.flatten(arrays)
     if not leaves:
         raise XaiJaxError("map_arrays needs at least one array")
-    leaves = [np.asarray(leaf) for leaf in leaves]
+    leaves = [rowstore.as_rows(leaf) for leaf in leaves]  # DiskRows stay on disk: only chunks are read
     if any(leaf.ndim == 0 for leaf in leaves):
         raise XaiJaxError("map_arrays needs arrays with a leading row axis; got a scalar")
     lengths = {len(leaf) for leaf in leaves}
@@ -301,26 +303,20 @@ def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *
             parts = [np.concatenate([part, np.repeat(part[-1:], pad, axis=0)]) for part in parts]
         return treedef.unflatten([jax.make_array_from_process_local_data(sharding, part) for part in parts])
 
-    out = None
+    def results() -> Iterator[Any]:
+        pending = None
+        for start in range(0, n, size):
+            result = mapped(rows(start), params)
+            if pending is not None:
+                yield _first_rows(*pending)
+            pending = (result, min(size, n - start))
+        yield _first_rows(*pending)
 
-    def store(result: Any, start: int) -> None:
-        # Into arrays allocated once rather than a list of chunks to concatenate: the host holds the output once.
-        nonlocal out
-        valid = min(size, n - start)
-        host = jax.tree.map(lambda a: np.asarray(a)[:valid], result)
-        if out is None:
-            out = jax.tree.map(lambda a: np.empty((n,) + a.shape[1:], a.dtype), host)
-        for buffer, part in zip(jax.tree.leaves(out), jax.tree.leaves(host)):
-            buffer[start:start + valid] = part
+    return rowstore.store(results(), n)
 
-    pending = None
-    for start in range(0, n, size):
-        result = mapped(rows(start), params)
-        if pending is not None:
-            store(*pending)
-        pending = (result, start)
-    store(*pending)
-    return out
+
+def _first_rows(out: Any, valid: int) -> Any:
+    return jax.tree.map(lambda a: np.asarray(a)[:valid], out)
 
 
 def _valid_rows(out: Any, mask: np.ndarray) -> Any:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xai_jax import engine
+from xai_jax import engine, rowstore
 from xai_jax.data.base import Source
 from xai_jax.errors import XaiJaxError
 from xai_jax.models import get, make_forward, tap_shapes
@@ -35,16 +35,29 @@ def _predict_fn(name: str, taps: tuple[str, ...], num_classes: int | None, compu
 
 
 def predict(name: str, variables, source: Source, taps=(), *, num_classes: int | None = None,
-            batch_size: int = 128, compute_dtype: str | None = None, progress: bool | None = None) -> dict:
+            batch_size: int = 128, compute_dtype: str | None = None, progress: bool | None = None,
+            directory: str | None = None) -> dict:
     """Runs model ``name`` over ``source`` and returns ``logits``, ``labels`` and each tap, in dataset order.
 
-    Everything is gathered on the host: taps of a large dataset can be large (see ``xai-jax info --model``
-    for their shapes).
+    Args:
+      name, variables: the model and its weights.
+      source: the images.
+      taps: the activations to return besides the logits (``xai-jax info --model`` lists their shapes: taps of
+        a large dataset are large).
+      num_classes: outputs of the head if not the model's default.
+      batch_size: images per step.
+      compute_dtype: the backbone's dtype (e.g. ``"bfloat16"``; outputs stay float32).
+      progress: show a progress bar (default: when stderr is a terminal).
+      directory: an existing folder to write every array into as a ``.npy`` :class:`xai_jax.rowstore.DiskRows`
+        (host memory then stays that of one batch), or None to return NumPy arrays.
+
+    Returns:
+      ``{"logits": [n, K], "labels": [n], tap: [n, ...]}``.
     """
     taps = check_taps(name, taps, num_classes)
     fn = _predict_fn(name, taps, num_classes, compute_dtype)
-    return engine.collect(engine.map_batches(fn, source, variables, batch_size=batch_size,
-                                             desc=f"{name} predict", progress=progress))
+    return rowstore.store(engine.map_batches(fn, source, variables, batch_size=batch_size,
+                                             desc=f"{name} predict", progress=progress), len(source), directory)
 
 
 @functools.lru_cache(maxsize=None)

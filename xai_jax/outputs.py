@@ -418,7 +418,50 @@ def save_npz(path: PathLike, arrays: Mapping[str, np.ndarray], kind: str | None 
     and is marked; without it, ``path`` is a file inside a folder being built by :func:`atomic_dir`."""
     if kind is None:
         with _replacing(os.fspath(path)) as f:
-            np.savez(f, **arrays)
+            _write_npz(f, arrays)
         return
     with _atomic_file(path, kind, inputs) as (_, f):
-        np.savez(f, **arrays, **{NPZ_MARKER: np.asarray(json.dumps(marker(kind)))})
+        _write_npz(f, {**arrays, NPZ_MARKER: np.asarray(json.dumps(marker(kind)))})
+
+
+def _write_npz(f, arrays: Mapping[str, np.ndarray]) -> None:
+    """What ``np.savez`` writes (uncompressed ``.npy`` members of a zip), with
+    :class:`xai_jax.rowstore.DiskRows` copied from their files in blocks rather than read into memory."""
+    import zipfile
+    from xai_jax.rowstore import DiskRows
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                if isinstance(value, DiskRows):
+                    value.flush()
+                    with open(value.path, "rb") as source:  # plain reads: nothing is mapped into this process
+                        shutil.copyfileobj(source, member, 16 << 20)
+                else:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(beside: PathLike, where: PathLike | None = None, needed: int = 0) -> Iterator[str]:
+    """A new temporary folder for a pass's per-image rows, removed with its contents when the block ends.
+
+    Args:
+      beside: the command's output: the folder goes into its parent by default.
+      where: the folder to create it in instead (``--scratch-dir``; it must exist and is never removed).
+      needed: bytes the rows will take: refused before any work if the disk has less free.
+    """
+    parent = os.path.abspath(where if where else os.path.dirname(os.path.abspath(os.fspath(beside))))
+    flag = "--scratch-dir" if where else "the folder of --out"
+    if not os.path.isdir(parent):
+        raise XaiJaxError(f"{flag} {parent} is not a folder")
+    free = shutil.disk_usage(parent).free
+    if needed > free:
+        raise XaiJaxError(f"the activations need {needed / 2**30:.1f} GiB on disk and {parent} has "
+                          f"{free / 2**30:.1f} GiB free; give --scratch-dir a folder with more")
+    try:
+        tmp = tempfile.mkdtemp(prefix=".xai-jax-rows-", dir=parent)
+    except OSError as err:
+        raise XaiJaxError(f"cannot keep the activations in {parent} ({flag}): {err.strerror or err}") from None
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from xai_jax import rowstore
 from xai_jax.errors import XaiJaxError
 from xai_jax.models.common import BATCH_NORM_MOMENTUM
 from xai_jax.weights.store import load_variables, save_variables
@@ -85,6 +86,34 @@ class History:
     seconds: list[float] = dataclasses.field(default_factory=list)
 
 
+def fits_on_device(data: Arrays, device_bytes: int) -> bool:
+    """Whether training arrays are copied to the device once: up to ``device_bytes`` in all, and not when
+    any is on disk (:class:`xai_jax.rowstore.DiskRows`) and the device is the CPU, whose memory is the host's:
+    the caller kept those rows out of host memory on purpose."""
+    arrays = list(data.values())
+    if any(isinstance(v, rowstore.DiskRows) for v in arrays) and jax.default_backend() == "cpu":
+        return False
+    return sum(rowstore.nbytes(v) for v in arrays) <= device_bytes
+
+
+def to_device(rows, block_bytes: int = 64 << 20) -> jax.Array:
+    """A host or on-disk array copied to the default device, ``block_bytes`` of rows at a time from disk, so that
+    the host never holds a whole :class:`xai_jax.rowstore.DiskRows`."""
+    if not isinstance(rows, rowstore.DiskRows):
+        return jax.device_put(np.asarray(rows))
+    step = max(1, block_bytes // max(1, rows.nbytes // max(1, len(rows))))
+    out = jnp.zeros(rows.shape, rows.dtype)
+    for start in range(0, len(rows), step):
+        out = _write_rows(out, jax.device_put(rows[start:start + step]), start)
+    return out
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _write_rows(out: jax.Array, part: jax.Array, start) -> jax.Array:
+    # donated: the device holds the array once while it fills
+    return jax.lax.dynamic_update_slice_in_dim(out, part, start, 0)
+
+
 def fit(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainState, data: Arrays, *,
         batch_size: int, epochs: int, key: jax.Array, evaluate: Callable[[TrainState], dict] | None = None,
         checkpoint_dir: str | None = None, device_bytes: int = 1 << 30, progress: bool | None = None,
@@ -101,7 +130,8 @@ def fit(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainSt
       key: randomness of shuffling and of the loss (dropout); epoch ``e`` uses ``fold_in(key, e)``.
       evaluate: called with the state after each epoch; its dict of floats goes into the history.
       checkpoint_dir: if given, the state is saved there (orbax) after every epoch.
-      device_bytes: training sets up to this size live on the device, one ``lax.scan`` per epoch.
+      device_bytes: training sets up to this size live on the device (:func:`fits_on_device`); larger ones,
+        and :class:`xai_jax.rowstore.DiskRows` on a CPU backend, stay on the host, a batch gathered per step.
       progress: print one line per epoch (default: when stderr is a terminal).
 
     Returns:
@@ -117,9 +147,10 @@ def fit(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainSt
     steps = n // batch_size
     device_step, host_step = _jitted_steps(loss_fn, optimizer)
     state = jax.tree.map(jnp.array, state)  # steps donate their input: keep the caller's arrays alive
-    on_device = sum(np.asarray(v).nbytes for v in data.values()) <= device_bytes
+    data = {k: rowstore.as_rows(v) for k, v in data.items()}
+    on_device = fits_on_device(data, device_bytes)
     if on_device:
-        device_data = jax.device_put({k: np.asarray(v) for k, v in data.items()})
+        device_data = {k: to_device(v) for k, v in data.items()}
     show = sys.stderr.isatty() if progress is None else progress
     history = History()
     for epoch in range(epochs):
@@ -132,7 +163,7 @@ def fit(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainSt
             if on_device:
                 state, m = device_step(state, device_data, idx, step_key)
             else:
-                state, m = host_step(state, {k: np.asarray(v)[np.sort(idx)] for k, v in data.items()}, step_key)
+                state, m = host_step(state, {k: v[np.sort(idx)] for k, v in data.items()}, step_key)
             sums = {k: sums.get(k, 0.0) + v for k, v in m.items()}  # stays on device: no sync per step
         metrics = {k: v / steps for k, v in sums.items()}
         history.train.append({k: float(v) for k, v in metrics.items()})

@@ -48,9 +48,32 @@ def add_pass_args(p: argparse.ArgumentParser) -> None:
                    "(refused if it was made with other inputs or options)")
 
 
+def add_scratch_arg(p: argparse.ArgumentParser) -> None:
+    """``--scratch-dir``, for the commands that keep every image's activations (:func:`rows_dir`)."""
+    p.add_argument("--scratch-dir", metavar="DIR",
+                   help="an existing folder on a fast disk for the per-image activations of a pass when they "
+                        "exceed 256 MiB (kept there as .npy files read back in blocks, so host memory does "
+                        "not grow with the dataset; default: beside --out; removed when the command ends)")
+
+
+@contextlib.contextmanager
+def rows_dir(args, nbytes: int):
+    """The folder for a pass's per-image rows of ``nbytes`` in all: None (in memory) up to
+    :data:`xai_jax.rowstore.SPILL_BYTES` unless ``--scratch-dir`` is given, else a temporary folder
+    (:func:`xai_jax.outputs.scratch_dir`, checked for free space before any work)."""
+    from xai_jax import outputs
+    from xai_jax.rowstore import SPILL_BYTES
+    where = getattr(args, "scratch_dir", None)
+    if nbytes <= SPILL_BYTES and not where:
+        yield None
+        return
+    with outputs.scratch_dir(args.out, where, nbytes) as directory:
+        yield directory
+
+
 #: flags that do not change a pass's result, left out of its checkpoint's fingerprint
 _NOT_FINGERPRINTED = {"quiet", "func", "config_fields", "coordinator", "process_id", "checkpoint_every",
-                      "checkpoint_dir", "resume"}
+                      "checkpoint_dir", "resume", "scratch_dir"}
 
 
 def _fingerprint(args, process_count: int) -> dict:

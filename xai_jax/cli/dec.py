@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
 
-from xai_jax.cli.common import (add_data_args, add_model_args, add_pass_args, add_sample_seed, compute_dtype, data_meta,
+from xai_jax.cli.common import (add_scratch_arg, rows_dir, add_data_args, add_model_args, add_pass_args, add_sample_seed, compute_dtype, data_meta,
                                inputs_of, load_model_and_data)
 from xai_jax.cli.flags import add_config_flags, config_from_args, to_argv
 from xai_jax.cli.options import number_list, positive_int
@@ -44,6 +45,7 @@ def register(subparsers) -> None:
     # every DECConfig field; --batch-size (add_data_args) stays the passes' batch, the config's is --train-batch-size
     f.set_defaults(config_fields=add_config_flags(f, DECConfig, required=("taps",)))
     f.add_argument("--out", required=True, metavar="DIR")
+    add_scratch_arg(f)
     f.set_defaults(func=fit)
 
     # explain: the paper explains a prediction by these similar samples (section 4), as the other methods'
@@ -84,6 +86,7 @@ def fit(args) -> None:
     from xai_jax import data, outputs
     from xai_jax.evaluation import check_taps
     from xai_jax.methods.dec import ActivationClusteringSurrogate
+    from xai_jax.models import tap_shapes
     from xai_jax.methods.dec.figures import concept_grid
     from xai_jax.viz.report import Report
     config = fit_config(args)
@@ -102,7 +105,9 @@ def fit(args) -> None:
                                            compute_dtype=compute_dtype(args), progress=progress)
     meta = {"weights": os.path.abspath(args.weights), **data_meta(args),
             "config_flags": to_argv(config, args.config_fields)}
-    result = method.fit(source, meta=meta)
+    shapes = tap_shapes(spec.name, args.num_classes)
+    with rows_dir(args, len(source) * sum(math.prod(shapes[t]) for t in taps) * 2) as directory:  # float16
+        result = method.fit(source, meta=meta, directory=directory)
     if held_out is not None:
         result = dataclasses.replace(result, metrics={**result.metrics, "eval": method.evaluate(result, held_out)})
     shown = result.metrics.get("eval", result.metrics["train"])

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import math
 import os
 import signal
 import sys
 import threading
 
-from xai_jax.cli.common import (add_data_args, add_model_args, add_num_classes, compute_dtype, inputs_of,
+from xai_jax.cli.common import (add_scratch_arg, rows_dir, add_data_args, add_model_args, add_num_classes, compute_dtype, inputs_of,
                                load_model_and_data, pass_context)
 from xai_jax.cli.options import Parser, non_negative_int, positive_int
 from xai_jax.errors import Terminated, XaiJaxError
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     p.add_argument("--taps", default="", help="comma-separated tap names to save next to the logits")
     p.add_argument("--out", required=True, metavar="FILE.npz")
+    add_scratch_arg(p)
 
     p = sub.add_parser("convert", help="convert a PyTorch/safetensors checkpoint to an xai_jax (orbax) directory")
     p.add_argument("--model", required=True, help="backbone name (see `xai-jax info`)")
@@ -93,19 +95,22 @@ def cmd_info(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from xai_jax import evaluation, outputs
+    import numpy as np
+    from xai_jax import evaluation, models, outputs
     if not args.out.endswith(".npz"):
         raise XaiJaxError(f"--out must name a .npz file, got {args.out}")
     taps = tuple(t.strip() for t in args.taps.split(",") if t.strip())
     evaluation.check_taps(args.model, taps, args.num_classes)
     outputs.check_output(args.out, "predict", file=True, inputs=inputs_of(args, "weights", "data", "synsets"))
     spec, variables, source = load_model_and_data(args)
-    result = evaluation.predict(spec.name, variables, source, taps, num_classes=args.num_classes,
-                                batch_size=args.batch_size, compute_dtype=compute_dtype(args),
-                                progress=None if not args.quiet else False)
-    result["class_names"] = __import__("numpy").asarray(source.class_names)
-    outputs.save_npz(args.out, result, "predict", inputs=inputs_of(args, "weights", "data", "synsets"))
-    accuracy = float((result["logits"].argmax(-1) == result["labels"]).mean())
+    shapes = models.tap_shapes(spec.name, args.num_classes)
+    with rows_dir(args, len(source) * sum(math.prod(shapes[t]) for t in taps) * 4) as directory:  # float32
+        result = evaluation.predict(spec.name, variables, source, taps, num_classes=args.num_classes,
+                                    batch_size=args.batch_size, compute_dtype=compute_dtype(args),
+                                    progress=None if not args.quiet else False, directory=directory)
+        result["class_names"] = np.asarray(source.class_names)
+        outputs.save_npz(args.out, result, "predict", inputs=inputs_of(args, "weights", "data", "synsets"))
+        accuracy = float((np.asarray(result["logits"]).argmax(-1) == np.asarray(result["labels"])).mean())
     print(f"wrote {args.out}: {len(result['labels'])} images, accuracy {accuracy:.4f}"
           + (f", taps {', '.join(taps)}" if taps else ""))
 

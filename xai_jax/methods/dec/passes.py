@@ -30,14 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xai_jax import engine, train
+from xai_jax import engine, rowstore, train
 from xai_jax.data.base import Source
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels.clustering import kmeans
 from xai_jax.methods.dec.autoencoder import (decoder, embed_rows, encode, encoder, normalisation,
                                              pretrain_loss)
 from xai_jax.methods.dec.config import DECConfig
-from xai_jax.methods.dec.refine import cluster_posteriors, dec_refine
+from xai_jax.methods.dec.refine import DEVICE_BYTES, cluster_posteriors, dec_refine
 from xai_jax.methods.dec.result import DECResult
 
 
@@ -130,38 +130,31 @@ class ActivationClusteringSurrogate:
         self.num_classes, self.batch_size = num_classes, batch_size
         self.compute_dtype, self.progress = compute_dtype, progress
 
-    def activations(self, source: Source) -> Activations:
-        """One pass of the model over ``source``; taps written into preallocated float16 host arrays.
+    def activations(self, source: Source, directory: str | None = None) -> Activations:
+        """One pass of the model over ``source``; taps stored as float16 rows.
 
         Args:
           source: the images (labels included).
+          directory: an existing folder to keep the taps in, as ``.npy`` files read back a block at a time
+            (:class:`xai_jax.rowstore.DiskRows`: host memory stays that of a few batches whatever the dataset's
+            size; the caller removes the folder when done), or None to hold them in memory.
 
         Returns:
           the flattened taps ``{tap: [n, d]}`` with labels, the model's predictions, positions ``0..n-1`` and the
           penultimate features ``[n, f]``.
         """
-        from xai_jax.models import tap_shapes
         n = len(source)
         if n == 0:
             raise XaiJaxError("the training set is empty")
-        shapes = tap_shapes(self.model, self.num_classes)
-        taps = {t: np.empty((n, int(np.prod(shapes[t]))), np.float16) for t in self.config.taps}
-        features = np.empty((n, int(np.prod(shapes[feature_tap(self.model, self.num_classes)]))), np.float16)
-        labels, predictions = np.empty(n, np.int32), np.empty(n, np.int32)
         fn = _tap_fn(self.model, self.config.taps, self.num_classes, self.compute_dtype)
-        start = 0
-        for out in engine.map_batches(fn, source, self.variables, batch_size=self.batch_size, desc="activations",
-                                      progress=self.progress):
-            rows = len(out["labels"])
-            for t in taps:
-                taps[t][start:start + rows] = out["taps"][t]
-            features[start:start + rows] = out["features"]
-            labels[start:start + rows], predictions[start:start + rows] = out["labels"], out["predictions"]
-            start += rows
-        return Activations(taps, labels, predictions, np.arange(n), features)
+        out = rowstore.store(engine.map_batches(fn, source, self.variables, batch_size=self.batch_size,
+                                                desc="activations", progress=self.progress), n, directory)
+        small = {k: np.asarray(out[k]) for k in ("labels", "predictions", "features")}
+        return Activations(out["taps"], small["labels"], small["predictions"], np.arange(n), small["features"])
 
     def fit(self, source: Source | None = None, *, activations: Activations | None = None,
-            class_names: Sequence[str] | None = None, meta: dict | None = None) -> DECResult:
+            class_names: Sequence[str] | None = None, meta: dict | None = None,
+            directory: str | None = None) -> DECResult:
         """Trains the surrogate: one DEC per tap, then the clusters' posteriors and the training scores.
 
         Args:
@@ -169,6 +162,7 @@ class ActivationClusteringSurrogate:
           activations: precomputed taps, labels and predictions (reused across fits).
           class_names: one per class (default: the source's, else ``"0"``, ``"1"``, ...).
           meta: provenance stored in the result.
+          directory: where :meth:`activations` keeps the taps (None: in memory).
 
         Returns:
           a new :class:`DECResult` with ``metrics["train"]`` and each layer's ``history``.
@@ -176,7 +170,7 @@ class ActivationClusteringSurrogate:
         if activations is None:
             if source is None:
                 raise XaiJaxError("fit needs a source or activations")
-            activations = self.activations(source)
+            activations = self.activations(source, directory)
         c = self.config
         n = len(activations.labels)
         c.validate(n)
@@ -228,7 +222,7 @@ class ActivationClusteringSurrogate:
         if c.pretrain_epochs:
             state, hist = train.fit(pretrain_loss(hidden, e, dim), optimizer, state, {"x": x},
                                     batch_size=c.batch_size, epochs=c.pretrain_epochs, key=fit_key,
-                                    progress=self.progress, desc=f"autoencoder {tap}", device_bytes=4 << 30)
+                                    progress=self.progress, desc=f"autoencoder {tap}", device_bytes=DEVICE_BYTES)
             pretrain_losses = [h["loss"] for h in hist.train]
         layer = {"encoder": state.params["encoder"], "norm": norm}
 

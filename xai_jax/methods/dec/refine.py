@@ -2,7 +2,9 @@
 
 The refinement runs ``T`` steps as one jitted ``lax.scan`` over device-resident activations, then recomputes
 the target ``P`` over the whole training set on the host side of the loop; the scan is compiled once per
-hyper-parameters and shapes.
+hyper-parameters and shapes. Activations kept on disk (:class:`xai_jax.rowstore.DiskRows`) on a CPU backend,
+or larger than the device budget, stay where they are: the host gathers the minibatches of a few steps at a
+time and a scan of that many steps runs them.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from xai_jax import rowstore, train
 from xai_jax.kernels.clustering import (cluster_frequencies, kl_divergence_log, log_soft_assignment,
                                         target_distribution)
 from xai_jax.methods.dec.autoencoder import embed_rows, encode
 from xai_jax.methods.dec.config import DECConfig
+
+# Activations up to this size are copied to the device for the refinement (as for the autoencoder's pretraining).
+DEVICE_BYTES = 4 << 30
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,17 +36,37 @@ def _dec_steps(hidden: tuple[int, ...], embedding: int, radius: float, alpha: fl
         z = encode(hidden, embedding, radius, {"encoder": params["encoder"], "norm": norm}, x)
         return kl_divergence_log(p, log_soft_assignment(z, params["centroids"], alpha))
 
+    def update(params, opt_state, norm, x, p):
+        loss, grads = jax.value_and_grad(loss_fn)(params, norm, x, p)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
     def run(params, opt_state, norm, x_all, p_all, order):
+        # device-resident activations: each step gathers its minibatch inside the scan
         def step(carry, idx):
-            params, opt_state = carry
-            loss, grads = jax.value_and_grad(loss_fn)(params, norm, x_all[idx], p_all[idx])
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            params, opt_state, loss = update(*carry, norm, x_all[idx], p_all[idx])
+            return (params, opt_state), loss
 
         (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), order)
         return params, opt_state, losses
 
-    return optimizer, jax.jit(run, donate_argnums=(0, 1))
+    def run_gathered(params, opt_state, norm, x_steps, p_steps):
+        # minibatches gathered on the host, ``[g, b, d]`` and ``[g, b, k]``: the activations stay there
+        def step(carry, rows):
+            params, opt_state, loss = update(*carry, norm, *rows)
+            return (params, opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (x_steps, p_steps))
+        return params, opt_state, losses
+
+    return optimizer, jax.jit(run, donate_argnums=(0, 1)), jax.jit(run_gathered, donate_argnums=(0, 1))
+
+
+def _steps_per_call(interval: int, step_bytes: int, budget: int = 64 << 20) -> int:
+    """The largest divisor of ``interval`` whose minibatches fit in ``budget`` bytes (at least 1): every call
+    of the host-fed scan then has the same shapes."""
+    limit = max(1, budget // max(1, step_bytes))
+    return max(d for d in range(1, interval + 1) if interval % d == 0 and d <= limit)
 
 
 def dec_refine(config: DECConfig, layer: dict, x: np.ndarray, z: np.ndarray, centroids, key: jax.Array):
@@ -65,12 +91,15 @@ def dec_refine(config: DECConfig, layer: dict, x: np.ndarray, z: np.ndarray, cen
     n = len(x)
     hidden, e = tuple(c.hidden), c.embedding_size
     norm = layer["norm"]
-    dec_optimizer, run = _dec_steps(hidden, e, float(c.radius), float(c.alpha), float(c.dec_learning_rate))
+    dec_optimizer, run, run_gathered = _dec_steps(hidden, e, float(c.radius), float(c.alpha), float(c.dec_learning_rate))
     # copies: the scan donates its parameters, which must not be the caller's
     params = {"encoder": jax.tree.map(jnp.array, layer["encoder"]), "centroids": jnp.array(centroids)}
     opt_state = dec_optimizer.init(params)
-    x_device = jnp.asarray(x)
     batch = min(c.batch_size, n)
+    x = rowstore.as_rows(x)
+    on_device = train.fits_on_device({"x": x}, DEVICE_BYTES)
+    x_device = train.to_device(x) if on_device else None
+    group = _steps_per_call(c.update_interval, batch * rowstore.nbytes(x) // max(1, n))
     q = jnp.exp(log_soft_assignment(z, params["centroids"], c.alpha))
     assigned = np.asarray(jnp.argmax(q, -1))
     changed, kl, steps = [], [], 0
@@ -78,7 +107,15 @@ def dec_refine(config: DECConfig, layer: dict, x: np.ndarray, z: np.ndarray, cen
         p = target_distribution(q, cluster_frequencies(q))
         # Always T steps per call (one compiled program): max_dec_steps is rounded up to a multiple of T.
         order = jax.random.randint(jax.random.fold_in(key, steps), (c.update_interval, batch), 0, n)
-        params, opt_state, losses = run(params, opt_state, norm, x_device, p, order)
+        if on_device:
+            params, opt_state, losses = run(params, opt_state, norm, x_device, p, order)
+        else:
+            p_host, losses = np.asarray(p), []
+            for rows in np.sort(np.asarray(order), axis=1).reshape(-1, group, batch):
+                params, opt_state, part = run_gathered(params, opt_state, norm, x[rows.reshape(-1)].reshape(
+                    group, batch, -1), p_host[rows])
+                losses.append(part)
+            losses = jnp.concatenate(losses)
         steps += c.update_interval
         kl.append(float(jnp.mean(losses)))
         layer = {"encoder": params["encoder"], "norm": norm}

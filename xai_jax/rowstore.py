@@ -1,0 +1,168 @@
+"""Per-image arrays that a pass writes once and a method reads back a block at a time, in memory or on disk.
+
+A pass over 50,000 CIFAR-10 images yields 1.6 GB of ``layer1`` activations in float16; over ImageNet, terabytes.
+:func:`store` puts the rows that :func:`xai_jax.engine.map_batches` yields into arrays allocated once for the
+whole dataset: NumPy arrays in memory, or, given a folder, :class:`DiskRows` files, whose host memory does not
+grow with the dataset. Each :class:`DiskRows` is a standard ``.npy`` file (``np.load(path, mmap_mode="r")``
+reads it anywhere) mapped into memory; after every read or write the mapped pages are handed back to the
+kernel (``madvise(MADV_DONTNEED)``): they stay in the page cache, which the kernel may drop or write back,
+and stop counting as the process's resident memory. Everything that reads rows (``engine.map_arrays``,
+``train.fit``, DEC's refinement) indexes them the NumPy way, ``rows[a:b]`` or ``rows[sorted_indices]``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Any, Iterable
+
+import numpy as np
+
+from xai_jax.errors import XaiJaxError
+
+# The shared size from which a command keeps a pass's rows on disk rather than in memory.
+SPILL_BYTES = 256 << 20
+
+
+class DiskRows:
+    """An array ``[n, ...]`` in a ``.npy`` file, read and written through NumPy indexing of its rows.
+
+    ``rows[key]`` returns a new in-memory array, ``rows[key] = value`` writes through; neither keeps the touched
+    pages resident. ``np.asarray(rows)`` reads the whole array (only for arrays that fit in memory).
+
+    Args:
+      path: the ``.npy`` file.
+      shape, dtype: create (or truncate) the file for an array of this shape and dtype; omit both to open an
+        existing one.
+      writable: open an existing file for writing too.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...] | None = None, dtype=None, *,
+                 writable: bool = False):
+        self.path = os.fspath(path)
+        if shape is not None:
+            if dtype is None:
+                raise XaiJaxError("DiskRows needs a dtype with its shape")
+            np.lib.format.open_memmap(self.path, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape)).flush()
+            writable = True
+        header = np.load(self.path, mmap_mode="r")  # an np.memmap: reads the header, maps nothing yet
+        shape, dtype, offset, fortran = header.shape, header.dtype, header.offset, np.isfortran(header)
+        del header
+        if fortran and len(shape) > 1:
+            raise XaiJaxError(f"{self.path}: a Fortran-ordered array cannot be read by rows")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        if not self.shape:
+            raise XaiJaxError(f"{self.path} holds a scalar, not rows")
+        self._writable = writable
+        self._file = open(self.path, "r+b" if writable else "rb")  # noqa: SIM115 - closed in close()
+        size = offset + self.nbytes
+        # An empty array has nothing to map: keep a 1-byte anonymous map so indexing still works.
+        self._map = (mmap.mmap(self._file.fileno(), size, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+                     if self.nbytes else mmap.mmap(-1, 1))
+        self._view = np.ndarray(self.shape, self.dtype, buffer=self._map, offset=offset if self.nbytes else 0)
+        if not writable:
+            self._view.flags.writeable = False
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"DiskRows({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def _release(self) -> None:
+        if self.nbytes:
+            self._map.madvise(mmap.MADV_DONTNEED)
+
+    def __getitem__(self, key) -> np.ndarray:
+        try:
+            return np.array(self._view[key])
+        finally:
+            self._release()
+
+    def __setitem__(self, key, value) -> None:
+        try:
+            self._view[key] = value
+        finally:
+            self._release()
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def flush(self) -> None:
+        if self.nbytes and self._writable:
+            self._map.flush()
+
+    def close(self) -> None:
+        """Unmaps the file (the file stays); the object is unusable afterwards."""
+        self._view = None
+        self._map.close()
+        self._file.close()
+
+
+def nbytes(rows: Any) -> int:
+    """The size of an in-memory or on-disk array without reading it."""
+    return rows.nbytes if isinstance(rows, DiskRows) else np.asarray(rows).nbytes
+
+
+def as_rows(array: Any) -> np.ndarray | DiskRows:
+    """``array`` as something indexable by rows: a :class:`DiskRows` stays on disk, anything else becomes NumPy."""
+    return array if isinstance(array, DiskRows) else np.asarray(array)
+
+
+def _file_name(path: tuple) -> str:
+    parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    return ".".join(parts) or "rows"
+
+
+def store(chunks: Iterable[Any], n: int, directory: str | os.PathLike | None = None) -> Any:
+    """Writes per-batch outputs (pytrees of ``[b, ...]`` arrays, in row order) into arrays of ``n`` rows.
+
+    Args:
+      chunks: e.g. :func:`xai_jax.engine.map_batches`'s outputs; the first fixes every leaf's trailing shape
+        and dtype.
+      n: the total number of rows (the dataset's length).
+      directory: an existing folder to hold one ``.npy`` :class:`DiskRows` per leaf (named by its path in the
+        pytree, e.g. ``taps.layer1.npy``), or None to keep the arrays in memory.
+
+    Returns:
+      The pytree of the chunks' structure with ``[n, ...]`` NumPy arrays or :class:`DiskRows` as leaves.
+
+    Raises:
+      XaiJaxError: no chunks, or rows other than ``n`` in all.
+    """
+    import jax
+    out, filled = None, 0
+    for chunk in chunks:
+        leaves, treedef = jax.tree.flatten(chunk)
+        rows = len(leaves[0])
+        if filled + rows > n:
+            raise XaiJaxError(f"the pass yielded more than the {n} rows expected")
+        if out is None:
+            paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(chunk)[0]]
+            if directory is None:
+                buffers = [np.empty((n,) + leaf.shape[1:], leaf.dtype) for leaf in leaves]
+            else:
+                buffers = [DiskRows(os.path.join(directory, _file_name(p) + ".npy"), (n,) + leaf.shape[1:],
+                                    leaf.dtype) for p, leaf in zip(paths, leaves)]
+            out = (treedef, buffers)
+        for buffer, leaf in zip(out[1], leaves):
+            buffer[filled:filled + rows] = leaf
+        filled += rows
+    if out is None:
+        raise XaiJaxError("the dataset is empty")
+    if filled != n:
+        raise XaiJaxError(f"the pass yielded {filled} rows, not the {n} expected")
+    return out[0].unflatten(out[1])
