@@ -277,13 +277,16 @@ def test_cli_fit_similar_concepts(tmp_path, capsys):
     from xai_jax.weights import save_variables
     weights = tmp_path / "cnn"
     save_variables(weights, models.init_variables(models.get("small_cnn"), jax.random.key(0)))
-    out = tmp_path / "fit"
+    out, scratch = tmp_path / "fit", tmp_path / "scratch"
+    scratch.mkdir()
     common = ["--model", "small_cnn", "--weights", str(weights)]
-    status = cli.main(["--quiet", "dec", "fit", *common, "--data", "digits", "--split", "train", "--limit", "300",
+    # --scratch-dir: the taps go through DiskRows files, read back by minibatches (tests/test_rowstore.py)
+    status = cli.main(["--quiet", "dec", "fit", *common, "--scratch-dir", str(scratch),
+                       "--data", "digits", "--split", "train", "--limit", "300",
                        "--sample-seed", "2", "--eval-data", "digits", "--eval-split", "test", "--eval-limit", "100",
                        "--taps", "conv3,fc", "--clusters", "6", "--hidden", "32,32,64", "--pretrain-epochs", "3",
                        "--update-interval", "10", "--max-dec-steps", "30", "--out", str(out)])
-    assert status == 0
+    assert status == 0 and os.listdir(scratch) == []
     summary = json.load(open(out / "summary.json"))
     for key in ("baseline_accuracy", "surrogate_accuracy", "fidelity"):
         assert 0 <= summary[key] <= 1

@@ -182,3 +182,25 @@ def test_scratch_folder_is_checked_first_and_removed_after(tmp_path):
     with pytest.raises(XaiJaxError, match="--scratch-dir .* is not a folder"):
         with outputs.scratch_dir(tmp_path / "out", tmp_path / "absent"):
             pass
+
+
+def test_predict_through_a_scratch_folder_writes_what_memory_does(tmp_path, capsys):
+    """``--scratch-dir`` sends the taps through DiskRows files into the npz: the same arrays as in memory,
+    and the scratch folder ends as it began."""
+    from xai_jax import cli
+    from conftest import shared_path
+    data = f"jpeg-npz:{shared_path('cifar10', 'cifar10_test_jpeg.npz')}"
+    weights = str(next(shared_path("cifar10_resnet").glob("resnet20-*.th")))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    common = ["--quiet", "predict", "--model", "cifar_resnet20", "--weights", weights, "--data", data,
+              "--limit", "70", "--batch-size", "32", "--taps", "layer1,pool"]
+    assert cli.main(common + ["--out", str(tmp_path / "memory.npz")]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "disk.npz"), "--scratch-dir", str(scratch)]) == 0
+    capsys.readouterr()
+    with np.load(tmp_path / "memory.npz") as memory, np.load(tmp_path / "disk.npz") as disk:
+        assert sorted(memory.files) == sorted(disk.files)
+        for name in ("logits", "labels", "layer1", "pool", "class_names"):
+            np.testing.assert_array_equal(disk[name], memory[name])
+        assert disk["layer1"].shape == (70, 32, 32, 16)
+    assert os.listdir(scratch) == [] and sorted(os.listdir(tmp_path)) == ["disk.npz", "memory.npz", "scratch"]

@@ -163,7 +163,10 @@ def fit(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainSt
             if on_device:
                 state, m = device_step(state, device_data, idx, step_key)
             else:
-                state, m = host_step(state, {k: v[np.sort(idx)] for k, v in data.items()}, step_key)
+                batch = {k: v[np.sort(idx)] for k, v in data.items()}
+                if i:  # one step in flight: dispatch would otherwise queue every gathered batch in memory
+                    jax.block_until_ready(m)
+                state, m = host_step(state, batch, step_key)
             sums = {k: sums.get(k, 0.0) + v for k, v in m.items()}  # stays on device: no sync per step
         metrics = {k: v / steps for k, v in sums.items()}
         history.train.append({k: float(v) for k, v in metrics.items()})

@@ -26,12 +26,15 @@ def normalise(x, norm):
     return (x.astype(jnp.float32) - norm["mean"]) / norm["scale"]
 
 
-def normalisation(x: np.ndarray, block: int = 8192) -> dict:
-    """The layer's ``{"mean": [d], "scale": []}`` from host activations ``[n, d]`` (any float dtype).
+def normalisation(x: np.ndarray, block_bytes: int = 64 << 20) -> dict:
+    """The layer's ``{"mean": [d], "scale": []}`` from host activations ``[n, d]`` (any float dtype, or
+    :class:`xai_jax.rowstore.DiskRows`).
 
-    The statistics are summed in float64 blocks, so that a float16 array of several GiB is never converted whole.
+    The statistics are summed in float64 blocks of about ``block_bytes``, so that an array of several GiB is
+    never converted whole.
     """
     n, dim = x.shape
+    block = max(1, block_bytes // (8 * dim))
     mean = np.zeros(dim, np.float64)
     for s in range(0, n, block):
         mean += x[s:s + block].astype(np.float64).sum(0)
@@ -93,7 +96,9 @@ def embedder(hidden: tuple[int, ...], embedding: int, radius: float) -> Callable
 
 
 def embed_rows(hidden: tuple[int, ...], embedding: int, radius: float, layer: dict, x: np.ndarray,
-               chunk: int = 4096) -> np.ndarray:
-    """Sphere-projected embeddings ``[n, e]`` of host activations ``[n, d]`` (any float dtype), ``chunk`` rows
-    per call: the float16 store is never converted whole."""
+               chunk: int = 4096, chunk_bytes: int = 32 << 20) -> np.ndarray:
+    """Sphere-projected embeddings ``[n, e]`` of host activations ``[n, d]`` (any float dtype, or
+    :class:`xai_jax.rowstore.DiskRows`), ``chunk`` rows per call but no more than ``chunk_bytes`` of float32
+    inputs: the float16 store is never converted whole."""
+    chunk = max(1, min(chunk, chunk_bytes // (4 * x.shape[1])))
     return engine.map_arrays(embedder(tuple(hidden), int(embedding), float(radius)), {"x": x}, layer, chunk=chunk)

@@ -62,7 +62,7 @@ def _dec_steps(hidden: tuple[int, ...], embedding: int, radius: float, alpha: fl
     return optimizer, jax.jit(run, donate_argnums=(0, 1)), jax.jit(run_gathered, donate_argnums=(0, 1))
 
 
-def _steps_per_call(interval: int, step_bytes: int, budget: int = 64 << 20) -> int:
+def _steps_per_call(interval: int, step_bytes: int, budget: int = 16 << 20) -> int:
     """The largest divisor of ``interval`` whose minibatches fit in ``budget`` bytes (at least 1): every call
     of the host-fed scan then has the same shapes."""
     limit = max(1, budget // max(1, step_bytes))
@@ -112,8 +112,10 @@ def dec_refine(config: DECConfig, layer: dict, x: np.ndarray, z: np.ndarray, cen
         else:
             p_host, losses = np.asarray(p), []
             for rows in np.sort(np.asarray(order), axis=1).reshape(-1, group, batch):
-                params, opt_state, part = run_gathered(params, opt_state, norm, x[rows.reshape(-1)].reshape(
-                    group, batch, -1), p_host[rows])
+                x_steps = x[rows.reshape(-1)].reshape(group, batch, -1)
+                if losses:  # one call in flight: dispatch would otherwise queue every gathered block in memory
+                    jax.block_until_ready(losses[-1])
+                params, opt_state, part = run_gathered(params, opt_state, norm, x_steps, p_host[rows])
                 losses.append(part)
             losses = jnp.concatenate(losses)
         steps += c.update_interval
