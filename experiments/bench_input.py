@@ -138,8 +138,9 @@ def cpu_seconds() -> float:
 # The pipelines: each yields (images uint8 [b, 224, 224, 3] as NumPy or a CHW tensor, dataset indices)
 
 
-def library_epochs(root, workers, batch_size, epochs, draft=False):
-    source = FolderSource(root, resize=RESIZE, crop=CROP, decode_workers=workers, draft=draft)
+def library_epochs(root, workers, batch_size, epochs, draft=False, processes=False):
+    source = FolderSource(root, resize=RESIZE, crop=CROP, decode_workers=workers, draft=draft,
+                          decode_processes=processes)
     for _ in range(epochs):
         def one_epoch():
             for batch in Batches(source, batch_size, prefetch=2):
@@ -218,6 +219,7 @@ def grain_epochs(root, workers, batch_size, epochs):
 PIPELINES = {
     "library": lambda root, w, b, e: library_epochs(root, w, b, e),
     "library-draft": lambda root, w, b, e: library_epochs(root, w, b, e, draft=True),
+    "library-processes": lambda root, w, b, e: library_epochs(root, w, b, e, processes=True),
     "torchvision": torchvision_epochs,
     "grain": grain_epochs,
 }

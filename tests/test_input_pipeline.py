@@ -121,6 +121,23 @@ def test_decode_workers_are_honoured(tmp_path, monkeypatch):
     assert default.decode_workers is None and sources.default_decode_workers() >= 1
 
 
+def test_decoding_in_processes_gives_the_same_batch(tmp_path):
+    root = many_images(tmp_path / "tree", sources._PARALLEL_DECODE_MIN + 6)
+    threads = FolderSource(root, resize=32, crop=(24, 20), decode_workers=2)
+    processes = FolderSource(root, resize=32, crop=(24, 20), decode_workers=2, decode_processes=True)
+    expected, labels = threads.all()
+    images, same_labels = processes.all()
+    assert images.shape == (70, 24, 20, 3) and images.flags.writeable
+    np.testing.assert_array_equal(images, expected)
+    np.testing.assert_array_equal(same_labels, labels)
+    corrupt = root / "c1" / "zz.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    with pytest.raises(XaiJaxError, match=f"cannot decode image {re.escape(str(corrupt))}"):
+        FolderSource(root, resize=32, crop=(24, 20), decode_workers=2, decode_processes=True).all()
+    with pytest.raises(XaiJaxError, match="decoding in processes needs a crop size"):
+        FolderSource(root, decode_processes=True)
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True])
 def test_decode_workers_below_one_are_one_clear_error(tmp_path, bad):
     root = many_images(tmp_path / "tree", 2)
@@ -189,9 +206,11 @@ def test_decode_flags_reach_the_folder_source(tmp_path):
             "--out", str(tmp_path / "p.npz")]
     args = build_parser().parse_args(argv + ["--decode-workers", "3", "--decode-draft"])
     _, _, source = load_model_and_data(args)
-    assert (source.decode_workers, source.draft) == (3, True)
+    assert (source.decode_workers, source.draft, source.decode_processes) == (3, True, False)
     _, _, source = load_model_and_data(build_parser().parse_args(argv))
-    assert (source.decode_workers, source.draft) == (None, False)
+    assert (source.decode_workers, source.draft, source.decode_processes) == (None, False, False)
+    with pytest.raises(XaiJaxError, match="decoding in processes needs a crop size"):  # CIFAR models do not crop
+        load_model_and_data(build_parser().parse_args(argv + ["--decode-processes"]))
 
 
 def test_input_benchmark_smoke(tmp_path):
@@ -205,7 +224,7 @@ def test_input_benchmark_smoke(tmp_path):
         sys.path.remove(str(REPO))
     out = tmp_path / "bench.json"
     result = bench.main(["--smoke", "--tree", str(tmp_path / "tree"), "--out", str(out),
-                         "--pipelines", "library,library-draft,torchvision"])
+                         "--pipelines", "library,library-draft,library-processes,torchvision"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     rows = {r["pipeline"]: r for r in result["rows"]}
     assert result["tree"]["count"] == 24 and len(list((tmp_path / "tree").glob("class*/*.jpg"))) == 24
@@ -214,6 +233,7 @@ def test_input_benchmark_smoke(tmp_path):
     assert rows["library"]["pixels_vs_reference"]["max_abs_diff"] == 0
     assert rows["library"]["pixels_vs_reference"]["exact_image_fraction"] == 1.0
     assert rows["library-draft"]["pixels_vs_reference"]["max_abs_diff"] <= 1  # 300x200: crop-region resize only
+    assert rows["library-processes"]["pixels_vs_reference"]["max_abs_diff"] == 0
     for row in rows.values():
         assert row["images"] == 24 and row["cpu_s"] > 0 and row["images_per_cpu_s"] > 0
     if importlib.util.find_spec("torchvision") is None:

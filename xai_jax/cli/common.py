@@ -39,11 +39,15 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-draft", action="store_true",
                    help="for folder: decode JPEGs at a reduced scale and resize only the centre crop: faster, "
                         "pixels differ slightly from torchvision's (BENCHMARKS.md, Input pipeline)")
+    p.add_argument("--decode-processes", action="store_true",
+                   help="for folder: decode in --decode-workers processes instead of threads (more CPU per image, "
+                        "no shared GIL; for hosts with many cores)")
 
 
 def decoding_of(args) -> dict:
     """The ``open_source`` keywords of :func:`add_decoding_args`'s flags (none where a command lacks them)."""
-    return {"decode_workers": getattr(args, "decode_workers", None), "draft": getattr(args, "decode_draft", False)}
+    return {"decode_workers": getattr(args, "decode_workers", None), "draft": getattr(args, "decode_draft", False),
+            "decode_processes": getattr(args, "decode_processes", False)}
 
 
 def add_pass_args(p: argparse.ArgumentParser) -> None:
@@ -65,7 +69,8 @@ def add_pass_args(p: argparse.ArgumentParser) -> None:
 
 #: flags that do not change a pass's result, left out of its checkpoint's fingerprint
 _NOT_FINGERPRINTED = {"quiet", "func", "config_fields", "coordinator", "process_id", "checkpoint_every",
-                      "checkpoint_dir", "resume", "decode_workers"}
+                      "checkpoint_dir", "resume", "decode_workers",
+                      "decode_processes"}
 
 
 def _fingerprint(args, process_count: int) -> dict:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from xai_jax.data.base import Source
+from xai_jax.data.decode_processes import decode_into_batch
 from xai_jax.errors import XaiJaxError
 from xai_jax.readers import existing_file, read_npz
 
@@ -498,13 +499,17 @@ class FolderSource(Source):
         resize and crop every image must have the same size.
       class_names: display names, one per label (default: the folder names, or the synsets list).
       synsets: a file with one WordNet id a line, in label order (e.g. ``imagenet_synsets.txt``).
-      decode_workers: threads that decode a batch's images (default: one per core this process may use).
+      decode_workers: threads (or processes) that decode a batch's images (default: one per core this process
+        may use).
       draft: faster, approximate resizing (:func:`load_folder_image`); the default gives torchvision's pixels.
+      decode_processes: decode in ``decode_workers`` worker processes that write into shared memory
+        (:mod:`xai_jax.data.decode_processes`) instead of threads; needs ``crop``. Threads cost less CPU per
+        image, processes do not share the GIL (BENCHMARKS.md, "Input pipeline").
     """
 
     def __init__(self, root: PathLike, resize: int | None = None, crop=None,
                  class_names: Sequence[str] | None = None, synsets: PathLike | None = None,
-                 decode_workers: int | None = None, draft: bool = False):
+                 decode_workers: int | None = None, draft: bool = False, decode_processes: bool = False):
         root = pathlib.Path(root)
         if not root.is_dir():
             raise XaiJaxError(f"image folder {root} does not exist")
@@ -513,6 +518,9 @@ class FolderSource(Source):
         self.root, self.description = root, f"folder:{root}"
         self.resize, self.crop = (None if resize is None else int(resize)), _normalise_crop(crop)
         self.decode_workers, self.draft = check_decode_workers(decode_workers), bool(draft)
+        if decode_processes and self.crop is None:
+            raise XaiJaxError("decoding in processes needs a crop size (every image of a batch the same shape)")
+        self.decode_processes = bool(decode_processes)
         folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if synsets is not None:
             names = read_synsets(synsets)
@@ -540,10 +548,20 @@ class FolderSource(Source):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _workers(self) -> int:
+        return default_decode_workers() if self.decode_workers is None else self.decode_workers
+
+    def _in_processes(self, count: int) -> bool:
+        """Whether a read of ``count`` images decodes in processes (see ``decode_processes``)."""
+        return self.decode_processes and count >= _PARALLEL_DECODE_MIN
+
     def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
         indices = _index_array(indices, len(self))
         labels = self.labels[indices]
         paths = [self.paths[i] for i in indices]
+        if self._in_processes(len(paths)):
+            decode = functools.partial(load_folder_image, resize=self.resize, crop=self.crop, draft=self.draft)
+            return decode_into_batch(paths, decode, (*self.crop, 3), self._workers()), labels
         images = _decode_many(len(paths), lambda i: load_folder_image(paths[i], self.resize, self.crop,
                                                                       draft=self.draft), self.decode_workers)
         if not images:

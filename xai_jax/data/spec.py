@@ -77,7 +77,8 @@ def spec_path(spec: str | None) -> str | None:
 
 def open_source(spec: str, split: str | None = None, limit: int | None = None, resize: int | None = None,
                 crop: tuple[int, int] | None = None, synsets: str | None = None,
-                sample_seed: int | None = None, decode_workers: int | None = None, draft: bool = False) -> Source:
+                sample_seed: int | None = None, decode_workers: int | None = None, draft: bool = False,
+                decode_processes: bool = False) -> Source:
     """Opens the dataset that a command-line spec names.
 
     Specs: ``idx:DIR`` (MNIST-style IDX files; Fashion-MNIST class names when the folder's name contains
@@ -98,6 +99,7 @@ def open_source(spec: str, split: str | None = None, limit: int | None = None, r
       decode_workers: for image folders and jpeg-npz files, the threads that decode a batch (default: one per
         core); ignored for the other kinds.
       draft: for image folders with ``resize``, faster approximate resizing (:class:`FolderSource`).
+      decode_processes: for image folders with a crop, decode in worker processes instead of threads.
 
     Returns:
       the source (a :class:`Subset` when ``limit`` is given).
@@ -118,7 +120,8 @@ def open_source(spec: str, split: str | None = None, limit: int | None = None, r
     elif kind == "folder":
         _no_split(kind, split)
         source = FolderSource(_existing(rest, kind, want_dir=True), resize=resize, crop=crop, synsets=synsets,
-                              decode_workers=decode_workers, draft=draft)
+                              decode_workers=decode_workers, draft=draft,
+                              decode_processes=decode_processes)
     elif kind == "tfds":
         name, spec_split = parse_tfds(rest)
         if not name:
