@@ -283,6 +283,61 @@ def reference_images(paths) -> np.ndarray:
     return np.stack(out)
 
 
+def gil_share(paths, repeats: int = 2) -> dict:
+    """How much of one image's decode holds the GIL, which bounds how far threads in one process scale.
+
+    One thread decodes ``paths`` with the library's exact transform while the calls that release the GIL are
+    timed: the JPEG decoder's ``decode`` and ``Image.resize``/``Image.crop`` (the resize includes the image's lazy
+    load, whose Python-level file reading is thus counted as released: the share is a lower bound). The rest
+    (``Image.open``'s header parsing, the array conversion, Python glue) runs under the GIL, so threads together
+    cannot decode faster than ``1 / (share x seconds per image)``.
+    """
+
+    released, inside = [0.0], [False]
+    get_decoder, resize, crop = Image._getdecoder, Image.Image.resize, Image.Image.crop
+
+    class TimedDecoder:
+        def __init__(self, decoder):
+            self.decoder = decoder
+
+        def decode(self, data):
+            start = time.perf_counter()
+            out = self.decoder.decode(data)
+            released[0] += 0.0 if inside[0] else time.perf_counter() - start
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.decoder, name)
+
+    def timed(method):
+        def call(self, *args, **kwargs):
+            inside[0], start = True, time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                released[0] += time.perf_counter() - start
+                inside[0] = False
+        return call
+
+    for path in paths[:16]:  # warm the page cache and the plugins
+        load_folder_image(path, RESIZE, CROP)
+    Image._getdecoder = lambda *a, **k: TimedDecoder(get_decoder(*a, **k))
+    Image.Image.resize, Image.Image.crop = timed(resize), timed(crop)
+    try:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for path in paths:
+                load_folder_image(path, RESIZE, CROP)
+        total = time.perf_counter() - start
+    finally:
+        Image._getdecoder, Image.Image.resize, Image.Image.crop = get_decoder, resize, crop
+    share = 1.0 - released[0] / total
+    per_image = total / (repeats * len(paths))
+    return {"share_holding_gil": round(share, 3), "ms_per_image_one_thread": round(1e3 * per_image, 3),
+            "threads_cap_images_per_s": round(1.0 / (share * per_image)) if share > 0 else None,
+            "threads_scale_to": round(1.0 / share, 1) if share > 0 else None}
+
+
 def compare(images: np.ndarray, reference: np.ndarray) -> dict:
     diff = np.abs(images.astype(np.int16) - reference.astype(np.int16))
     per_image = diff.reshape(len(diff), -1).max(1)
@@ -345,6 +400,7 @@ def main(argv=None) -> dict:
             print(f"{name:14s} workers={w}: {row['images_per_s']:8.1f} images/s  "
                   f"{row['images_per_cpu_s']:7.1f} images/CPU-s  max|diff|={row['pixels_vs_reference']['max_abs_diff']}",
                   flush=True)
+    gil = gil_share(paths[:min(len(paths), 400)])
     result = {
         "command": " ".join([pathlib.Path(sys.executable).name, *sys.argv]),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
@@ -354,6 +410,7 @@ def main(argv=None) -> dict:
         "tree": {**tree, "path": str(tree_dir)}, "transform": "Resize(256) then CenterCrop(224), uint8 out "
         "(torchvision: PILToTensor, CHW; the library: HWC NumPy)", "batch_size": args.batch_size,
         "timed": f"the last of {args.epochs} passes", "reference": reference_from, "skipped": skipped, "rows": rows,
+        "gil": gil,
     }
     print_table(result)
     if args.out:
@@ -373,6 +430,10 @@ def print_table(result: dict) -> None:
         px = r["pixels_vs_reference"]
         print(f"| {r['pipeline']} | {r['workers']} | {r['images_per_s']:,.0f} | {r['images_per_cpu_s']:,.0f} | "
               f"{r['projected_16_core_images_per_s']:,} | {px['max_abs_diff']} | {100 * px['exact_image_fraction']:.1f} % |")
+    gil = result["gil"]
+    print(f"GIL: {100 * gil['share_holding_gil']:.1f} % of an image's {gil['ms_per_image_one_thread']} ms holds it, "
+          f"so threads in one process top out near {gil['threads_scale_to']} busy threads, "
+          f"{gil['threads_cap_images_per_s']} images/s on this machine")
     if result["skipped"]:
         print(f"skipped (not installed): {', '.join(result['skipped'])}")
 
