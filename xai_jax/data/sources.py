@@ -38,11 +38,11 @@ _WNID = re.compile(r"n\d{8}")
 _PARALLEL_DECODE_MIN = 64
 _DECODE_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
 _DECODE_POOL_LOCK = threading.Lock()
-# Pillow raises these for unreadable, truncated or malformed image data.
 # Draft decoding stops at a JPEG scale (1/2, 1/4, 1/8) that keeps this many times the resized size, so that the
 # antialiased resize still does the last 2x or more: at 1x the pixels moved by 3 grey levels on average and flipped
 # 1 of 20 EfficientNet-Lite0 predictions; at 2x they move by under 1 (experiments/draft_accuracy.py).
 _DRAFT_GAP = 2
+# Pillow raises these for unreadable, truncated or malformed image data.
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
