@@ -10,6 +10,7 @@ process and worker count; they import what ``decode`` needs (NumPy, Pillow and t
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import multiprocessing
 import pathlib
@@ -22,6 +23,15 @@ _POOLS: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
 _LOCK = threading.Lock()
 # Images per task: small enough to balance the workers, large enough that the per-task cost is small.
 _RUN = 8
+
+
+@atexit.register
+def _shut_down() -> None:
+    # Before the interpreter tears its modules down: a pool collected after that prints an ignored exception.
+    with _LOCK:
+        for pool in _POOLS.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        _POOLS.clear()
 
 
 def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
