@@ -197,7 +197,10 @@ def _grain_decode_class():
 def grain_epochs(root, workers, batch_size, epochs):
     """grain's DataLoader: ``workers`` processes that each decode whole batches with the library's decode."""
     import grain
+    from absl import flags
 
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags; with jax installed it reads them before any app parsed them
+        flags.FLAGS.mark_as_parsed()
     paths = _Paths(FolderSource(root).paths)
     count = len(paths)
     # One endless sampler (workers start once); "epochs" are runs of ceil(count / batch_size) batches.
