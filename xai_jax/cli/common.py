@@ -40,8 +40,8 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
                    help="for folder: decode JPEGs at a reduced scale and resize only the centre crop: faster, "
                         "pixels differ slightly from torchvision's (BENCHMARKS.md, Input pipeline)")
     p.add_argument("--decode-processes", action="store_true",
-                   help="for folder: decode in --decode-workers processes instead of threads (more CPU per image, "
-                        "no shared GIL; for hosts with many cores)")
+                   help="for folder: decode in --decode-workers processes instead of threads (no shared GIL: "
+                        "for hosts with more than about 12 cores)")
 
 
 def decoding_of(args) -> dict:

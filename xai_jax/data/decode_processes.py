@@ -1,8 +1,8 @@
 """Decoding image folders in worker processes that write straight into one shared-memory batch.
 
 Threads stop scaling where the GIL-holding part of an image's work (Pillow's Python-level file parsing, the
-array conversion; about a tenth of it, BENCHMARKS.md "Input pipeline") fills one core, which is expected near ten
-threads. Processes have no such limit, at a higher CPU cost per image. Each worker decodes a run of the batch's images and writes them into the batch's
+array conversion; 6-8 % of it, BENCHMARKS.md "Input pipeline") fills one core: near 12-16 threads. Processes have
+no such limit, at about the same CPU per image. Each worker decodes a run of the batch's images and writes them into the batch's
 ``multiprocessing.shared_memory`` block, so pixels never travel through pickling; the caller copies the finished
 batch out once. Workers are started with ``spawn`` (forking a process that runs JAX's threads is unsafe), once per
 process and worker count; they import what ``decode`` needs (NumPy, Pillow and this package's data modules).

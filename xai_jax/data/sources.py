@@ -503,8 +503,9 @@ class FolderSource(Source):
         may use).
       draft: faster, approximate resizing (:func:`load_folder_image`); the default gives torchvision's pixels.
       decode_processes: decode in ``decode_workers`` worker processes that write into shared memory
-        (:mod:`xai_jax.data.decode_processes`) instead of threads; needs ``crop``. Threads cost less CPU per
-        image, processes do not share the GIL (BENCHMARKS.md, "Input pipeline").
+        (:mod:`xai_jax.data.decode_processes`) instead of threads; needs ``crop``. About as much CPU per image
+        as threads, without their shared GIL, which stops one process's threads near 12-16 busy cores
+        (BENCHMARKS.md, "Input pipeline"); a script using it needs the ``__main__`` guard (workers are spawned).
     """
 
     def __init__(self, root: PathLike, resize: int | None = None, crop=None,
