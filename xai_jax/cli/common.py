@@ -28,7 +28,26 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--synsets", metavar="FILE", help="for folder: sources named by WordNet id, the label order "
                    "(one wnid a line, e.g. the 1,000 ILSVRC-2012 wnids)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size (default 128)")
+    add_decoding_args(p)
     add_pass_args(p)
+
+
+def add_decoding_args(p: argparse.ArgumentParser) -> None:
+    """How image folders and JPEG files are decoded (:func:`decoding_of` hands them to ``open_source``)."""
+    p.add_argument("--decode-workers", type=positive_int, metavar="N",
+                   help="threads that decode and resize images (folder, jpeg-npz; default: one per core)")
+    p.add_argument("--decode-draft", action="store_true",
+                   help="for folder: decode JPEGs at a reduced scale and resize only the centre crop: faster, "
+                        "pixels differ slightly from torchvision's (BENCHMARKS.md, Input pipeline)")
+    p.add_argument("--decode-processes", action="store_true",
+                   help="for folder: decode in --decode-workers processes instead of threads (no shared GIL: "
+                        "for hosts with more than about 12 cores)")
+
+
+def decoding_of(args) -> dict:
+    """The ``open_source`` keywords of :func:`add_decoding_args`'s flags (none where a command lacks them)."""
+    return {"decode_workers": getattr(args, "decode_workers", None), "draft": getattr(args, "decode_draft", False),
+            "decode_processes": getattr(args, "decode_processes", False)}
 
 
 def add_pass_args(p: argparse.ArgumentParser) -> None:
@@ -73,7 +92,7 @@ def rows_dir(args, nbytes: int):
 
 #: flags that do not change a pass's result, left out of its checkpoint's fingerprint
 _NOT_FINGERPRINTED = {"quiet", "func", "config_fields", "coordinator", "process_id", "checkpoint_every",
-                      "checkpoint_dir", "resume", "scratch_dir"}
+                      "checkpoint_dir", "resume", "scratch_dir", "decode_workers", "decode_processes"}
 
 
 def _fingerprint(args, process_count: int) -> dict:
@@ -160,7 +179,7 @@ def load_model_and_data(args):
         raise XaiJaxError("--data is required with --model")
     source = data.open_source(args.data, split=args.split, limit=args.limit, resize=spec.resize,
                               crop=spec.input_shape[:2] if spec.resize else None, synsets=args.synsets,
-                              sample_seed=args.sample_seed)
+                              sample_seed=args.sample_seed, **decoding_of(args))
     variables = weights.load(spec, args.weights, num_classes=getattr(args, "num_classes", None))
     return spec, variables, source
 

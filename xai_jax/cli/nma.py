@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xai_jax.cli.common import (DATA_HELP, add_bf16, add_num_classes, add_pass_args, add_sample_seed, compute_dtype,
+from xai_jax.cli.common import (DATA_HELP, add_bf16, add_decoding_args, add_num_classes, add_pass_args, add_sample_seed, compute_dtype,
                                 data_meta, inputs_of, load_model_and_data, model_and_weights)
 from xai_jax.cli.flags import add_config_flags, config_from_args
 from xai_jax.cli.options import int_in, positive_int, positive_number
@@ -90,6 +90,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=positive_int, help="use only the first N images (a random N with --sample-seed)")
     add_sample_seed(p)
     p.add_argument("--synsets", metavar="FILE", help="folder data: wnid order file")
+    add_decoding_args(p)
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--from-probs", metavar="FILE.npz", help="precomputed `probs` (or `logits`) and `labels`")
     p.add_argument("--class-names", metavar="FILE", help="one class name a line (or a JSON list)")

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from xai_jax.cli.common import (DATA_HELP, add_bf16, add_data_args, compute_dtype, data_meta, inputs_of, load_model_and_data,
+from xai_jax.cli.common import (DATA_HELP, add_bf16, add_data_args, compute_dtype, data_meta, decoding_of, inputs_of, load_model_and_data,
                                model_and_weights)
 from xai_jax.cli.flags import add_config_flags, config_from_args
 from xai_jax.cli.options import positive_int
@@ -243,7 +243,7 @@ def fit(args) -> None:
         www, probe, _ = _method(args, config)
     train = data.open_source(args.train_data, split=args.train_split, limit=args.train_limit,
                              resize=spec.resize, crop=spec.input_shape[:2] if spec.resize else None,
-                             synsets=args.synsets, sample_seed=args.sample_seed)
+                             synsets=args.synsets, sample_seed=args.sample_seed, **decoding_of(args))
     result = _concept_result(args, config, www=www, probe=probe)
     result = www.fit_class_contributions(train, result, batch_size=args.batch_size,
                                          progress=False if args.quiet else None)

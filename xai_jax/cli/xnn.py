@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from xai_jax.cli.common import (DATA_HELP, add_bf16, add_pass_args, add_sample_seed, compute_dtype, data_meta, inputs_of,
+from xai_jax.cli.common import (DATA_HELP, add_bf16, add_decoding_args, add_pass_args, add_sample_seed, compute_dtype, data_meta, decoding_of, inputs_of,
                                model_and_weights)
 from xai_jax.cli.flags import add_config_flags, config_from_args, to_argv
 from xai_jax.cli.options import choice_list, int_list, positive_int
@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     f.add_argument("--test-split", help="held-out split of --data (or of --test-data) for the _test metrics")
     f.add_argument("--test-limit", type=positive_int, help="use only the first N held-out images")
     f.add_argument("--synsets", metavar="FILE", help="folder data: wnid order file")
+    add_decoding_args(f)
     f.add_argument("--batch-size", type=positive_int, default=128, help="images per backbone pass (default 128)")
     f.add_argument("--features", metavar="Z.npz", help="precomputed arrays `features`, `logits`, `labels` "
                    "(optional `class_names`) instead of --model/--data")
@@ -120,13 +121,14 @@ def fit(args) -> None:
         crop = spec.input_shape[:2] if spec.resize else None
         source = data.open_source(args.data, split=args.split or data.split_if_any(args.data, "train"),
                                   limit=args.limit, resize=spec.resize, crop=crop, synsets=args.synsets,
-                                  sample_seed=args.sample_seed)
+                                  sample_seed=args.sample_seed, **decoding_of(args))
         test_source = None
         if args.test_data or args.test_split:
             test_spec = args.test_data or args.data
             test_source = data.open_source(
                 test_spec, split=args.test_split or data.split_if_any(test_spec, "test"), limit=args.test_limit,
-                resize=spec.resize, crop=crop, synsets=args.synsets, sample_seed=args.sample_seed)
+                resize=spec.resize, crop=crop, synsets=args.synsets, sample_seed=args.sample_seed,
+                **decoding_of(args))
         variables = weights.load(spec, args.weights, num_classes=args.num_classes)
         features = extract_features(spec.name, variables, source, args.tap, num_classes=args.num_classes,
                                     batch_size=args.batch_size, compute_dtype=compute_dtype(args), progress=progress)

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from xai_jax.data.base import Source
+from xai_jax.data.decode_processes import decode_into_batch
 from xai_jax.errors import XaiJaxError
 from xai_jax.readers import existing_file, read_npz
 
@@ -35,8 +36,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 _WNID = re.compile(r"n\d{8}")
 # Below this many images a thread pool costs more than it saves.
 _PARALLEL_DECODE_MIN = 64
-_DECODE_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_DECODE_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
 _DECODE_POOL_LOCK = threading.Lock()
+# Draft decoding stops at a JPEG scale (1/2, 1/4, 1/8) that keeps this many times the resized size, so that the
+# antialiased resize still does the last 2x or more: at 1x the pixels moved by 3 grey levels on average and flipped
+# 1 of 20 EfficientNet-Lite0 predictions; at 2x they move by under 1 (experiments/draft_accuracy.py).
+_DRAFT_GAP = 2
 # Pillow raises these for unreadable, truncated or malformed image data.
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
@@ -45,14 +50,31 @@ _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.Decompression
 # Image decoding shared by the JPEG-npz and folder sources
 
 
-def _decode_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """One process-wide pool for decoding: Pillow releases the GIL while it decodes."""
-    global _DECODE_POOL
+def default_decode_workers() -> int:
+    """Decode threads when none are asked for: the cores this process may run on (its CPU affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_decode_workers(workers: int | None) -> int | None:
+    """``workers`` as an int, or None for :func:`default_decode_workers`; one clear error below 1."""
+    if workers is None:
+        return None
+    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+        raise XaiJaxError(f"decode workers must be a whole number of at least 1, got {workers!r}")
+    return int(workers)
+
+
+def _decode_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The process-wide pool of ``workers`` decoding threads (made once per size): Pillow releases the GIL
+    while it decodes and resizes, which is most of an image's time (BENCHMARKS.md, "Input pipeline")."""
     with _DECODE_POOL_LOCK:
-        if _DECODE_POOL is None:
-            workers = max(1, min(8, os.cpu_count() or 1))
-            _DECODE_POOL = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="xai_jax-decode")
-        return _DECODE_POOL
+        if workers not in _DECODE_POOLS:
+            _DECODE_POOLS[workers] = concurrent.futures.ThreadPoolExecutor(
+                workers, thread_name_prefix=f"xai_jax-decode{workers}")
+        return _DECODE_POOLS[workers]
 
 
 def decode_rgb(data: bytes | PathLike, name: str) -> np.ndarray:
@@ -72,11 +94,14 @@ def decode_rgb(data: bytes | PathLike, name: str) -> np.ndarray:
         raise XaiJaxError(f"cannot decode image {name}: {err}") from None
 
 
-def _decode_many(count: int, decode_one: Callable[[int], np.ndarray]) -> list[np.ndarray]:
-    """``[decode_one(i) for i in range(count)]``, in parallel threads for large batches."""
-    if count < _PARALLEL_DECODE_MIN:
+def _decode_many(count: int, decode_one: Callable[[int], np.ndarray],
+                 workers: int | None = None) -> list[np.ndarray]:
+    """``[decode_one(i) for i in range(count)]``, in ``workers`` threads (default: one per core) for large
+    batches."""
+    workers = default_decode_workers() if workers is None else workers
+    if workers == 1 or count < _PARALLEL_DECODE_MIN:
         return [decode_one(i) for i in range(count)]
-    return list(_decode_pool().map(decode_one, range(count)))
+    return list(_decode_pool(workers).map(decode_one, range(count)))
 
 
 def _stack_same_shape(images: Sequence[np.ndarray], names: Callable[[int], str], hint: str = "") -> np.ndarray:
@@ -264,12 +289,14 @@ class JpegNpzSource(Source):
 
     Args:
       file: the npz.
+      decode_workers: threads that decode a batch's images (default: one per core this process may use).
     """
 
     REQUIRED = ("jpeg_bytes", "offsets", "labels")
 
-    def __init__(self, file: PathLike):
+    def __init__(self, file: PathLike, decode_workers: int | None = None):
         path = pathlib.Path(file)
+        self.decode_workers = check_decode_workers(decode_workers)
         arrays = _load_npz(path, self.REQUIRED)
         self.path, self.description = path, f"jpeg-npz:{path}"
         self.jpeg_bytes = np.asarray(arrays["jpeg_bytes"]).reshape(-1)
@@ -293,7 +320,7 @@ class JpegNpzSource(Source):
     def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
         indices = _index_array(indices, len(self))
         labels = self.labels[indices]
-        images = _decode_many(len(indices), lambda i: self._decode(int(indices[i])))
+        images = _decode_many(len(indices), lambda i: self._decode(int(indices[i])), self.decode_workers)
         if not images:
             return np.zeros((0, 0, 0, 3), np.uint8), labels
         return _stack_same_shape(images, lambda i: f"{self.path}[{indices[i]}]"), labels
@@ -320,7 +347,7 @@ def center_crop_box(width: int, height: int, crop: tuple[int, int]) -> tuple[int
 
 
 def load_folder_image(path: pathlib.Path | io.BytesIO, resize: int | None, crop: tuple[int, int] | None,
-                      name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
+                      name: str | None = None, max_pixels: int | None = None, draft: bool = False) -> np.ndarray:
     """Decodes one image to RGB and applies torchvision-style ``Resize(resize)`` then ``CenterCrop(crop)``.
 
     Args:
@@ -330,6 +357,11 @@ def load_folder_image(path: pathlib.Path | io.BytesIO, resize: int | None, crop:
       name: how an error names the image (default: ``image PATH``).
       max_pixels: refuse, before decoding, an image of more pixels than this (Pillow's own decompression-bomb
         guard still applies without it).
+      draft: trade exact torchvision pixels for speed (with ``resize``): only the centre crop's region is
+        resized (``resize(box=...)``), and a JPEG at least four times the resized size is decoded already
+        scaled by 1/2, 1/4 or 1/8 in the DCT domain (Pillow's ``draft``), keeping at least twice the resized
+        size. The geometry is torchvision's; pixels differ by at most 1 without the DCT scaling, by under 1 grey
+        level on average with it (measured in BENCHMARKS.md, "Input pipeline").
 
     Returns:
       uint8 ``[H, W, 3]``.
@@ -340,19 +372,38 @@ def load_folder_image(path: pathlib.Path | io.BytesIO, resize: int | None, crop:
             width, height = image.size  # read from the header: nothing is decoded yet
             if max_pixels is not None and width * height > max_pixels:
                 raise XaiJaxError(f"{name} is {width}x{height}, more than the {max_pixels:,} pixels allowed")
-            image = image.convert("RGB")
+            size = (width, height) if resize is None else resized_size(width, height, resize)
+            if crop is not None and (crop[0] > size[1] or crop[1] > size[0]):
+                raise XaiJaxError(f"{name} is {size[0]}x{size[1]} after resizing, smaller than the "
+                                  f"{crop[1]}x{crop[0]} crop")
+            box = None if crop is None else center_crop_box(*size, crop)
+            if draft and resize is not None:
+                return np.asarray(_resize_draft(image, size, box))
+            if image.mode != "RGB":
+                image = image.convert("RGB")  # (an RGB image's convert would only copy it)
             if resize is not None:
-                image = image.resize(resized_size(*image.size, resize), Image.BILINEAR)
-            if crop is not None:
-                width, height = image.size
-                if crop[0] > height or crop[1] > width:
-                    raise XaiJaxError(f"{name} is {width}x{height} after resizing, smaller than the "
-                                      f"{crop[1]}x{crop[0]} crop")
-                image = image.crop(center_crop_box(width, height, crop))
+                image = image.resize(size, Image.BILINEAR)
+            if box is not None:
+                image = image.crop(box)
             return np.asarray(image)
     except _IMAGE_ERRORS as err:
         detail = str(err).split(" <_io.BytesIO")[0]  # Pillow names a buffer by its repr
         raise XaiJaxError(f"cannot decode {name}: {detail}") from None
+
+
+def _resize_draft(image: Image.Image, size: tuple[int, int], box: tuple[int, int, int, int] | None) -> Image.Image:
+    """``image`` resized to ``size`` and cut to ``box`` (in resized pixels) the fast way: decoded at a reduced
+    JPEG scale that keeps ``_DRAFT_GAP`` times ``size``, then only the box's region resampled (``resize(box=...)``:
+    its filter positions differ from the whole image's by float rounding, hence the odd difference of 1)."""
+    if image.format == "JPEG":
+        image.draft("RGB", (size[0] * _DRAFT_GAP, size[1] * _DRAFT_GAP))  # changes image.size to the decoded one
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if box is None:
+        return image.resize(size, Image.BILINEAR)
+    scale_x, scale_y = image.size[0] / size[0], image.size[1] / size[1]
+    source_box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
+    return image.resize((box[2] - box[0], box[3] - box[1]), Image.BILINEAR, box=source_box)
 
 
 def read_image(path: PathLike | None, spec=None, what: str = "image") -> np.ndarray:
@@ -448,10 +499,18 @@ class FolderSource(Source):
         resize and crop every image must have the same size.
       class_names: display names, one per label (default: the folder names, or the synsets list).
       synsets: a file with one WordNet id a line, in label order (e.g. ``imagenet_synsets.txt``).
+      decode_workers: threads (or processes) that decode a batch's images (default: one per core this process
+        may use).
+      draft: faster, approximate resizing (:func:`load_folder_image`); the default gives torchvision's pixels.
+      decode_processes: decode in ``decode_workers`` worker processes that write into shared memory
+        (:mod:`xai_jax.data.decode_processes`) instead of threads; needs ``crop``. About as much CPU per image
+        as threads, without their shared GIL, which stops one process's threads near 12-16 busy cores
+        (BENCHMARKS.md, "Input pipeline"); a script using it needs the ``__main__`` guard (workers are spawned).
     """
 
     def __init__(self, root: PathLike, resize: int | None = None, crop=None,
-                 class_names: Sequence[str] | None = None, synsets: PathLike | None = None):
+                 class_names: Sequence[str] | None = None, synsets: PathLike | None = None,
+                 decode_workers: int | None = None, draft: bool = False, decode_processes: bool = False):
         root = pathlib.Path(root)
         if not root.is_dir():
             raise XaiJaxError(f"image folder {root} does not exist")
@@ -459,6 +518,10 @@ class FolderSource(Source):
             raise XaiJaxError(f"resize must be a positive length, got {resize}")
         self.root, self.description = root, f"folder:{root}"
         self.resize, self.crop = (None if resize is None else int(resize)), _normalise_crop(crop)
+        self.decode_workers, self.draft = check_decode_workers(decode_workers), bool(draft)
+        if decode_processes and self.crop is None:
+            raise XaiJaxError("decoding in processes needs a crop size (every image of a batch the same shape)")
+        self.decode_processes = bool(decode_processes)
         folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if synsets is not None:
             names = read_synsets(synsets)
@@ -486,11 +549,22 @@ class FolderSource(Source):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _workers(self) -> int:
+        return default_decode_workers() if self.decode_workers is None else self.decode_workers
+
+    def _in_processes(self, count: int) -> bool:
+        """Whether a read of ``count`` images decodes in processes (see ``decode_processes``)."""
+        return self.decode_processes and count >= _PARALLEL_DECODE_MIN
+
     def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
         indices = _index_array(indices, len(self))
         labels = self.labels[indices]
         paths = [self.paths[i] for i in indices]
-        images = _decode_many(len(paths), lambda i: load_folder_image(paths[i], self.resize, self.crop))
+        if self._in_processes(len(paths)):
+            decode = functools.partial(load_folder_image, resize=self.resize, crop=self.crop, draft=self.draft)
+            return decode_into_batch(paths, decode, (*self.crop, 3), self._workers()), labels
+        images = _decode_many(len(paths), lambda i: load_folder_image(paths[i], self.resize, self.crop,
+                                                                      draft=self.draft), self.decode_workers)
         if not images:
             return np.zeros((0, 0, 0, 3), np.uint8), labels
         hint = "" if self.crop else " (give a crop size, or resize and crop)"

@@ -7,7 +7,7 @@ import re
 
 from xai_jax.data.base import Source, subset
 from xai_jax.data.sources import (FASHION_MNIST_NAMES, DigitsSource, FolderSource, IdxSource, JpegNpzSource,
-                                  NpzSource, TfdsSource)
+                                  NpzSource, TfdsSource, check_decode_workers)
 from xai_jax.errors import XaiJaxError
 
 SPEC_FORMS = ("idx:DIR", "jpeg-npz:FILE", "folder:DIR", "npz:FILE", "tfds:NAME[:SPLIT]", "digits")
@@ -77,7 +77,8 @@ def spec_path(spec: str | None) -> str | None:
 
 def open_source(spec: str, split: str | None = None, limit: int | None = None, resize: int | None = None,
                 crop: tuple[int, int] | None = None, synsets: str | None = None,
-                sample_seed: int | None = None) -> Source:
+                sample_seed: int | None = None, decode_workers: int | None = None, draft: bool = False,
+                decode_processes: bool = False) -> Source:
     """Opens the dataset that a command-line spec names.
 
     Specs: ``idx:DIR`` (MNIST-style IDX files; Fashion-MNIST class names when the folder's name contains
@@ -95,6 +96,10 @@ def open_source(spec: str, split: str | None = None, limit: int | None = None, r
         ignored for the other kinds, whose images share one size (models resize them on device).
       synsets: for image folders of WordNet ids, a file listing the ids in label order.
       sample_seed: with ``limit``, draw the items at random with this seed (:func:`xai_jax.data.subset`).
+      decode_workers: for image folders and jpeg-npz files, the threads that decode a batch (default: one per
+        core); ignored for the other kinds.
+      draft: for image folders with ``resize``, faster approximate resizing (:class:`FolderSource`).
+      decode_processes: for image folders with a crop, decode in worker processes instead of threads.
 
     Returns:
       the source (a :class:`Subset` when ``limit`` is given).
@@ -102,18 +107,21 @@ def open_source(spec: str, split: str | None = None, limit: int | None = None, r
     if not isinstance(spec, str) or not spec.strip():
         raise XaiJaxError(f"empty data spec; {_forms()}")
     kind, _, rest = spec.strip().partition(":")
+    decode_workers = check_decode_workers(decode_workers)
     if kind == "idx":
         directory = _existing(rest, kind, want_dir=True)
         source = IdxSource(directory, split=split or "test", class_names=_idx_class_names(directory))
     elif kind == "jpeg-npz":
         _no_split(kind, split)
-        source = JpegNpzSource(_existing(rest, kind, want_dir=False))
+        source = JpegNpzSource(_existing(rest, kind, want_dir=False), decode_workers=decode_workers)
     elif kind == "npz":
         _no_split(kind, split)
         source = NpzSource(_existing(rest, kind, want_dir=False))
     elif kind == "folder":
         _no_split(kind, split)
-        source = FolderSource(_existing(rest, kind, want_dir=True), resize=resize, crop=crop, synsets=synsets)
+        source = FolderSource(_existing(rest, kind, want_dir=True), resize=resize, crop=crop, synsets=synsets,
+                              decode_workers=decode_workers, draft=draft,
+                              decode_processes=decode_processes)
     elif kind == "tfds":
         name, spec_split = parse_tfds(rest)
         if not name:
