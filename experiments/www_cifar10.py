@@ -13,8 +13,9 @@ contributions: the mean pool and the linear head are linear, so ``sum_ij a_uij d
    for the default (signed, k = 3) and a few variants.
 4. What: only with ``--clip PATH`` (CLIP weights, which cannot be downloaded here) — probe = the test split,
    concepts = ``--concepts FILE`` (one a line; default the ten CIFAR-10 class names); reports the major and minor
-   concepts of every pool neuron, and the concepts of the 10 final-layer neurons scored against the class names
-   (hit rate, precision/recall/F1, CLIP-text cosine, sentence-encoder cosine when the MiniLM wheel is installed).
+   concepts of every pool neuron, and the concepts of the 10 final-layer neurons (``tap="logits"``) scored against
+   the class names (hit rate, precision/recall/F1, CLIP-text cosine, sentence-encoder cosine when the MiniLM wheel
+   is installed) for Table 5's three rows: bare words / template, plain cosine / ACS.
 
     python experiments/www_cifar10.py --variants --out experiments/out/www   # all 50,000 / 10,000 images
     python experiments/www_cifar10.py --variants --train-limit 20000         # what BENCHMARKS.md reports
@@ -128,31 +129,32 @@ def main() -> None:
     if args.clip:
         # What: the pool neurons' major and minor concepts with the test split as probe set, and the final-layer
         # neurons' concepts (their top-n test images by logit) scored against the class names (section 4.1.2).
-        from xai_jax import evaluation
-        from xai_jax.methods.www import concept_metrics
+        from xai_jax.methods.www import result_metrics
         from xai_jax.models import clip
         # "tiny-random" runs the step with a random tiny CLIP: a smoke test of the plumbing, meaningless concepts
         model = clip.tiny(jax.random.key(0)) if args.clip == "tiny-random" else clip.load(args.clip)
         concepts = [c.strip() for c in open(args.concepts) if c.strip()] if args.concepts else names
         concept_result = WWW(MODEL, variables, tap="pool").fit_concepts(test, model, concepts, progress=False)
         summary["pool_concepts"] = concept_result.concepts()
-        logits = evaluation.predict(MODEL, variables, test, progress=False)["logits"]
-        image_emb = model.encode_images(test.all()[0])
-        text_emb = model.encode_texts([WWWConfig().prompt.format(c) for c in concepts])
-        template = model.encode_texts([WWWConfig().template])[0]
-        final = WWW().fit_concepts_from_embeddings(concepts, text_emb, template, image_embeddings=image_emb,
-                                                   activations=logits)
-        selected = [[c["concept"] for c in entry["major"]] for entry in final.concepts()]
-        summary["final_layer_concepts"] = dict(zip(names, selected))
         try:  # the sentence encoder (all-MiniLM-L6-v2 from its PyPI wheel), when installed
             from xai_jax.models import sentence
             sentence_encoder = sentence.load_minilm().encode
         except Exception as err:  # noqa: BLE001 - the metric is optional; say why it is missing
             print(f"no sentence-encoder cosine: {err}")
             sentence_encoder = None
-        summary["final_layer_metrics"] = concept_metrics(selected, [[n] for n in names],
-                                                         text_encoder=model.encode_texts,
-                                                         sentence_encoder=sentence_encoder)
+        # the final-layer neurons (tap="logits": their top-n test images by logit, CAM maps from layer3) scored
+        # against the class names, for Table 5's three rows (template, ACS)
+        summary["final_layer_metrics"], summary["final_layer_concepts"] = {}, {}
+        for use_template, acs in ((False, False), (True, False), (True, True)):
+            config = WWWConfig(use_template=use_template, acs=acs)
+            final = WWW(MODEL, variables, tap="logits", config=config).fit_concepts(test, model, concepts,
+                                                                                    minor=False, progress=False)
+            key = f"template={use_template},acs={acs}"
+            summary["final_layer_concepts"][key] = dict(zip(names, [[c["concept"] for c in e["major"]]
+                                                                    for e in final.concepts()]))
+            summary["final_layer_metrics"][key] = result_metrics(final, [[n] for n in names],
+                                                                 text_encoder=model.encode_texts,
+                                                                 sentence_encoder=sentence_encoder)
         print("final-layer concepts:", summary["final_layer_concepts"])
         print("final-layer metrics:", summary["final_layer_metrics"])
     else:

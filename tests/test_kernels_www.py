@@ -268,3 +268,26 @@ def test_selection_metrics_and_pair_cosine():
     for u in range(1, 7):
         pairs = [_norm(emb[j]) @ _norm(targets[u]) for j in np.flatnonzero(selected[u])]
         assert got[u] == pytest.approx(np.mean(pairs), rel=1e-5)
+
+
+def test_plain_cosine_and_acs_differ_by_the_template_term():
+    rng = np.random.default_rng(7)
+    neurons, concepts, template = rng.normal(size=(5, 6, 8)), rng.normal(size=(9, 8)), rng.normal(size=8)
+    plain = np.asarray(www.cosine_scores(jnp.asarray(neurons, jnp.float32), jnp.asarray(concepts, jnp.float32)))
+    expected = np.einsum("und,md->unm", _norm(neurons), _norm(concepts)).mean(1)       # mean_o cos(v_o, t_j)
+    np.testing.assert_allclose(plain, expected, atol=1e-5)
+    acs = np.asarray(www.adaptive_cosine_scores(neurons.astype(np.float32), concepts.astype(np.float32),
+                                                template.astype(np.float32)))
+    np.testing.assert_allclose(acs, expected - (_norm(neurons) @ _norm(template)).mean(1)[:, None], atol=1e-5)
+
+
+def test_class_activation_maps_and_grid_corners():
+    rng = np.random.default_rng(8)
+    features, head = rng.normal(size=(3, 4, 5, 6)), rng.normal(size=(6, 11))
+    classes = rng.integers(0, 11, size=(3, 2))
+    cam = np.asarray(www.class_activation_maps(features.astype(np.float32), head.astype(np.float32), classes))
+    expected = np.stack([np.stack([features[b] @ head[:, c] for c in classes[b]]) for b in range(3)])
+    np.testing.assert_allclose(cam, expected, atol=1e-4)
+    corners = np.asarray(www.grid_crop_corners((32, 30), (16, 15), 3))
+    np.testing.assert_array_equal(corners, [[t, x] for t in (0, 8, 16) for x in (0, 8, 15)])
+    np.testing.assert_array_equal(np.asarray(www.grid_crop_corners((32, 32), (16, 16), 1)), [[8, 8]])

@@ -167,14 +167,20 @@ def test_clip_dissect_baseline_finds_planted_concepts():
     np.testing.assert_array_equal(scores.argmax(1), 3 * np.arange(7) + 1)
 
 
-def test_fit_concepts_with_tiny_clip_on_digits():
-    """The image path end to end with the tiny (random-weight) CLIP: probe, embed, crops, minor concepts."""
+@pytest.fixture(scope="module")
+def tiny_clip():
+    """The tiny random-weight CLIP, built once (building it is most of a test's time)."""
     from xai_jax.models import clip
+    return clip.tiny(jax.random.key(0))
+
+
+def test_fit_concepts_with_tiny_clip_on_digits(tiny_clip):
+    """The image path end to end with the tiny (random-weight) CLIP: probe, embed, crops, minor concepts."""
     variables = models.init_variables(models.get("small_cnn"), jax.random.key(0))
     probe = Subset(DigitsSource("test"), np.arange(60))
     method = WWW("small_cnn", variables, tap="pool", config=WWWConfig(n_examples=4, max_concepts=3))
     assert method.map_tap == "conv3"
-    model = clip.tiny(jax.random.key(0))
+    model = tiny_clip
     result = method.fit_concepts(probe, model, ["zero", "one", "two", "three", "seven"], batch_size=32,
                                  progress=False)
     assert result.topn_indices.shape == (4, 64)
@@ -405,3 +411,169 @@ def test_class_contributions_trace_once_per_shape(digits_www):
                                                 progress=False)
     assert first.class_counts.sum() == second.class_counts.sum() == 50
     assert not np.array_equal(first.class_contributions, second.class_contributions)
+
+
+# --- final-layer neurons (tap="logits"), Table 5's switches, the paper's minor crops, metrics -------------------
+
+@pytest.fixture(scope="module")
+def resnet20():
+    return weights.load(models.get("cifar_resnet20"), shared_path("cifar10_resnet", "resnet20-12fca82f.th"))
+
+
+def test_logits_cam_is_exact_for_the_pooled_head_and_explains(resnet, resnet20):
+    """ResNet-20's head is global-pooled: the spatial mean of each class's CAM plus the bias is its logit."""
+    test, variables, MODEL = resnet[2], resnet20, "cifar_resnet20"
+    method = WWW(MODEL, variables, tap="logits")
+    assert (method.map_tap, method.maps_kind, method.head_tap) == ("layer3", "cam", "pool")
+    images, _ = test.read(np.arange(6))
+    cam = method.neuron_maps(images, np.tile(np.arange(10), (6, 1)))                   # [6, 10, 8, 8]
+    out = models.make_forward(MODEL, ("layer3",))(images, variables)
+    bias = np.asarray(variables["params"]["linear"]["bias"])
+    logits = np.asarray(out["logits"])
+    np.testing.assert_allclose(cam.mean((2, 3)) + bias, logits, atol=1e-4 * np.abs(logits).max())
+    kernel = np.asarray(variables["params"]["linear"]["kernel"])
+    np.testing.assert_allclose(cam[:, 3], np.asarray(out["layer3"]) @ kernel[:, 3], atol=1e-4)
+    # the probe of final-layer neurons ranks images by their logits
+    indices, values = WWW(MODEL, variables, tap="logits", config=WWWConfig(n_examples=3)).probe(
+        Subset(test, np.arange(48)), batch_size=48, progress=False)
+    all_logits = np.asarray(models.make_forward(MODEL, ("layer3",))(test.read(np.arange(48))[0],
+                                                                    variables)["logits"])
+    np.testing.assert_array_equal(indices, np.argsort(-all_logits, axis=0, kind="stable")[:3])
+    # explanations run: the only contributing final-layer neuron of a prediction is the predicted class
+    result = dataclasses.replace(method.new_result(), class_contributions=np.eye(10, dtype=np.float32),
+                                 class_counts=np.ones(10, np.float32))
+    e = method.explain(images, result)
+    np.testing.assert_array_equal(e.sample_neurons[:, 0], e.predicted)
+    own = cam[np.arange(6), e.predicted]
+    up = np.asarray(jax.image.resize(own, (6, 32, 32), "bilinear"))
+    np.testing.assert_allclose(e.sample_maps[:, 0], up, atol=1e-3)
+
+
+def test_logits_gradcam_for_a_dense_head_matches_jax_grad():
+    """small_cnn has dense layers after conv3: Grad-CAM at conv3, against a per-class jax.grad reference."""
+    variables = models.init_variables(models.get("small_cnn"), jax.random.key(1))
+    method = WWW("small_cnn", variables, tap="logits")
+    assert (method.map_tap, method.maps_kind) == ("conv3", "gradcam")
+    images = DigitsSource("test").read(np.arange(4))[0]
+    classes = np.array([[0, 7], [3, 3], [9, 1], [5, 2]])
+    maps = method.neuron_maps(images, classes)
+    forward = models.make_forward("small_cnn", ("conv3",))
+    feats = np.asarray(forward(images, variables)["conv3"])
+    logit_grad = jax.jit(jax.grad(lambda o, b, c: forward(images, variables, {"conv3": o})["logits"][b, c]))
+    for b in range(4):
+        for j, c in enumerate(classes[b]):
+            alpha = np.asarray(logit_grad(np.zeros_like(feats), b, c))[b].mean((0, 1))
+            np.testing.assert_allclose(maps[b, j], np.maximum(feats[b] @ alpha, 0), atol=1e-5)
+    with pytest.raises(XaiJaxError, match="CAM needs a global-pooled"):
+        WWW("small_cnn", variables, tap="logits", logit_maps="cam")
+    with pytest.raises(XaiJaxError, match="logit_maps is for final-layer"):
+        WWW("small_cnn", variables, tap="pool", logit_maps="gradcam")
+
+
+class _Recording:
+    """A CLIP model that remembers what it embedded (the references reuse its outputs: no second compile)."""
+
+    def __init__(self, model):
+        self.model, self.images, self.texts = model, [], []
+
+    def encode_images(self, images):
+        out = self.model.encode_images(images)
+        self.images.append((np.asarray(images), out))
+        return out
+
+    def encode_texts(self, texts):
+        out = self.model.encode_texts(texts)
+        self.texts.append((list(texts), out))
+        return out
+
+
+def test_table5_switches_and_probe_crops_with_tiny_clip(tiny_clip):
+    """tap="logits" end to end through CLIP: bare words (no template), plain cosine (no ACS), and the paper's
+    minor crops (the probe set cut into crops, re-ranked by the neuron), each against a NumPy reference."""
+    from xai_jax.methods.www.concepts import GridCrops
+    variables = models.init_variables(models.get("small_cnn"), jax.random.key(0))
+    probe = Subset(DigitsSource("test"), np.arange(24))
+    words = ["zero", "one", "two", "three", "seven"]
+    config = WWWConfig(n_examples=3, max_concepts=5, use_template=False, acs=False, minor_crops="probe",
+                       crop_grid=2)
+    method = WWW("small_cnn", variables, tap="logits", config=config)
+    model = _Recording(tiny_clip)
+    result = method.fit_concepts(probe, model, words, batch_size=32, progress=False)
+    assert [texts for texts, _ in model.texts] == [words]                      # bare words, no template embedded
+    (texts_in, t), = model.texts
+    (images_in, v), (crops_in, c) = model.images
+    n = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    u = 6
+    unique = np.unique(result.topn_indices)
+    np.testing.assert_array_equal(images_in, np.repeat(probe.read(unique)[0], 3, axis=-1))
+    mine = n(v[np.searchsorted(unique, result.topn_indices[:, u])])
+    np.testing.assert_allclose(result.major["scores"][u], np.sort((mine @ n(t).T).mean(0))[::-1], atol=1e-4)
+    # the minor concepts: top-3 of the 24 x 4 crops by the logit, embedded, plain cosine
+    crops = GridCrops(probe, config.crop_fraction, 2)
+    crop_images = crops.read(np.arange(len(crops)))[0]
+    assert crop_images.shape == (96, 8, 8, 1) and crop_images.dtype == probe.read(np.arange(1))[0].dtype
+    np.testing.assert_array_equal(crop_images[5], np.asarray(jax.image.resize(
+        probe.read([1])[0][0, :4, 4:].astype(np.float32), (8, 8, 1), "bilinear")).round().astype(np.uint8))
+    logits = np.asarray(models.make_forward("small_cnn")(crop_images, variables)["logits"])
+    top = np.argsort(-logits[:, u], kind="stable")[:3]
+    rows = [next(i for i, img in enumerate(crops_in) if np.array_equal(img, np.repeat(crop_images[k], 3, -1)))
+            for k in top]
+    np.testing.assert_allclose(result.minor["scores"][u], np.sort((n(c[rows]) @ n(t).T).mean(0))[::-1],
+                               atol=1e-4)
+    assert result.config.use_template is False and result.config.minor_crops == "probe"
+
+
+def _labelled_embeddings(rng, classes=6, probe=240, distractors=9, dim=24):
+    """Final-layer activations and embeddings built so that neuron u's concept is class name u."""
+    names = [f"class{c}" for c in range(classes)]
+    words = names + [f"other{j}" for j in range(distractors)]
+    texts = rng.normal(size=(len(words), dim)).astype(np.float32)
+    labels = rng.integers(0, classes, size=probe)
+    images = texts[labels] + 0.3 * rng.normal(size=(probe, dim))
+    logits = 0.2 * rng.normal(size=(probe, classes)) + 3 * np.eye(classes)[labels]
+    return names, words, texts, images.astype(np.float32), logits.astype(np.float32)
+
+
+def test_cli_metrics_of_final_layer_neurons_from_embeddings(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    names, words, texts, images, logits = _labelled_embeddings(rng)
+    np.savez(tmp_path / "A.npz", activations=logits)
+    np.savez(tmp_path / "V.npz", embeddings=images)
+    np.savez(tmp_path / "T.npz", embeddings=texts)
+    synonyms = [f"{n}-synonym" for n in names]
+    np.savez(tmp_path / "E.npz", words=np.array(words + synonyms), embeddings=np.concatenate([texts, texts[:6]]))
+    (tmp_path / "WORDS.txt").write_text("\n".join(words) + "\n")
+    out = tmp_path / "concepts"
+    assert cli.main(["--quiet", "www", "concepts", "--activations", str(tmp_path / "A.npz"), "--image-embeddings",
+                     str(tmp_path / "V.npz"), "--concept-embeddings", str(tmp_path / "T.npz"), "--concepts",
+                     str(tmp_path / "WORDS.txt"), "--no-acs", "--n-examples", "10", "--out", str(out)]) == 0
+    (tmp_path / "LABELS.txt").write_text("\n".join(f"{n}, {n}-synonym" for n in names) + "\n")
+    assert cli.main(["www", "metrics", "--result", str(out), "--labels", str(tmp_path / "LABELS.txt"),
+                     "--clip-text-embeddings", str(tmp_path / "E.npz"), "--out", str(tmp_path / "m")]) == 0
+    assert "hit rate 1.0000" in capsys.readouterr().out
+    got = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert got["hit"] == 1.0 and got["precision"] == 1.0 and got["neurons"] == 6
+    assert got["recall"] == pytest.approx(0.5) and got["clip_cos"] == pytest.approx(1.0, abs=1e-5)
+    # the labels permuted: a neuron hits only where the permutation keeps its class
+    perm = rng.permutation(6)
+    (tmp_path / "P.txt").write_text("\n".join(names[p] for p in perm) + "\n")
+    result = WWWResult.load(str(out))
+    from xai_jax.methods.www.metrics import lookup_encoder, result_metrics
+    permuted = result_metrics(result, [[names[p]] for p in perm],
+                              text_encoder=lookup_encoder(words, texts))
+    assert permuted["hit"] == pytest.approx(np.mean(perm == np.arange(6)))
+    assert cli.main(["www", "metrics", "--result", str(out), "--labels", str(tmp_path / "P.txt")]) == 0
+    assert f"hit rate {np.mean(perm == np.arange(6)):.4f}" in capsys.readouterr().out
+    # bad input: a word missing from the embeddings, too few labels, no template with ACS
+    np.savez(tmp_path / "E2.npz", words=np.array(words[1:] + synonyms), embeddings=np.concatenate([texts[1:],
+                                                                                                  texts[:6]]))
+    assert cli.main(["www", "metrics", "--result", str(out), "--labels", str(tmp_path / "LABELS.txt"),
+                     "--clip-text-embeddings", str(tmp_path / "E2.npz")]) == 2
+    assert "no embedding for 'class0'" in capsys.readouterr().err
+    (tmp_path / "FEW.txt").write_text("class0\n")
+    assert cli.main(["www", "metrics", "--result", str(out), "--labels", str(tmp_path / "FEW.txt")]) == 2
+    assert "1 label names for 6 neurons" in capsys.readouterr().err
+    assert cli.main(["www", "concepts", "--activations", str(tmp_path / "A.npz"), "--image-embeddings",
+                     str(tmp_path / "V.npz"), "--concept-embeddings", str(tmp_path / "T.npz"), "--concepts",
+                     str(tmp_path / "WORDS.txt"), "--out", str(tmp_path / "no")]) == 2
+    assert "--template-embedding FILE is required" in capsys.readouterr().err

@@ -7,6 +7,8 @@
     xai-jax www fit --model M --weights W --tap pool --data PROBE --clip CLIP.pt --concepts WORDS.txt \
         --train-data TRAIN --out DIR                                              # both stages, one result
     xai-jax www explain --result DIR --image FILE [--out DIR2]
+    xai-jax www metrics --result DIR [--labels LABELS.txt] [--clip-text-embeddings E.npz] \
+        [--sentence-embeddings S.npz] [--out DIR2]                             # final-layer neurons vs labels
 
 ``fit`` runs both stages into one result: the concepts from the probe set ``--data`` (or from embeddings, as
 ``concepts`` takes them), then the class contributions over ``--train-data``.
@@ -25,7 +27,7 @@ from xai_jax.cli.common import (DATA_HELP, add_bf16, add_data_args, compute_dtyp
 from xai_jax.cli.flags import add_config_flags, config_from_args
 from xai_jax.cli.options import positive_int
 from xai_jax.errors import XaiJaxError
-from xai_jax.methods.www.config import CONCEPT_FIELDS, CONTRIBUTION_FIELDS, EXPLAIN_FIELDS, WWWConfig
+from xai_jax.methods.www.config import CONCEPT_FIELDS, CONTRIBUTION_FIELDS, EXPLAIN_FIELDS, LOGIT_MAPS, WWWConfig
 from xai_jax.readers import numeric, read_lines, read_npz
 
 NO_CLIP = ("concept discovery from images needs CLIP weights: --clip PATH (an OpenAI .pt file or a Hugging Face "
@@ -45,7 +47,10 @@ def register(subparsers) -> None:
         add_bf16(q)
         q.add_argument("--tap", help="the explained layer, e.g. pool (see `xai-jax info --model NAME`)")
         q.add_argument("--map-tap", help="spatial layer giving the neuron activation maps (default: the tap, or "
-                                         "the last spatial tap before it with as many channels)")
+                                         "the last spatial tap before it with as many channels; for --tap logits "
+                                         "the last convolutional tap)")
+        q.add_argument("--logit-maps", choices=LOGIT_MAPS, help="maps of final-layer neurons (--tap logits): "
+                       "class activation maps or Grad-CAM (default: cam for global-pooled heads, else gradcam)")
 
     q = sub.add_parser("concepts", help="each neuron's major (and minor) concepts -> concepts.json")
     model_args(q)
@@ -85,6 +90,18 @@ def register(subparsers) -> None:
     q.add_argument("--out", metavar="DIR", help="write explanation.json, panel.png and explanation.npz here")
     q.set_defaults(func=explain, config_fields=add_config_flags(q, WWWConfig, only=EXPLAIN_FIELDS))
 
+    q = sub.add_parser("metrics", help="final-layer neurons' concepts against their class names (section 4.1.2: "
+                                       "hit rate, precision/recall/F1, CLIP-text and sentence cosine)")
+    q.add_argument("--result", required=True, metavar="DIR", help="a result with concepts of --tap logits neurons")
+    q.add_argument("--labels", metavar="LABELS.txt", help="one line per class: its name, then synonyms after "
+                   "commas (default: the result's class names)")
+    q.add_argument("--clip-text-embeddings", metavar="E.npz", help="`words` [M] and `embeddings` [M, D]: CLIP "
+                   "text embeddings of every selected concept and label name, for the CLIP cosine")
+    q.add_argument("--sentence-embeddings", metavar="S.npz", help="`words` [M] and `embeddings` [M, D] of a "
+                   "sentence encoder (the paper's mpnet), for the sentence cosine")
+    q.add_argument("--out", metavar="DIR", help="write metrics.json here")
+    q.set_defaults(func=metrics)
+
 
 def _concept_source_args(q) -> None:
     q.add_argument("--clip", metavar="PATH", help="CLIP weights (OpenAI .pt or Hugging Face folder)")
@@ -92,7 +109,8 @@ def _concept_source_args(q) -> None:
     q.add_argument("--activations", metavar="A.npz", help="`activations` [images, neurons] of the probe images")
     q.add_argument("--image-embeddings", metavar="V.npz", help="`embeddings` [images, D], one row per probe image")
     q.add_argument("--concept-embeddings", metavar="T.npz", help="`embeddings` [concepts, D] of the prompted concepts")
-    q.add_argument("--template-embedding", metavar="TT.npy", help="[D] embedding of the bare template")
+    q.add_argument("--template-embedding", metavar="TT.npy", help="[D] embedding of the bare template (not "
+                   "needed with --no-acs)")
     q.add_argument("--crop-embeddings", metavar="C.npz", help="`embeddings` [neurons, crops, D] for minor concepts")
     q.add_argument("--no-minor", action="store_true", help="skip minor concepts (no crops)")
 
@@ -127,7 +145,7 @@ def _model(args, config):
     spec = models.get(args.model)
     variables = weights.load(spec, args.weights, num_classes=args.num_classes)
     return WWW(spec.name, variables, tap=args.tap, map_tap=args.map_tap, config=config, num_classes=args.num_classes,
-               compute_dtype=compute_dtype(args))
+               compute_dtype=compute_dtype(args), logit_maps=args.logit_maps)
 
 
 def _method(args, config):
@@ -139,7 +157,7 @@ def _method(args, config):
         raise XaiJaxError("--tap is required (see `xai-jax info --model NAME` for the taps)")
     spec, variables, source = load_model_and_data(args)
     www = WWW(spec.name, variables, tap=args.tap, map_tap=args.map_tap, config=config, num_classes=args.num_classes,
-              compute_dtype=compute_dtype(args))
+              compute_dtype=compute_dtype(args), logit_maps=args.logit_maps)
     return www, source, {"weights": os.path.abspath(args.weights), **data_meta(args)}
 
 
@@ -174,12 +192,13 @@ def _concept_result(args, config, www=None, probe=None):
         activations = _npz_array(args.activations, "activations", "--activations", (2, 4))
         images = _npz_array(args.image_embeddings, "embeddings", "--image-embeddings", 2)
         texts = _npz_array(args.concept_embeddings, "embeddings", "--concept-embeddings", 2)
-        template = _npz_array(args.template_embedding, "embedding", "--template-embedding", (1, 2))
+        template = (_npz_array(args.template_embedding, "embedding", "--template-embedding", (1, 2))
+                    if args.template_embedding or config.acs else None)
         crops = (_npz_array(args.crop_embeddings, "embeddings", "--crop-embeddings", 3)
                  if args.crop_embeddings else None)
         if len(words) != len(texts):
             raise XaiJaxError(f"{len(words)} concepts in {args.concepts} but {len(texts)} concept embeddings")
-        if np.ndim(template) == 2 and len(template) == 1:
+        if template is not None and np.ndim(template) == 2 and len(template) == 1:
             template = template[0]
         result = WWW(config=config).fit_concepts_from_embeddings(
             words, texts, template, image_embeddings=images, activations=activations, crop_embeddings=crops)
@@ -279,7 +298,7 @@ def explain(args) -> None:
     image = read_image(args.image, spec)
     www = WWW(spec.name, weights.load(spec, weights_path, num_classes=args.num_classes), tap=result.tap,
               map_tap=result.map_tap, config=_stage_config(args, result), num_classes=args.num_classes,
-              compute_dtype=compute_dtype(args))
+              compute_dtype=compute_dtype(args), logit_maps=result.meta.get("logit_maps"))
     explanation = www.explain(image[None], result)
     record = explanation.summary(result.class_names)[0]
     print(f"classified as {record['predicted']} (p = {record['probability']:.3f}); heatmap similarity (trust) "
@@ -295,3 +314,45 @@ def explain(args) -> None:
             outputs.write_files(tmp, {"explanation.json": json.dumps(record, indent=2).encode(), "panel.png": png})
             explanation.save(os.path.join(tmp, "explanation.npz"))
         print(f"wrote {args.out}: explanation.json, panel.png, explanation.npz")
+
+
+def _encoder(path: str | None, flag: str):
+    """:func:`lookup_encoder` of a ``words`` / ``embeddings`` npz, or None without ``path``."""
+    if not path:
+        return None
+    from xai_jax.methods.www.metrics import lookup_encoder
+    arrays = read_npz(path, flag, ("words", "embeddings"))
+    words = arrays["words"]
+    if words.ndim != 1 or words.dtype.kind not in "US":
+        raise XaiJaxError(f"{path}: `words` must be a 1-D array of strings; got {words.dtype} {words.shape}")
+    return lookup_encoder([str(w) for w in words], numeric(arrays["embeddings"], path, "embeddings", ndim=2),
+                          f"{flag} {path}")
+
+
+def metrics(args) -> None:
+    """Section 4.1.2 for the final-layer neurons of a result: their concepts against the class names."""
+    from xai_jax import outputs
+    from xai_jax.methods.www import WWWResult
+    from xai_jax.methods.www.metrics import result_metrics
+    kind = "www.metrics"
+    if args.out:
+        outputs.check_output(args.out, kind, inputs=inputs_of(args, "result", "labels", "clip_text_embeddings",
+                                                               "sentence_embeddings"))
+    result = WWWResult.load(args.result)
+    if result.major is None:
+        raise XaiJaxError(f"{args.result} has no concepts; run `xai-jax www concepts --tap logits ...` first")
+    labels = None
+    if args.labels:
+        labels = [[w.strip() for w in line.split(",") if w.strip()] for line in read_lines(args.labels, "--labels")]
+    text, sentence = (_encoder(args.clip_text_embeddings, "--clip-text-embeddings"),
+                      _encoder(args.sentence_embeddings, "--sentence-embeddings"))
+    values = result_metrics(result, labels, text_encoder=text, sentence_encoder=sentence)
+    if result.tap not in (None, "logits"):
+        print(f"note: {args.result} explains {result.tap!r}; the metrics assume neuron u is class u (tap logits)")
+    print(f"{values['neurons']} final-layer neurons: hit rate {values['hit']:.4f}, precision "
+          f"{values['precision']:.4f}, recall {values['recall']:.4f}, F1 {values['f1']:.4f}"
+          + "".join(f", {k} {values[k]:.4f}" for k in ("clip_cos", "sentence_cos") if k in values))
+    if args.out:
+        with outputs.atomic_dir(args.out, kind) as tmp:
+            outputs.write_files(tmp, {"metrics.json": json.dumps(values, indent=2).encode()})
+        print(f"wrote {args.out}: metrics.json")

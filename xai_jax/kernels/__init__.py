@@ -43,7 +43,8 @@ from xai_jax.kernels.near_miss import (NearMissState, connection_weights, fill_d
 from xai_jax.kernels.srae import (approximation, faithfulness_loss, one_vs_all_weights, pull_away_loss,
                                   sparse_reconstruction_loss, srae_loss)
 from xai_jax.kernels.www import (ClassContributionState, TopNState, adaptive_cosine_scores, adaptive_selection,
-                                 adaptive_threshold, auroc, class_means, class_sums_init, class_sums_update,
+                                 adaptive_threshold, auroc, class_activation_maps, class_means, cosine_scores,
+                                 grid_crop_corners, class_sums_init, class_sums_update,
                                  concept_maps, contributions_from_gradients, crop_images, gather_maps,
                                  heatmap_similarity, l2_normalise, mean_image_embeddings, mean_pair_cosine,
                                  neuron_activations, overall_heatmap, peak_crop_corners, rejection_curve,
@@ -81,7 +82,8 @@ __all__ = [
     "cladec_relevance", "gradcam_relevance", "select_min_max",
     # www
     "TopNState", "ClassContributionState", "l2_normalise", "neuron_activations", "topn_init", "topn_update",
-    "mean_image_embeddings", "adaptive_cosine_scores", "adaptive_threshold", "adaptive_selection",
+    "mean_image_embeddings", "cosine_scores", "adaptive_cosine_scores", "grid_crop_corners",
+    "class_activation_maps", "adaptive_threshold", "adaptive_selection",
     "select_concepts", "peak_crop_corners", "crop_images", "contributions_from_gradients", "taylor_shapley",
     "class_sums_init", "class_sums_update", "class_means", "top_k_neurons", "gather_maps", "concept_maps",
     "overall_heatmap", "heatmap_similarity", "rejection_curve", "auroc", "soft_wpmi_log_p_given_e",

@@ -125,6 +125,23 @@ def mean_image_embeddings(image_embeddings: jax.Array, topn_indices: jax.Array) 
 
 
 @jax.jit
+def cosine_scores(neuron_embeddings: jax.Array, concept_embeddings: jax.Array) -> jax.Array:
+    """Plain cosine scores (Table 5's rows without ACS): ``s_j = (1/n) sum_o cos(v_o, t_j)``.
+
+    Args:
+      neuron_embeddings: ``[U, D]`` from :func:`mean_image_embeddings`, or ``[U, n, D]`` raw embeddings of each
+        neuron's own n images, normalised and averaged here.
+      concept_embeddings: ``[M, D]`` CLIP text embeddings of the concepts (prompted or bare words).
+
+    Returns:
+      ``[U, M]`` mean cosine similarities.
+    """
+    if neuron_embeddings.ndim == 3:
+        neuron_embeddings = jnp.mean(l2_normalise(neuron_embeddings.astype(jnp.float32)), axis=1)
+    return neuron_embeddings @ l2_normalise(concept_embeddings.astype(jnp.float32)).T
+
+
+@jax.jit
 def adaptive_cosine_scores(neuron_embeddings: jax.Array, concept_embeddings: jax.Array,
                            template_embedding: jax.Array) -> jax.Array:
     """Eq. 1: ``s_j = (1/n) sum_o cos(v_o, t_j) - cos(v_o, t_tem)`` for every neuron and concept at once.
@@ -140,9 +157,8 @@ def adaptive_cosine_scores(neuron_embeddings: jax.Array, concept_embeddings: jax
     """
     if neuron_embeddings.ndim == 3:
         neuron_embeddings = jnp.mean(l2_normalise(neuron_embeddings.astype(jnp.float32)), axis=1)
-    t = l2_normalise(concept_embeddings.astype(jnp.float32))
     t_tem = l2_normalise(template_embedding.astype(jnp.float32))
-    return neuron_embeddings @ t.T - (neuron_embeddings @ t_tem)[:, None]
+    return cosine_scores(neuron_embeddings, concept_embeddings) - (neuron_embeddings @ t_tem)[:, None]
 
 
 @jax.jit
@@ -207,6 +223,27 @@ def peak_crop_corners(maps: jax.Array, image_size: tuple[int, int] | jax.Array,
     top = jnp.clip(jnp.round(centre_y - crop_size[0] / 2), 0, height - crop_size[0]).astype(jnp.int32)
     left = jnp.clip(jnp.round(centre_x - crop_size[1] / 2), 0, width - crop_size[1]).astype(jnp.int32)
     return jnp.stack([top, left], axis=-1)
+
+
+def grid_crop_corners(image_size: tuple[int, int], crop_size: tuple[int, int], grid: int) -> jax.Array:
+    """Top-left corners of a ``grid x grid`` lattice of crops spanning the image (the paper's probe set of crops).
+
+    Args:
+      image_size: ``(H, W)``.
+      crop_size: ``(ch, cw)`` in pixels.
+      grid: crops per axis; the first crop touches the top/left edge, the last the bottom/right one
+        (``grid = 1``: one centred crop).
+
+    Returns:
+      ``[grid * grid, 2]`` int32 ``(top, left)``, row-major.
+    """
+    def axis(size, crop):
+        if grid == 1:
+            return jnp.asarray([(size - crop) // 2], jnp.int32)
+        return jnp.round(jnp.linspace(0, size - crop, grid)).astype(jnp.int32)
+
+    top, left = jnp.meshgrid(axis(image_size[0], crop_size[0]), axis(image_size[1], crop_size[1]), indexing="ij")
+    return jnp.stack([top.ravel(), left.ravel()], axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("crop_size", "out_size"))
@@ -338,6 +375,25 @@ def top_k_neurons(contributions: jax.Array, k: int) -> tuple[jax.Array, jax.Arra
 def gather_maps(activation_maps: jax.Array, neurons: jax.Array) -> jax.Array:
     """Picks the maps of chosen neurons: ``[B, h, w, U]`` and ``[B, k]`` -> ``[B, k, h, w]``."""
     return jnp.moveaxis(jnp.take_along_axis(activation_maps, neurons[:, None, None, :], axis=-1), -1, 1)
+
+
+@jax.jit
+def class_activation_maps(features: jax.Array, head_weights: jax.Array, classes: jax.Array) -> jax.Array:
+    """CAM (Zhou et al. 2016) of chosen classes: ``M_c(y, x) = sum_k A_k(y, x) W[k, c]``.
+
+    For a global-average-pooled linear head ``logit_c = mean_yx A(y, x) . W[:, c] + b_c``, so the spatial mean of
+    ``M_c`` plus the bias is the logit exactly.
+
+    Args:
+      features: ``[B, h, w, K]`` the last convolutional features (pooled into the head).
+      head_weights: ``[K, C]`` the head's weights.
+      classes: ``[B, k]`` int, the classes (final-layer neurons) whose maps each image needs.
+
+    Returns:
+      ``[B, k, h, w]``.
+    """
+    chosen = jnp.take(head_weights.astype(jnp.float32), classes, axis=1)            # [K, B, k]
+    return jnp.einsum("byxK,Kbk->bkyx", features.astype(jnp.float32), chosen)
 
 
 @functools.partial(jax.jit, static_argnames=("size", "percentile"))

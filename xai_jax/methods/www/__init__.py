@@ -29,7 +29,8 @@ Public API (imported on first use, so that importing the package or its config l
   ``trust_scores`` (``method``);
 - :class:`WWWResult`, :class:`WWWExplanation` (``result``);
 - :func:`clip_dissect` (the CLIP-Dissect baseline, ``concepts``);
-- :func:`rejection_analysis`, :func:`concept_metrics` (``metrics``);
+- :func:`rejection_analysis`, :func:`concept_metrics`, :func:`result_metrics`, :func:`lookup_encoder`
+  (``metrics``);
 - ``figures``: :func:`explanation_panel`, :func:`rejection_curves`; ``demo``: the demo's section.
 """
 
@@ -45,14 +46,14 @@ if TYPE_CHECKING:
     from xai_jax.methods.www.concepts import clip_dissect
     from xai_jax.methods.www.figures import explanation_panel, rejection_curves
     from xai_jax.methods.www.method import WWW
-    from xai_jax.methods.www.metrics import concept_metrics, rejection_analysis
+    from xai_jax.methods.www.metrics import concept_metrics, lookup_encoder, rejection_analysis, result_metrics
     from xai_jax.methods.www.result import WWWExplanation, WWWResult
 
 __getattr__, __dir__, _lazy_all = lazy.attach(__name__, {
     "method": ["WWW"],
     "result": ["WWWResult", "WWWExplanation"],
     "concepts": ["clip_dissect"],
-    "metrics": ["rejection_analysis", "concept_metrics"],
+    "metrics": ["rejection_analysis", "concept_metrics", "result_metrics", "lookup_encoder"],
     "figures": ["explanation_panel", "rejection_curves"],
 })
 __all__ = ["CLASS_BY", "CONCEPT_FIELDS", "CONTRIBUTION_FIELDS", "CONTRIBUTION_MODES", "EXPLAIN_FIELDS",

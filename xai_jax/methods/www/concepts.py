@@ -17,31 +17,36 @@ from xai_jax.kernels import www as K
 
 
 def select_in_chunks(neuron_emb, concept_embeddings, template_embedding, alpha: float, max_concepts: int,
-                     neuron_chunk: int) -> dict:
+                     neuron_chunk: int, acs: bool = True) -> dict:
     """Adaptive cosine scores (eq. 1) and selection (eq. 2) in blocks of ``neuron_chunk`` neurons, so that a
     ``[U, 82k]`` score matrix never has to exist at once.
 
     Args:
       neuron_emb: ``[U, D]`` each neuron's mean (normalised) image embedding.
-      concept_embeddings, template_embedding: ``[M, D]`` prompted concepts and ``[D]`` the bare template.
+      concept_embeddings, template_embedding: ``[M, D]`` the concepts and ``[D]`` the bare template (unused,
+        may be None, without ``acs``).
       alpha: the concept sensitivity.
       max_concepts: selected concepts kept per neuron.
       neuron_chunk: neurons per block.
+      acs: score by the adaptive cosine of eq. 1; False: by the plain mean cosine (Table 5's ablation).
 
     Returns:
       :func:`xai_jax.kernels.www.select_concepts`'s arrays for all ``U`` neurons, on the host.
     """
-    return engine.map_arrays(_select_fn(max_concepts), {"embeddings": neuron_emb},
+    if template_embedding is None:
+        template_embedding = np.zeros(np.shape(concept_embeddings)[-1], np.float32)
+    return engine.map_arrays(_select_fn(max_concepts, bool(acs)), {"embeddings": neuron_emb},
                              (concept_embeddings, template_embedding, np.float32(alpha)), chunk=neuron_chunk)
 
 
 @functools.lru_cache(maxsize=None)
-def _select_fn(max_concepts: int):
+def _select_fn(max_concepts: int, acs: bool = True):
     """``fn({"embeddings": [c, D]}, (concepts, template, alpha)) -> select_concepts dict`` for
     :func:`engine.map_arrays`, rows = neurons; alpha is traced, so major and minor share the program."""
     def fn(rows, params):
         concept_embeddings, template_embedding, alpha = params
-        scores = K.adaptive_cosine_scores(rows["embeddings"], concept_embeddings, template_embedding)
+        scores = (K.adaptive_cosine_scores(rows["embeddings"], concept_embeddings, template_embedding) if acs
+                  else K.cosine_scores(rows["embeddings"], concept_embeddings))
         return K.select_concepts(scores, alpha, max_concepts)
 
     return fn
@@ -52,15 +57,25 @@ def crop_mean_embeddings(crop_embeddings: np.ndarray) -> jax.Array:
     return jnp.mean(K.l2_normalise(jnp.asarray(crop_embeddings)), axis=1)
 
 
-def crop_embeddings(source: Source, clip_model, indices: np.ndarray, maps: Callable[[np.ndarray], np.ndarray],
-                    crop_fraction: float, chunk: int = 4096) -> np.ndarray:
-    """``[U, n, D]`` CLIP embeddings of each neuron's top-n images cropped around that neuron's peak.
+def embed_images(source: Source, clip_model, indices: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """``[len(indices), D]`` CLIP embeddings of ``source``'s images at ``indices``, read and embedded in chunks so
+    that host memory stays bounded."""
+    return np.concatenate([clip_model.encode_images(as_rgb(source.read(indices[s:s + chunk])[0]))
+                           for s in range(0, len(indices), chunk)])
+
+
+def crop_embeddings(source: Source, clip_model, indices: np.ndarray,
+                    neuron_maps: Callable[[np.ndarray, np.ndarray], np.ndarray], crop_fraction: float,
+                    chunk: int = 4096) -> np.ndarray:
+    """``[U, n, D]`` CLIP embeddings of each neuron's top-n images cropped around that neuron's peak (the
+    ``minor_crops="peak"`` protocol).
 
     Args:
       source: the probe source ``indices`` point into.
       clip_model: has ``encode_images(uint8 or float [B, H, W, 3]) -> [B, D]``.
       indices: ``[n, U]`` each neuron's top-n probe images.
-      maps: ``images -> [B, h, w, U]`` the activation maps of the neurons.
+      neuron_maps: ``(images [B, ...], neurons [B, 1]) -> [B, 1, h, w]`` each image's map of one neuron
+        (:func:`xai_jax.methods.www.passes.neuron_maps_fn`: a channel, a CAM or a Grad-CAM map).
       crop_fraction: side of a crop as a fraction of the image side.
       chunk: (image, neuron) pairs read and embedded at once (bounds host memory).
     """
@@ -71,9 +86,9 @@ def crop_embeddings(source: Source, clip_model, indices: np.ndarray, maps: Calla
     for start in range(0, len(pairs_i), chunk):
         idx, units_here = pairs_i[start:start + chunk], pairs_u[start:start + chunk]
         images, _ = source.read(idx)
-        own = np.asarray(maps(images))[np.arange(len(idx)), :, :, units_here]     # [b, h, w]
+        own = np.asarray(neuron_maps(images, units_here[:, None].astype(np.int32)))[:, 0]     # [b, h, w]
         height, width = images.shape[1:3]
-        crop = (max(1, round(height * crop_fraction)), max(1, round(width * crop_fraction)))
+        crop = crop_size(height, width, crop_fraction)
         corners = K.peak_crop_corners(own, (height, width), crop)
         rgb = as_rgb(images)
         crops = np.asarray(K.crop_images(rgb, corners, crop))
@@ -81,6 +96,43 @@ def crop_embeddings(source: Source, clip_model, indices: np.ndarray, maps: Calla
         out.append(clip_model.encode_images(crops))
     emb = np.concatenate(out)                                       # [n * U, D]
     return emb.reshape(n, units, -1).transpose(1, 0, 2)
+
+
+def crop_size(height: int, width: int, crop_fraction: float) -> tuple[int, int]:
+    """``(ch, cw)`` the crop of ``crop_fraction`` of each image side (at least one pixel)."""
+    return max(1, round(height * crop_fraction)), max(1, round(width * crop_fraction))
+
+
+class GridCrops(Source):
+    """The paper's probe set of crops (``minor_crops="probe"``): every probe image cut into a ``grid x grid``
+    lattice of crops of ``crop_fraction`` of its side, each resized back to the image size so that the model
+    ranks crops as it ranks images.
+
+    Item ``i`` is crop ``i % grid**2`` (row-major) of image ``i // grid**2``; its label is the image's.
+    """
+
+    def __init__(self, source: Source, crop_fraction: float, grid: int):
+        self.source, self.grid = source, int(grid)
+        self.class_names, self.description = source.class_names, f"crops of {source.description}"
+        shape = source.image_shape()
+        self.size = tuple(shape[:2])
+        self.crop = crop_size(*self.size, crop_fraction)
+        self.corners = np.asarray(K.grid_crop_corners(self.size, self.crop, self.grid))
+
+    def __len__(self) -> int:
+        return len(self.source) * len(self.corners)
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.asarray(indices)
+        per = len(self.corners)
+        images, labels = self.source.read(indices // per)
+        grey = images.ndim == 3
+        crops = np.asarray(K.crop_images(images[..., None] if grey else images, self.corners[indices % per],
+                                         self.crop, self.size))
+        crops = crops[..., 0] if grey else crops
+        if images.dtype == np.uint8:
+            crops = np.clip(np.round(crops), 0, 255).astype(np.uint8)
+        return crops, labels
 
 
 def clip_dissect(activations, image_embeddings, concept_embeddings, *, top_k: int = 100, a: float = 10.0,

@@ -10,12 +10,17 @@ from xai_jax.errors import XaiJaxError
 
 CONTRIBUTION_MODES = ("signed", "abs")
 CLASS_BY = ("label", "prediction")
+#: how minor concepts' crops are chosen: around the peak of the neuron's top-n images, or the paper's probe set of
+#: crops re-ranked by the neuron's activation
+MINOR_CROPS = ("peak", "probe")
+#: the activation maps of final-layer neurons (``tap="logits"``): class activation maps or Grad-CAM
+LOGIT_MAPS = ("cam", "gradcam")
 #: the kinds of output a WWW result folder and a saved explanation are (see :mod:`xai_jax.outputs`)
 KIND, EXPLANATION_KIND = "www", "www.explanation"
 
 #: the fields each stage reads: a stage records them in the result it returns, and its command's flags are these
 CONCEPT_FIELDS = ("n_examples", "alpha_major", "alpha_minor", "max_concepts", "crop_fraction", "prompt", "template",
-                  "neuron_chunk")
+                  "use_template", "acs", "minor_crops", "crop_grid", "neuron_chunk")
 CONTRIBUTION_FIELDS = ("contribution", "class_by")
 EXPLAIN_FIELDS = ("top_k", "percentile")
 
@@ -35,6 +40,14 @@ class WWWConfig:
       max_concepts: selected concepts listed per neuron (the best ones; the full count is kept).
       prompt: CLIP text for a concept, with ``{}`` where the concept goes.
       template: the bare template (its embedding is subtracted in the adaptive cosine score).
+      use_template: embed each concept as ``prompt`` with the word in it; off (``--no-template``): the bare word
+        (Table 5's first row).
+      acs: score concepts by the adaptive cosine of eq. 1 (minus the bare template's cosine); off (``--no-acs``):
+        by the plain mean cosine (Table 5's first two rows).
+      minor_crops: ``"peak"``: crop each neuron's top-n images around its peak (default: n crops a neuron, each
+        holding its strongest response); ``"probe"``: the paper's protocol, the whole probe set cut into
+        ``crop_grid`` x ``crop_grid`` crops, re-ranked by the neuron's activation, its top n.
+      crop_grid: crops per image side of the ``"probe"`` protocol.
       neuron_chunk: neurons scored per block (bounds the ``[chunk, concepts]`` score matrix in memory).
     """
 
@@ -49,6 +62,10 @@ class WWWConfig:
     max_concepts: int = option(20, low=1)
     prompt: str = option("A photo of a {}")
     template: str = option("A photo of a")
+    use_template: bool = option(True, negative="--no-template")
+    acs: bool = option(True, negative="--no-acs")
+    minor_crops: str = option("peak", choices=MINOR_CROPS)
+    crop_grid: int = option(3, low=1)
     neuron_chunk: int = option(1024, low=1)
 
     def validate(self) -> None:

@@ -18,7 +18,7 @@ from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import www as K
 from xai_jax.methods.www import concepts as concept_ops
 from xai_jax.methods.www import passes
-from xai_jax.methods.www.config import CONCEPT_FIELDS, CONTRIBUTION_FIELDS, WWWConfig, with_stage
+from xai_jax.methods.www.config import CONCEPT_FIELDS, CONTRIBUTION_FIELDS, LOGIT_MAPS, WWWConfig, with_stage
 from xai_jax.methods.www.result import WWWExplanation, WWWResult
 
 
@@ -37,6 +37,12 @@ class WWW:
       tap: the explained layer.
       map_tap: the spatial layer whose channels are the neuron activation maps (default: ``tap`` if spatial,
         else the last spatial tap before it with as many channels, e.g. ``layer3`` for a CIFAR ResNet's ``pool``).
+        For ``tap="logits"`` (final-layer neurons, the paper's Tables 2-4): the convolutional layer the class maps
+        are computed at (default: the last spatial tap larger than 1 x 1).
+      logit_maps: the maps of final-layer neurons: ``"cam"`` (class activation maps ``A @ W``, exact for a
+        global-pooled linear head: the logit is their spatial mean plus the bias) or ``"gradcam"`` (Grad-CAM at
+        ``map_tap``, any head); default ``"cam"`` where the head is global-pooled (ResNets, MobileNet,
+        EfficientNet), else ``"gradcam"`` (VGG, the small CNN).
       config: :class:`WWWConfig`.
       num_classes: outputs of the head if not the model's default.
       compute_dtype: ``"bfloat16"`` runs the backbone of every pass in bf16 (default: float32); the
@@ -45,7 +51,7 @@ class WWW:
 
     def __init__(self, model: str | None = None, variables: Any = None, tap: str | None = None,
                  map_tap: str | None = None, config: WWWConfig | None = None, num_classes: int | None = None,
-                 compute_dtype: str | None = None):
+                 compute_dtype: str | None = None, logit_maps: str | None = None):
         self.config = config or WWWConfig()
         self.config.validate()
         self.model, self.variables, self.num_classes = model, variables, num_classes
@@ -53,6 +59,7 @@ class WWW:
         self.tap, self.map_tap = tap, map_tap
         self.tap_shape = None
         self.num_outputs = None
+        self.maps_kind, self.head_tap = "tap", None
         if model is not None:
             from xai_jax import models
             from xai_jax.evaluation import check_taps
@@ -64,9 +71,13 @@ class WWW:
             if len(self.tap_shape) not in (1, 3):
                 raise XaiJaxError(f"tap {tap!r} has shape {self.tap_shape}; WWW explains [U] or [H, W, U] layers")
             units = self.tap_shape[-1]
-            if map_tap is None:
+            if tap == "logits":
+                self.map_tap, self.maps_kind, self.head_tap = logit_map_source(shapes, map_tap, logit_maps)
+            elif logit_maps is not None:
+                raise XaiJaxError(f"logit_maps is for final-layer neurons (tap='logits'), not tap {tap!r}")
+            elif map_tap is None:
                 self.map_tap = tap if len(self.tap_shape) == 3 else default_map_tap(shapes, tap)
-            if len(shapes[self.map_tap]) != 3 or shapes[self.map_tap][-1] != units:
+            if self.maps_kind == "tap" and (len(shapes[self.map_tap]) != 3 or shapes[self.map_tap][-1] != units):
                 raise XaiJaxError(f"map_tap {self.map_tap!r} must be a spatial tap with {units} channels like {tap!r}; "
                                   f"got shape {shapes[self.map_tap]}")
             self.num_outputs = num_classes or models.get(model).num_classes
@@ -79,7 +90,27 @@ class WWW:
         """An empty result for this layer (``num_neurons`` from the data when there is no model)."""
         units = self.tap_shape[-1] if self.tap_shape else num_neurons
         return WWWResult(model=self.model, tap=self.tap, map_tap=self.map_tap, num_neurons=int(units),
-                         config=self.config)
+                         config=self.config, meta=self._maps_meta())
+
+    def _maps_meta(self) -> dict:
+        """``{"logit_maps": "cam" | "gradcam"}`` for final-layer neurons (what a reloaded result explains with)."""
+        return {"logit_maps": self.maps_kind} if self.maps_kind != "tap" else {}
+
+    def neuron_maps(self, images, neurons) -> np.ndarray:
+        """``[B, k, h, w]`` the activation maps of each image's neurons ``[B, k]`` (channels of ``map_tap``; for
+        final-layer neurons CAM or Grad-CAM maps, see ``logit_maps``)."""
+        self._need_model("neuron maps")
+        images = check_images(images, self.model)
+        neurons = np.asarray(neurons, np.int32)
+        if neurons.ndim != 2 or len(neurons) != len(images):
+            raise XaiJaxError(f"neurons must be [{len(images)} images, k]; got shape {neurons.shape}")
+        if neurons.size and (neurons.min() < 0 or neurons.max() >= self.tap_shape[-1]):
+            raise XaiJaxError(f"neurons must lie in [0, {self.tap_shape[-1]})")
+        return np.asarray(self._maps_fn()(images, self.variables, neurons))
+
+    def _maps_fn(self):
+        return passes.neuron_maps_fn(self.model, self.map_tap, self.num_classes, self.maps_kind, self.head_tap,
+                                     self.compute_dtype)
 
     def _continue(self, result: WWWResult | None, units: int) -> WWWResult:
         """``result`` (or a new one) for this layer; raises when it was fitted on another number of neurons."""
@@ -89,7 +120,8 @@ class WWW:
             raise XaiJaxError(f"{units} neurons in the data but the result has {result.num_neurons}")
         if self.model is None:
             return result
-        return dataclasses.replace(result, model=self.model, tap=self.tap, map_tap=self.map_tap)
+        return dataclasses.replace(result, model=self.model, tap=self.tap, map_tap=self.map_tap,
+                                   meta={**result.meta, **self._maps_meta()})
 
     # --- what ---
 
@@ -111,8 +143,11 @@ class WWW:
                      progress: bool | None = None) -> WWWResult:
         """Concept discovery with a CLIP model (``xai_jax.models.clip``) on probe images.
 
-        Only the images in some neuron's top-n are embedded; minor concepts embed, per neuron, crops of its
-        top-n images around its peak activation (``crop_fraction`` of the image side).
+        Only the images in some neuron's top-n are embedded. Minor concepts (``config.minor_crops``): ``"peak"``
+        embeds, per neuron, crops of its top-n images around its peak activation (``crop_fraction`` of the image
+        side); ``"probe"`` (the paper's) cuts every probe image into ``crop_grid`` x ``crop_grid`` crops, runs the
+        probe pass over the crops and embeds each neuron's top-n crops. ``config.use_template`` / ``acs`` are
+        Table 5's switches.
 
         Args:
           probe_source: the probe images.
@@ -124,36 +159,55 @@ class WWW:
         Returns:
           a new result with the concepts and the probe's top-n.
         """
+        c = self.config
         indices, values = self.probe(probe_source, batch_size=batch_size, progress=progress)
         concepts = concept_ops.check_concepts(concepts)
         unique, inverse = np.unique(indices, return_inverse=True)
-        # only images in some neuron's top-n are embedded, read in chunks so that host memory stays bounded
-        image_embeddings = np.concatenate([
-            clip_model.encode_images(concept_ops.as_rgb(probe_source.read(unique[s:s + 1024])[0]))
-            for s in range(0, len(unique), 1024)])
-        concept_embeddings = clip_model.encode_texts([self.config.prompt.format(c) for c in concepts])
-        template_embedding = clip_model.encode_texts([self.config.template])[0]
+        image_embeddings = concept_ops.embed_images(probe_source, clip_model, unique)
+        texts = [c.prompt.format(word) for word in concepts] if c.use_template else list(concepts)
+        concept_embeddings = clip_model.encode_texts(texts)
+        template_embedding = clip_model.encode_texts([c.template])[0] if c.acs else None
         crops = None
-        if minor:
-            maps = passes.maps_fn(self.model, self.map_tap, self.num_classes, self.compute_dtype)
+        if minor and c.minor_crops == "probe":
+            crops = self.probe_crop_embeddings(probe_source, clip_model, batch_size=batch_size, progress=progress)
+        elif minor:
+            maps = self._maps_fn()
             crops = concept_ops.crop_embeddings(probe_source, clip_model, indices,
-                                                lambda images: maps(images, self.variables),
-                                                self.config.crop_fraction)
+                                                lambda images, neurons: maps(images, self.variables, neurons),
+                                                c.crop_fraction)
         fitted = self.fit_concepts_from_embeddings(concepts, concept_embeddings, template_embedding,
                                                    image_embeddings=image_embeddings,
                                                    topn_indices=inverse.reshape(indices.shape),
                                                    crop_embeddings=crops, result=result)
         return dataclasses.replace(fitted, topn_indices=indices, topn_values=values)
 
-    def fit_concepts_from_embeddings(self, concepts: Sequence[str], concept_embeddings, template_embedding, *,
+    def probe_crops(self, probe_source: Source, *, batch_size: int = 128,
+                    progress: bool | None = None) -> tuple[concept_ops.GridCrops, np.ndarray, np.ndarray]:
+        """The paper's minor-concept probe: ``(crops, indices [n, U], values [n, U])``, each neuron's top-n of
+        the probe set cut into ``crop_grid`` x ``crop_grid`` crops (indices into the :class:`GridCrops` source
+        ``crops``; ``indices // crop_grid**2`` is the probe image)."""
+        crops = concept_ops.GridCrops(probe_source, self.config.crop_fraction, self.config.crop_grid)
+        indices, values = self.probe(crops, batch_size=batch_size, progress=progress)
+        return crops, indices, values
+
+    def probe_crop_embeddings(self, probe_source: Source, clip_model, *, batch_size: int = 128,
+                              progress: bool | None = None) -> np.ndarray:
+        """``[U, n, D]`` CLIP embeddings of each neuron's top-n probe crops (:meth:`probe_crops`)."""
+        crops, indices, _ = self.probe_crops(probe_source, batch_size=batch_size, progress=progress)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        embedded = concept_ops.embed_images(crops, clip_model, unique)
+        return embedded[inverse.reshape(indices.shape)].transpose(1, 0, 2)
+
+    def fit_concepts_from_embeddings(self, concepts: Sequence[str], concept_embeddings, template_embedding=None, *,
                                      image_embeddings, activations=None, topn_indices=None, crop_embeddings=None,
                                      result: WWWResult | None = None) -> WWWResult:
         """Concept discovery from embeddings a user already has (CLIP-Dissect and others cache them).
 
         Args:
           concepts: ``M`` concept words.
-          concept_embeddings: ``[M, D]`` text embeddings of the prompted concepts.
-          template_embedding: ``[D]`` the bare template's embedding.
+          concept_embeddings: ``[M, D]`` text embeddings of the prompted concepts (of the bare words for
+            ``use_template=False``: the embeddings are used as given).
+          template_embedding: ``[D]`` the bare template's embedding (needed by ``acs`` only).
           image_embeddings: ``[P, D]`` embeddings of the probe images.
           activations: ``[P, U]`` (or ``[P, H, W, U]``) activations of the probe images, to find each neuron's
             top-n (kept in the result); or give ``topn_indices`` ``[n, U]`` (rows of ``image_embeddings``).
@@ -166,14 +220,19 @@ class WWW:
         concepts = concept_ops.check_concepts(concepts)
         image_embeddings = concept_ops.finite(image_embeddings, "image embeddings", 2)
         concept_embeddings = concept_ops.finite(concept_embeddings, "concept embeddings", 2)
-        template_embedding = concept_ops.finite(template_embedding, "template embedding", 1)
+        c = self.config
+        if template_embedding is None and c.acs:
+            raise XaiJaxError("the adaptive cosine score (acs) needs the template embedding; give it, or acs=False "
+                              "(--no-acs) for the plain cosine")
         dim = image_embeddings.shape[1]
+        if template_embedding is not None:
+            template_embedding = concept_ops.finite(template_embedding, "template embedding", 1)
+            if template_embedding.shape != (dim,):
+                raise XaiJaxError(f"the template embedding must have {dim} values; got shape "
+                                  f"{template_embedding.shape}")
         if concept_embeddings.shape != (len(concepts), dim):
             raise XaiJaxError(f"concept embeddings must be [{len(concepts)} concepts, {dim}]; "
                               f"got {concept_embeddings.shape}")
-        if template_embedding.shape != (dim,):
-            raise XaiJaxError(f"the template embedding must have {dim} values; got shape {template_embedding.shape}")
-        c = self.config
         topn = {}
         if topn_indices is None:
             topn_indices, topn_values = _topn_of_activations(activations, image_embeddings.shape[0], c.n_examples)
@@ -188,7 +247,7 @@ class WWW:
         base = self._continue(result, units)
         neuron_emb = K.mean_image_embeddings(image_embeddings, topn_indices)
         major = concept_ops.select_in_chunks(neuron_emb, concept_embeddings, template_embedding, c.alpha_major,
-                                             c.max_concepts, c.neuron_chunk)
+                                             c.max_concepts, c.neuron_chunk, c.acs)
         minor = None
         if crop_embeddings is not None:
             crop_embeddings = concept_ops.finite(crop_embeddings, "crop embeddings", 3)
@@ -197,7 +256,7 @@ class WWW:
                                   f"got {crop_embeddings.shape}")
             minor = concept_ops.select_in_chunks(concept_ops.crop_mean_embeddings(crop_embeddings),
                                                  concept_embeddings, template_embedding, c.alpha_minor,
-                                                 c.max_concepts, c.neuron_chunk)
+                                                 c.max_concepts, c.neuron_chunk, c.acs)
         return dataclasses.replace(base, concept_names=list(concepts), major=major, minor=minor,
                                    config=with_stage(base.config, c, CONCEPT_FIELDS), **topn)
 
@@ -263,7 +322,8 @@ class WWW:
         images = check_images(images, self.model)
         c = self.config
         fn = passes.explain_fn(self.model, self.tap, self.map_tap, self.num_classes, c.contribution, c.top_k,
-                               float(c.percentile), self.tap_shape, True, self.compute_dtype)
+                               float(c.percentile), self.tap_shape, True, self.compute_dtype, self.maps_kind,
+                               self.head_tap)
         source = ArraySource(images, np.zeros(len(images), np.int32), ["?"])
         out = engine.collect(engine.map_batches(fn, source, (self.variables, class_matrix),
                                                 batch_size=min(batch_size, len(images)), progress=False))
@@ -285,7 +345,8 @@ class WWW:
         class_matrix = self._class_matrix(result)
         c = self.config
         fn = passes.explain_fn(self.model, self.tap, self.map_tap, self.num_classes, c.contribution, c.top_k,
-                               float(c.percentile), self.tap_shape, False, self.compute_dtype)
+                               float(c.percentile), self.tap_shape, False, self.compute_dtype, self.maps_kind,
+                               self.head_tap)
         return engine.collect(engine.map_batches(fn, source, (self.variables, class_matrix),
                                                  batch_size=batch_size, desc="WWW trust", progress=progress))
 
@@ -317,6 +378,36 @@ def default_map_tap(shapes: Mapping[str, tuple], tap: str) -> str:
         raise XaiJaxError(f"tap {tap!r} has no spatial maps and no earlier tap has {units} channels; pass map_tap "
                           f"(spatial taps: {', '.join(spatial)})")
     return before[-1]
+
+
+def logit_map_source(shapes: Mapping[str, tuple], map_tap: str | None,
+                     logit_maps: str | None) -> tuple[str, str, str | None]:
+    """``(map_tap, maps_kind, head_tap)`` of final-layer neurons: where their maps come from, and how.
+
+    The head is global-pooled when the layer the logits read is ``[K]`` and the last spatial tap has ``K``
+    channels (``layer3 -> pool -> logits``); its maps are then CAM at that spatial tap. Any other head (dense
+    layers after the last convolution) gets Grad-CAM, by default at the last spatial tap larger than 1 x 1.
+    """
+    names = list(shapes)
+    spatial = [t for t in names[: names.index("logits")] if len(shapes[t]) == 3]
+    if not spatial:
+        raise XaiJaxError("the model has no spatial tap to compute the maps of its final-layer neurons at")
+    head_tap = names[names.index("logits") - 1]
+    pooled = len(shapes[head_tap]) == 1 and shapes[head_tap][0] == shapes[spatial[-1]][-1]
+    if map_tap is None:
+        larger = [t for t in spatial if shapes[t][0] * shapes[t][1] > 1]
+        map_tap = spatial[-1] if pooled or not larger else larger[-1]
+    if len(shapes[map_tap]) != 3:
+        raise XaiJaxError(f"map_tap {map_tap!r} must be a spatial tap; got shape {shapes[map_tap]} (spatial taps: "
+                          f"{', '.join(spatial)})")
+    cam_possible = pooled and map_tap == spatial[-1]
+    kind = logit_maps or ("cam" if cam_possible else "gradcam")
+    if kind not in LOGIT_MAPS:
+        raise XaiJaxError(f"logit_maps must be one of {', '.join(LOGIT_MAPS)}; got {kind!r}")
+    if kind == "cam" and not cam_possible:
+        raise XaiJaxError(f"CAM needs a global-pooled linear head read at the last convolution ({spatial[-1]} "
+                          f"pooled into {head_tap}); use logit_maps='gradcam' for map_tap {map_tap!r}")
+    return map_tap, kind, head_tap if kind == "cam" else None
 
 
 def check_images(images, model: str) -> np.ndarray:

@@ -8,6 +8,8 @@ import numpy as np
 
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import www as K
+
+
 def rejection_analysis(trust: np.ndarray, msp: np.ndarray, wrong: np.ndarray) -> dict:
     """Rejection curves and AUROCs of heatmap similarity and of the maximum softmax probability (figure 4).
 
@@ -56,3 +58,56 @@ def concept_metrics(selected: Sequence[Sequence[str]], label_synonyms: Sequence[
             per = np.asarray(K.mean_pair_cosine(sel, emb_vocab, emb_labels))
             out[key] = float(np.nanmean(per))
     return out
+
+
+def result_metrics(result, label_synonyms: Sequence[Sequence[str]] | None = None, *, text_encoder=None,
+                   sentence_encoder=None) -> dict:
+    """:func:`concept_metrics` of a result's final-layer neurons (``tap="logits"``): each neuron's selected major
+    concepts against its class's names.
+
+    Args:
+      result: a :class:`WWWResult` with concepts, one neuron per class.
+      label_synonyms: per class, its names (the first the label itself); default the result's class names.
+      text_encoder, sentence_encoder: as :func:`concept_metrics` (e.g. :func:`lookup_encoder` of given
+        embeddings).
+
+    Returns:
+      :func:`concept_metrics`'s means, plus ``neurons``.
+    """
+    if label_synonyms is None:
+        if not result.class_names:
+            raise XaiJaxError("the result has no class names: give the label names (one line per class)")
+        label_synonyms = [[name] for name in result.class_names]
+    if len(label_synonyms) != result.num_neurons:
+        raise XaiJaxError(f"{len(label_synonyms)} label names for {result.num_neurons} neurons; the metrics compare "
+                          "final-layer neurons (tap='logits') with their classes")
+    selected = [[c["concept"] for c in entry["major"]] for entry in result.concepts()]
+    return {**concept_metrics(selected, label_synonyms, text_encoder=text_encoder,
+                              sentence_encoder=sentence_encoder), "neurons": result.num_neurons}
+
+
+def lookup_encoder(words: Sequence[str], embeddings, what: str = "embeddings"):
+    """A text encoder ``list[str] -> [M, D]`` that looks words up in embeddings computed elsewhere (case-blind).
+
+    Args:
+      words: ``M`` words (or phrases).
+      embeddings: ``[M, D]`` their embeddings, row for row.
+      what: how an error names the table.
+
+    Returns:
+      ``encode(texts) -> [len(texts), D]``; raises :class:`XaiJaxError` naming a text missing from the table.
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.ndim != 2 or len(embeddings) != len(words):
+        raise XaiJaxError(f"{what}: {len(words)} words but embeddings of shape {embeddings.shape}")
+    if not np.isfinite(embeddings).all():
+        raise XaiJaxError(f"{what} contain NaN or infinity")
+    row = {str(w).strip().lower(): i for i, w in enumerate(words)}
+
+    def encode(texts):
+        missing = [t for t in texts if t.lower() not in row]
+        if missing:
+            raise XaiJaxError(f"{what} have no embedding for {missing[0]!r} ({len(missing)} words missing)")
+        return embeddings[[row[t.lower()] for t in texts]]
+
+    return encode

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from xai_jax.kernels import www as K
+from xai_jax.kernels.attribution import grad_cam
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,11 +86,12 @@ def sample_contributions_fn(model: str, tap: str, num_classes: int | None, mode:
 
 @functools.lru_cache(maxsize=None)
 def explain_fn(model: str, tap: str, map_tap: str, num_classes: int | None, mode: str, k: int,
-               percentile: float, tap_shape: tuple, full: bool, compute_dtype: str | None = None):
+               percentile: float, tap_shape: tuple, full: bool, compute_dtype: str | None = None,
+               maps_kind: str = "tap", head_tap: str | None = None):
     """``explain_batch(batch, (variables, class_contributions)) -> dict`` for :func:`xai_jax.engine.map_batches`.
 
     Always ``predicted``, ``trust``, ``msp`` and ``labels``; with ``full`` also the neurons, contributions,
-    concept maps and heatmaps of an explanation.
+    concept maps and heatmaps of an explanation. ``maps_kind`` and ``head_tap``: see :func:`neuron_maps`.
     """
     from xai_jax.models import make_forward
     taps = (tap,) if map_tap == tap else (tap, map_tap)
@@ -101,12 +103,13 @@ def explain_fn(model: str, tap: str, map_tap: str, num_classes: int | None, mode
         size = tuple(images.shape[1:3])
         w, logits, predicted, outputs = contributions(forward, images, variables, tap,
                                                       lambda lg: jnp.argmax(lg, -1), mode, tap_shape)
-        maps = outputs[map_tap]
         sample_w, sample_u = K.top_k_neurons(w, k)
         class_row = class_contributions[predicted]                                    # [B, U]
         class_w, class_u = K.top_k_neurons(class_row, k)
-        sample_maps = K.gather_maps(maps, sample_u)
-        class_maps = K.gather_maps(maps, class_u)
+        # both explanations' maps in one call (one backward pass for Grad-CAM maps of final-layer neurons)
+        maps = neuron_maps(forward, images, variables, outputs, map_tap, maps_kind,
+                           jnp.concatenate([sample_u, class_u], axis=1), head_tap)
+        sample_maps, class_maps = maps[:, :k], maps[:, k:]
         sample_heat = K.overall_heatmap(sample_maps, sample_w, size)
         class_heat = K.overall_heatmap(class_maps, class_w, size)
         probs = jax.nn.softmax(logits, -1)
@@ -123,9 +126,67 @@ def explain_fn(model: str, tap: str, map_tap: str, num_classes: int | None, mode
     return explain_batch
 
 
+def head_weights(forward, images, variables, head_tap: str, units: int) -> jax.Array:
+    """``[K, C]`` the weights of an affine head, ``W[k, c] = d logit_c / d head_tap_k`` (one image's Jacobian).
+
+    For a global-pooled linear head (``logits = pool @ W + b``) this is ``W`` exactly, read through the model
+    itself, so no model has to say where its head's parameters live.
+
+    Args:
+      forward: ``make_forward(model, ...)`` (offsets at ``head_tap`` are accepted by any of them).
+      images: a batch; only its first image is run.
+      head_tap: the ``[K]`` layer the head reads (e.g. ``pool``).
+      units: ``K``.
+    """
+    zero = jnp.zeros((1, units), jnp.float32)
+    jacobian = jax.jacrev(lambda offset: forward(images[:1], variables, {head_tap: offset})["logits"][0])(zero)
+    return jacobian[:, 0, :].T
+
+
+def neuron_maps(forward, images, variables, outputs, map_tap: str, maps_kind: str, neurons, head_tap=None):
+    """``[B, k, h, w]`` the activation maps of each image's chosen neurons ``[B, k]``.
+
+    Args:
+      forward: ``make_forward(model, taps)`` with ``map_tap`` among the taps (``outputs`` is its output).
+      images, variables: the batch and the model's variables.
+      outputs: ``forward(images, variables)``.
+      map_tap: the ``[h, w, K]`` layer the maps come from.
+      maps_kind: ``"tap"``: the neurons are ``map_tap``'s channels, their maps its activations;
+        ``"cam"``: the neurons are logits of a global-pooled linear head reading ``head_tap``, their maps the class
+        activation maps ``A @ W[:, c]`` (:func:`xai_jax.kernels.www.class_activation_maps`; their spatial mean plus
+        the bias is the logit); ``"gradcam"``: the neurons are logits of any head, their maps Grad-CAM at
+        ``map_tap`` (``ReLU(sum_k mean_yx(d logit_c / d A_k) A_k)``, one backward pass per chosen neuron rank,
+        vmapped).
+      neurons: ``[B, k]`` int.
+      head_tap: the layer the head reads (``"cam"`` only).
+    """
+    features = outputs[map_tap]
+    if maps_kind == "tap":
+        return K.gather_maps(features, neurons)
+    if maps_kind == "cam":
+        return K.class_activation_maps(features, head_weights(forward, images, variables, head_tap,
+                                                              features.shape[-1]), neurons)
+    if maps_kind != "gradcam":
+        raise ValueError(f"maps_kind must be 'tap', 'cam' or 'gradcam'; got {maps_kind!r}")
+    logits, pullback = jax.vjp(lambda offset: forward(images, variables, {map_tap: offset})["logits"],
+                               jnp.zeros_like(features))
+
+    def one_rank(classes):
+        (gradients,) = pullback(jax.nn.one_hot(classes, logits.shape[-1], dtype=logits.dtype))
+        return grad_cam(features, gradients)
+
+    return jax.vmap(one_rank, in_axes=1, out_axes=1)(neurons)
+
+
 @functools.lru_cache(maxsize=None)
-def maps_fn(model: str, map_tap: str, num_classes: int | None, compute_dtype: str | None = None):
-    """``fn(images, variables) -> [B, h, w, U]`` the activation maps at ``map_tap``, jitted once."""
+def neuron_maps_fn(model: str, map_tap: str, num_classes: int | None, maps_kind: str = "tap",
+                   head_tap: str | None = None, compute_dtype: str | None = None):
+    """``fn(images, variables, neurons [B, k]) -> [B, k, h, w]`` :func:`neuron_maps`, jitted once."""
     from xai_jax.models import make_forward
     forward = make_forward(model, (map_tap,), num_classes, compute_dtype)
-    return jax.jit(lambda images, variables: forward(images, variables)[map_tap])
+
+    def fn(images, variables, neurons):
+        return neuron_maps(forward, images, variables, forward(images, variables), map_tap, maps_kind, neurons,
+                           head_tap)
+
+    return jax.jit(fn)
