@@ -19,9 +19,12 @@ from typing import Any, Iterable
 import numpy as np
 
 from xai_jax.errors import XaiJaxError
+from xai_jax.malloc import set_thresholds
 
 # The shared size from which a command keeps a pass's rows on disk rather than in memory.
 SPILL_BYTES = 256 << 20
+# glibc's thresholds once rows go to disk: blocks of 4 MiB and more are mapped and returned when freed
+HEAP_MMAP_BYTES, HEAP_TRIM_BYTES = 4 << 20, 16 << 20
 
 
 class DiskRows:
@@ -135,7 +138,9 @@ def store(chunks: Iterable[Any], n: int, directory: str | os.PathLike | None = N
         and dtype.
       n: the total number of rows (the dataset's length).
       directory: an existing folder to hold one ``.npy`` :class:`DiskRows` per leaf (named by its path in the
-        pytree, e.g. ``taps.layer1.npy``), or None to keep the arrays in memory.
+        pytree, e.g. ``taps.layer1.npy``), or None to keep the arrays in memory. Given a folder, the process's
+        allocator also returns freed blocks of 4 MiB and more to the kernel (:mod:`xai_jax.malloc`), so that
+        the minibatches later read from the files do not stay resident.
 
     Returns:
       The pytree of the chunks' structure with ``[n, ...]`` NumPy arrays or :class:`DiskRows` as leaves.
@@ -144,6 +149,9 @@ def store(chunks: Iterable[Any], n: int, directory: str | os.PathLike | None = N
       XaiJaxError: no chunks, or rows other than ``n`` in all.
     """
     import jax
+    if directory is not None:
+        # freed minibatches go back to the kernel rather than stay in glibc's heap (xai_jax.malloc)
+        set_thresholds(HEAP_MMAP_BYTES, HEAP_TRIM_BYTES)
     out, filled = None, 0
     for chunk in chunks:
         leaves, treedef = jax.tree.flatten(chunk)

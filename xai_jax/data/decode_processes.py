@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
-import ctypes
-import ctypes.util
 import multiprocessing
 import pathlib
 import threading
@@ -21,14 +19,15 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
+from xai_jax.malloc import set_thresholds
+
 _POOLS: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
 _LOCK = threading.Lock()
 # Images per task: small enough to balance the workers, large enough that the per-task cost is small.
 _RUN = 8
 
 
-# glibc's mallopt parameters, and the sizes that keep a decode's large buffers (about 1 MB an image) in the heap
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+# sizes that keep a decode's large buffers (about 1 MB an image) in the heap
 _MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 64 << 20
 
 
@@ -36,12 +35,7 @@ def _keep_buffers_in_the_heap() -> None:
     """Worker initializer: a fresh process's malloc maps and unmaps each buffer above 128 KB anew, page faults
     and all, which made decoding in a worker 40 % dearer than in the parent; raising glibc's thresholds keeps
     them in the heap (measured: the worker's CPU per image then equals the parent's). No-op without glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-    except (OSError, AttributeError):
-        pass
+    set_thresholds(_MMAP_THRESHOLD, _TRIM_THRESHOLD)
 
 
 @atexit.register
