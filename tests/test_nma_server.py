@@ -365,6 +365,9 @@ def test_page_hover_shows_images_and_near_misses(page, served):
     tip = page.locator("#tooltip")
     assert tip.locator("img").count() == len(cat["images"]) == 6
     assert f"{cat['near_misses'][0]['name']} ({cat['near_misses'][0]['events']}×)" in tip.inner_text()
+    # complete is also true for an image that failed, which the sizes below then show as 0
+    for image in tip.locator("img").all():
+        expect(image).to_have_js_property("complete", True)
     sizes = page.evaluate("[...document.querySelectorAll('#tooltip img')].map(i => i.naturalWidth)")
     assert sizes == [32] * 6  # the images really came back
 
