@@ -285,3 +285,73 @@ def test_engine_run_resumes_from_a_checkpoint_given_in_python(tmp_path, capsys):
     assert "resuming fold 0 after batch 3 of 7" in capsys.readouterr().err
     np.testing.assert_array_equal(np.asarray(resumed), whole)
     assert whole.sum() > 0
+
+
+def test_collect_rows_resumes_an_interrupted_pass_and_reads_only_the_rest(tmp_path, capsys):
+    """``engine.collect_rows`` under a checkpoint saving every 2 batches, interrupted while reading batch 6 of 7:
+    resumed, it reads only the images after the saved position and returns the uninterrupted arrays; a resume
+    with another batch size is refused."""
+    import jax
+
+    from xai_jax import engine, evaluation, models
+    from xai_jax.checkpoints import Checkpoint
+    from xai_jax.data import ArraySource, DigitsSource
+    from xai_jax.errors import XaiJaxError
+    from xai_jax.rowstore import DiskRows
+
+    class Reading(ArraySource):
+        """Digits that record which images were read, and stop the pass at ``stop_at``."""
+        def __init__(self, stop_at=None):
+            super().__init__(*DigitsSource("train").read(np.arange(100)))
+            self.stop_at, self.read_rows = stop_at, []
+
+        def read(self, indices):
+            if self.stop_at is not None and np.any(np.asarray(indices) >= self.stop_at):
+                raise KeyboardInterrupt
+            self.read_rows.extend(np.asarray(indices).tolist())
+            return super().read(indices)
+
+    variables = models.init_variables(models.get("small_cnn"), jax.random.key(0))
+    fn = evaluation._predict_fn("small_cnn", ("conv3",), None, None)
+    whole = engine.collect_rows(fn, Batches(Reading(), 16), variables, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        engine.collect_rows(fn, Batches(Reading(stop_at=85), 16), variables, progress=False,
+                            checkpoint=Checkpoint(tmp_path / "ck", 2, {"data": "digits"}))
+    files = tmp_path / "ck" / "rows-0" / "process-0"
+    assert json.loads((files / "position.json").read_text())["position"] == 4  # batch 5 was not saved: every 2
+    with pytest.raises(XaiJaxError, match="other batches"):
+        engine.collect_rows(fn, Batches(Reading(), 32), variables, progress=False,
+                            checkpoint=Checkpoint(tmp_path / "ck", 2, {"data": "digits"}, resume=True))
+    capsys.readouterr()
+    source = Reading()
+    (tmp_path / "rows").mkdir()
+    resumed = engine.collect_rows(fn, Batches(source, 16), variables, progress=False, directory=str(tmp_path / "rows"),
+                                  checkpoint=Checkpoint(tmp_path / "ck", 2, {"data": "digits"}, resume=True))
+    assert "resuming pass 0 after batch 4 of 7" in capsys.readouterr().err
+    assert source.read_rows == list(range(64, 100))  # only the images after the 4 saved batches
+    assert isinstance(resumed["conv3"], DiskRows) and sorted(resumed) == sorted(whole)
+    for key in whole:
+        np.testing.assert_array_equal(np.asarray(resumed[key]), whole[key], err_msg=key)
+    assert np.abs(whole["conv3"]).sum() > 0
+
+
+def test_predict_killed_and_resumed_equals_the_uninterrupted_run(one_process, weights, tmp_path, cache):
+    """``predict --taps pool`` saving its rows every batch, SIGKILLed once a position is saved, then resumed: the
+    same ``.npz`` as the uninterrupted run (the rows of the same program, bit for bit), and no checkpoint left."""
+    from xai_jax.cli.main import main
+    out, checkpoint = tmp_path / "predict.npz", tmp_path / ".predict.npz.checkpoint"
+    argv = ["--quiet", "predict", *_inputs(weights), "--taps", "pool", "--out", str(out),
+            "--checkpoint-every", "1"]
+    position = checkpoint / "rows-0" / "process-0" / "position.json"
+    started = launch([argv], 1, tmp_path, cache)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not position.exists() and started[0].poll() is None:
+        time.sleep(0.02)
+    started[0].kill()
+    started[0].communicate(timeout=60)
+    assert position.exists() and started[0].returncode == -9 and not out.exists()
+    saved = json.loads(position.read_text())["position"]
+    assert 1 <= saved < LIMIT // BATCH
+    assert main(argv + ["--resume"]) == 0
+    assert_equal_results(load(tmp_path, "predict.npz"), one_process["predict"], rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predict.npz"]

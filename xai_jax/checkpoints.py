@@ -11,6 +11,10 @@ last batch is always saved, so a resumed command skips the folds it finished wit
 Resuming restores the state bit for bit and folds the remaining batches in the same order: the result is
 the uninterrupted one exactly.
 
+Passes that collect a row per image (:func:`xai_jax.engine.collect_rows`) write their rows into the
+checkpoint folder itself, ``rows-<i>``, and a position after every few batches: resuming opens the files
+and continues after the last position (:class:`_RowsCheckpoint`).
+
 The folder holds an ``xai_jax_result.json`` marker of kind ``pass-checkpoint`` and ``fingerprint.json``.
 It is created at the first save (so a pass with no fold creates nothing), refused when it is not
 xai-jax's, refused without ``resume`` when it holds an interrupted pass, refused with ``resume`` when its
@@ -129,6 +133,14 @@ class Checkpoint:
         index, self._folds = self._folds, self._folds + 1
         return _FoldCheckpoint(self, index, state, batches)
 
+    def rows(self, batches) -> "_RowsCheckpoint":
+        """The saver of the next pass of the command that collects a row per image (see
+        :func:`xai_jax.engine.collect_rows`); counted with the folds, so each pass keeps its index."""
+        if not self._checked:
+            self.check()
+        index, self._folds = self._folds, self._folds + 1
+        return _RowsCheckpoint(self, index, batches)
+
     def remove(self) -> None:
         """Removes the folder once the command is complete (only a folder with this module's marker)."""
         distributed.barrier("xai_jax checkpoint done")
@@ -141,11 +153,14 @@ class Checkpoint:
             shutil.rmtree(aside, ignore_errors=True)
 
 
+def _describe_batches(batches) -> dict:
+    return {"batches": len(batches), "batch_size": batches.batch_size, "examples": batches.num_examples,
+            "processes": batches.process_count}
+
+
 def _describe_fold(state: Any, batches) -> dict:
     import jax
-    return {"batches": len(batches), "batch_size": batches.batch_size, "examples": batches.num_examples,
-            "processes": batches.process_count,
-            "state": [[list(a.shape), str(a.dtype)] for a in jax.tree.leaves(state)],
+    return {**_describe_batches(batches), "state": [[list(a.shape), str(a.dtype)] for a in jax.tree.leaves(state)],
             "structure": str(jax.tree.structure(state))}
 
 
@@ -217,6 +232,61 @@ class _FoldCheckpoint:
             self._manager.close()
 
 
+class _RowsCheckpoint:
+    """One row-collecting pass's checkpoint: the rows themselves, as :class:`xai_jax.rowstore.DiskRows` files
+    in ``rows-<i>/process-<p>/`` (each process holds every row, as the pass gathers them), and
+    ``position.json``, the batches whose rows are written, replaced atomically after the files are synced.
+
+    A pass that completed is not saved as such: its last save is at most its second-to-last batch, so a
+    resumed command always folds at least one batch and gets the arrays' structure from it.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, index: int, batches):
+        self.checkpoint, self.index, self.total = checkpoint, index, len(batches)
+        self.batch_size, self.examples = batches.batch_size, batches.num_examples
+        self.description = _describe_batches(batches)
+        self.path = os.path.join(checkpoint.directory, f"rows-{index}", f"process-{distributed.process_index()}")
+
+    def rows_after(self, position: int) -> int:
+        """Rows written after ``position`` global batches (every batch but the last is full)."""
+        return min(position * self.batch_size, self.examples)
+
+    def directory(self) -> str:
+        """The folder of the pass's files, created (with the checkpoint) on first use."""
+        self.checkpoint._create()
+        os.makedirs(self.path, exist_ok=True)
+        return self.path
+
+    def restore(self) -> int:
+        """The batch to continue from: 0, or on resume the last position every process saved."""
+        position = 0
+        record = _read_json(os.path.join(self.path, "position.json")) if self.checkpoint.resume else None
+        if isinstance(record, dict):
+            if _canonical(record.get("pass")) != _canonical(self.description):
+                raise XaiJaxError(f"cannot resume from {self.checkpoint.directory}: pass {self.index} was saved "
+                                  f"for other batches ({_differences(record.get('pass') or {}, self.description)})")
+            position = int(record["position"])
+        # A process killed before its last save has fewer rows: all continue from the smallest position.
+        position = distributed.minimum(position)
+        if position:
+            print(f"xai-jax: resuming pass {self.index} after batch {position} of {self.total}", file=sys.stderr)
+        return position
+
+    def after(self, position: int, buffers) -> None:
+        """Saves after batch ``position`` (1-based) when it is a multiple of ``every`` and not the last."""
+        if position % self.checkpoint.every or position >= self.total:
+            return
+        for buffer in buffers:
+            buffer.flush()
+        record = {"position": position, "rows": self.rows_after(position), "pass": self.description}
+        tmp = os.path.join(self.path, ".position.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.path, "position.json"))
+
+
 class _NoCheckpoint:
     """Saves nothing: the default of :func:`xai_jax.engine.run`."""
 
@@ -241,6 +311,12 @@ def fold_saver(checkpoint: Checkpoint | None, state: Any, batches):
     and ``done(state)``."""
     checkpoint = checkpoint or _ACTIVE_CHECKPOINT.get()
     return checkpoint.fold(state, batches) if checkpoint is not None else _NO_CHECKPOINT
+
+
+def rows_saver(checkpoint: Checkpoint | None, batches) -> _RowsCheckpoint | None:
+    """The saver of a row-collecting pass about to run: ``checkpoint``'s, else the active one's, else None."""
+    checkpoint = checkpoint or _ACTIVE_CHECKPOINT.get()
+    return checkpoint.rows(batches) if checkpoint is not None else None
 
 
 @contextlib.contextmanager

@@ -139,3 +139,12 @@ def barrier(name: str) -> None:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
 
+
+
+def minimum(value: int) -> int:
+    """The smallest of every process's ``value`` (``value`` itself with one process)."""
+    if process_count() == 1:
+        return int(value)
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return int(np.min(multihost_utils.process_allgather(np.asarray([value], np.int64))))

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from xai_jax.checkpoints import Checkpoint, checkpointing, fold_saver  # noqa: F401 - checkpointing re-exported
+from xai_jax.checkpoints import Checkpoint, checkpointing, fold_saver, rows_saver  # noqa: F401 - checkpointing re-exported
 from xai_jax.data.base import Source
 from xai_jax.data.batcher import Batches
 from xai_jax.distributed import gather_rows
@@ -240,6 +240,39 @@ def map_batches(fn: Callable[[Batch, Any], Any], data: Source | Batches, params:
             yield _valid_rows(*pending)
     finally:
         meter.close()
+
+
+def collect_rows(fn: Callable[[Batch, Any], Any], data: Source | Batches, params: Any = None, *,
+                 batch_size: int | None = None, mesh: Mesh | None = None, desc: str = "",
+                 progress: bool | None = None, directory: str | None = None,
+                 checkpoint: Checkpoint | None = None) -> Any:
+    """:func:`map_batches` written into arrays of a row per image (:func:`xai_jax.rowstore.store`), resumable.
+
+    Args:
+      fn, data, params, batch_size, mesh, desc, progress: as for :func:`map_batches`.
+      directory: an existing folder to write the arrays into as :class:`xai_jax.rowstore.DiskRows`, or None
+        to return NumPy arrays.
+      checkpoint: save every few batches and resume (default: the one
+        :func:`xai_jax.checkpoints.checkpointing` made active, if any). The rows are then written into the
+        checkpoint's folder, with the position of the last save: a resumed pass opens them and reads only
+        the images after that position, and its arrays equal the uninterrupted pass's, since every batch's
+        rows are computed by the same program. With a ``directory`` the arrays returned are those files
+        (they live until the checkpoint folder is removed); without one they are read into memory.
+
+    Returns:
+      The pytree ``fn`` returns, each leaf ``[n, ...]`` (NumPy, or DiskRows on disk) in dataset order.
+    """
+    mesh = mesh or _default_mesh()
+    batches = _as_batches(data, batch_size, mesh)
+    saver = rows_saver(checkpoint, batches)
+    if saver is None:
+        return rowstore.store(map_batches(fn, batches, params, mesh=mesh, desc=desc, progress=progress),
+                              batches.num_examples, directory)
+    first = saver.restore()
+    chunks = map_batches(fn, batches.starting_at(first), params, mesh=mesh, desc=desc, progress=progress)
+    out = rowstore.store(chunks, batches.num_examples, saver.directory(), start=saver.rows_after(first),
+                         after=lambda count, buffers: saver.after(first + count, buffers))
+    return out if directory is not None else jax.tree.map(np.asarray, out)
 
 
 def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *, chunk: int = 256,

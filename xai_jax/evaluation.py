@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xai_jax import engine, rowstore
+from xai_jax import engine
 from xai_jax.data.base import Source
 from xai_jax.errors import XaiJaxError
 from xai_jax.models import get, make_forward, tap_shapes
@@ -56,8 +56,8 @@ def predict(name: str, variables, source: Source, taps=(), *, num_classes: int |
     """
     taps = check_taps(name, taps, num_classes)
     fn = _predict_fn(name, taps, num_classes, compute_dtype)
-    return rowstore.store(engine.map_batches(fn, source, variables, batch_size=batch_size,
-                                             desc=f"{name} predict", progress=progress), len(source), directory)
+    return engine.collect_rows(fn, source, variables, batch_size=batch_size, desc=f"{name} predict",
+                               progress=progress, directory=directory)
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -130,7 +130,20 @@ def _file_name(path: tuple) -> str:
     return ".".join(parts) or "rows"
 
 
-def store(chunks: Iterable[Any], n: int, directory: str | os.PathLike | None = None) -> Any:
+def _open_rows(path: str, shape: tuple, dtype) -> DiskRows:
+    """An existing file of a resumed pass, checked against the rows the pass now yields."""
+    try:
+        rows = DiskRows(path, writable=True)
+    except (OSError, ValueError) as err:
+        raise XaiJaxError(f"cannot resume the rows in {path}: {err}") from None
+    if rows.shape != shape or rows.dtype != np.dtype(dtype):
+        raise XaiJaxError(f"cannot resume the rows in {path}: {rows.shape} {rows.dtype} there, "
+                          f"{shape} {np.dtype(dtype)} now")
+    return rows
+
+
+def store(chunks: Iterable[Any], n: int, directory: str | os.PathLike | None = None, *, start: int = 0,
+          after: Callable[[int, list], None] | None = None) -> Any:
     """Writes per-batch outputs (pytrees of ``[b, ...]`` arrays, in row order) into arrays of ``n`` rows.
 
     Args:
@@ -141,34 +154,43 @@ def store(chunks: Iterable[Any], n: int, directory: str | os.PathLike | None = N
         pytree, e.g. ``taps.layer1.npy``), or None to keep the arrays in memory. Given a folder, the process's
         allocator also returns freed blocks of 4 MiB and more to the kernel (:mod:`xai_jax.malloc`), so that
         the minibatches later read from the files do not stay resident.
+      start: the rows already written (a resumed pass): the files in ``directory`` are opened, not created,
+        and the chunks fill them from row ``start``.
+      after: called as ``after(chunks_written, buffers)`` once each chunk is written (a checkpoint's save).
 
     Returns:
       The pytree of the chunks' structure with ``[n, ...]`` NumPy arrays or :class:`DiskRows` as leaves.
 
     Raises:
-      XaiJaxError: no chunks, or rows other than ``n`` in all.
+      XaiJaxError: no chunks, rows other than ``n`` in all, or files of a resumed pass that do not fit.
     """
     import jax
     if directory is not None:
         # freed minibatches go back to the kernel rather than stay in glibc's heap (xai_jax.malloc)
         set_thresholds(HEAP_MMAP_BYTES, HEAP_TRIM_BYTES)
-    out, filled = None, 0
-    for chunk in chunks:
+    elif start:
+        raise XaiJaxError("a resumed pass needs the folder of its rows")
+    out, filled = None, start
+    for count, chunk in enumerate(chunks, start=1):
         leaves, treedef = jax.tree.flatten(chunk)
         rows = len(leaves[0])
         if filled + rows > n:
             raise XaiJaxError(f"the pass yielded more than the {n} rows expected")
         if out is None:
             paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(chunk)[0]]
+            shapes = [((n,) + leaf.shape[1:], leaf.dtype) for leaf in leaves]
             if directory is None:
-                buffers = [np.empty((n,) + leaf.shape[1:], leaf.dtype) for leaf in leaves]
+                buffers = [np.empty(shape, dtype) for shape, dtype in shapes]
             else:
-                buffers = [DiskRows(os.path.join(directory, _file_name(p) + ".npy"), (n,) + leaf.shape[1:],
-                                    leaf.dtype) for p, leaf in zip(paths, leaves)]
+                files = [os.path.join(directory, _file_name(p) + ".npy") for p in paths]
+                buffers = [_open_rows(f, shape, dtype) if start else DiskRows(f, shape, dtype)
+                           for f, (shape, dtype) in zip(files, shapes)]
             out = (treedef, buffers)
         for buffer, leaf in zip(out[1], leaves):
             buffer[filled:filled + rows] = leaf
         filled += rows
+        if after is not None:
+            after(count, out[1])
     if out is None:
         raise XaiJaxError("the dataset is empty")
     if filled != n:

@@ -60,7 +60,8 @@ def add_pass_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--process-id", type=non_negative_int, metavar="I", help="this process's rank, 0 .. P-1")
     g = p.add_argument_group("resumable passes")
     g.add_argument("--checkpoint-every", type=positive_int, metavar="N",
-                   help="save each fold's state every N batches (default: no checkpoints)")
+                   help="save the pass every N batches: each fold's state, and the rows a per-image pass has "
+                        "written (default: no checkpoints)")
     g.add_argument("--checkpoint-dir", metavar="DIR", help="where (default: .OUT.checkpoint beside --out; "
                    "removed when the command completes)")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir "

@@ -91,6 +91,5 @@ def occlusion_analysis(result: ClaDecResult, variables, source: Source, *, key: 
     key = jax.random.key(result.config.seed + 1) if key is None else key
     step = occlusion_step(result.model, result.tap, result.config.neurons, result.decoder_module)
     params = {"classifier": variables, "decoder": result.decoder, "fill": jnp.asarray(result.fill), "key": key}
-    out = engine.collect(engine.map_batches(step, source, params, batch_size=batch_size, desc="occlusions",
-                                            progress=progress))
+    out = engine.collect_rows(step, source, params, batch_size=batch_size, desc="occlusions", progress=progress)
     return OcclusionResult(**out, meta={"model": result.model, "tap": result.tap, "layer": result.config.layer})

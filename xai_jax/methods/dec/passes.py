@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xai_jax import engine, rowstore, train
+from xai_jax import engine, train
 from xai_jax.data.base import Source
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels.clustering import kmeans
@@ -147,8 +147,8 @@ class ActivationClusteringSurrogate:
         if n == 0:
             raise XaiJaxError("the training set is empty")
         fn = _tap_fn(self.model, self.config.taps, self.num_classes, self.compute_dtype)
-        out = rowstore.store(engine.map_batches(fn, source, self.variables, batch_size=self.batch_size,
-                                                desc="activations", progress=self.progress), n, directory)
+        out = engine.collect_rows(fn, source, self.variables, batch_size=self.batch_size, desc="activations",
+                                  progress=self.progress, directory=directory)
         small = {k: np.asarray(out[k]) for k in ("labels", "predictions", "features")}
         return Activations(out["taps"], small["labels"], small["predictions"], np.arange(n), small["features"])
 
@@ -240,8 +240,8 @@ class ActivationClusteringSurrogate:
             raise XaiJaxError(f"the surrogate was fitted on {result.model}, not {self.model}")
         fn = _embed_fn(self.model, result.taps, self.num_classes, self.compute_dtype, tuple(c.hidden),
                        c.embedding_size, float(c.radius))
-        out = engine.collect(engine.map_batches(fn, source, (self.variables, result.layers),
-                                                batch_size=self.batch_size, desc="embed", progress=self.progress))
+        out = engine.collect_rows(fn, source, (self.variables, result.layers), batch_size=self.batch_size,
+                                  desc="embed", progress=self.progress)
         return {"embeddings": np.moveaxis(out["embeddings"], 1, 0), "predictions": out["predictions"],
                 "labels": out["labels"], "features": out["features"]}
 

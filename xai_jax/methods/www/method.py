@@ -347,8 +347,8 @@ class WWW:
         fn = passes.explain_fn(self.model, self.tap, self.map_tap, self.num_classes, c.contribution, c.top_k,
                                float(c.percentile), self.tap_shape, False, self.compute_dtype, self.maps_kind,
                                self.head_tap)
-        return engine.collect(engine.map_batches(fn, source, (self.variables, class_matrix),
-                                                 batch_size=batch_size, desc="WWW trust", progress=progress))
+        return engine.collect_rows(fn, source, (self.variables, class_matrix), batch_size=batch_size,
+                                   desc="WWW trust", progress=progress)
 
 
 def _topn_of_activations(activations, num_images: int, n: int) -> tuple[np.ndarray, np.ndarray]:
