@@ -355,3 +355,37 @@ def test_predict_killed_and_resumed_equals_the_uninterrupted_run(one_process, we
     assert main(argv + ["--resume"]) == 0
     assert_equal_results(load(tmp_path, "predict.npz"), one_process["predict"], rtol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predict.npz"]
+
+
+def test_a_process_that_fails_mid_pass_stops_the_others_with_its_error(weights, tmp_path, cache):
+    """Process 1 of 2 reads a copy of the data whose image 100 (in its share of the second batch) is no JPEG: it
+    fails mid-pass, and process 0, which would otherwise wait for it in the next gather for ever, exits too,
+    with process 1's error; neither leaves an output or a temporary file."""
+    with np.load(shared_path("cifar10", "cifar10_test_jpeg.npz")) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    start, end = arrays["offsets"][100:102]
+    arrays["jpeg_bytes"] = arrays["jpeg_bytes"].copy()
+    arrays["jpeg_bytes"][start:end] = 7
+    np.savez(tmp_path / "damaged.npz", **arrays)
+    port = _free_port()
+    started = []
+    for rank, data in enumerate([shared_path("cifar10", "cifar10_test_jpeg.npz"), tmp_path / "damaged.npz"]):
+        argv = ["--quiet", "predict", "--model", "cifar_resnet20", "--weights", weights, "--data", f"jpeg-npz:{data}",
+                "--limit", "256", "--batch-size", str(BATCH), "--taps", "pool", "--scratch-dir", str(tmp_path),
+                "--out", str(tmp_path / "predict.npz"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                "--process-id", str(rank)]
+        started.append(subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps([argv])], cwd=tmp_path,
+                                        env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    errors = []
+    for process in started:
+        try:
+            errors.append(process.communicate(timeout=240)[1])
+        except subprocess.TimeoutExpired:
+            for p in started:
+                p.kill()
+            pytest.fail("a process still waits for the one that failed")
+    damaged = f"cannot decode image {tmp_path / 'damaged.npz'}[100]: cannot identify image file"
+    assert [p.returncode for p in started] == [2, 2], errors
+    assert f"xai-jax: error: process 1 of 2 failed: {damaged}" in errors[0], errors[0]
+    assert f"xai-jax: error: {damaged}" in errors[1], errors[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.npz"]

@@ -35,6 +35,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from xai_jax import distributed
 from xai_jax.errors import XaiJaxError
 
 #: the marker file of a result folder
@@ -234,6 +235,37 @@ def _probe_writable(parent: str, flag: str, text: str) -> None:
     os.rmdir(probe)
 
 
+# --- what is being built ------------------------------------------------------------------------------------
+
+#: the temporary folders and files this process is building now
+_temporaries: set[str] = set()
+
+
+@contextlib.contextmanager
+def _building(path: str) -> Iterator[str]:
+    """Tracks ``path`` while the block runs, so that :func:`remove_temporaries` can remove it."""
+    _temporaries.add(path)
+    try:
+        yield path
+    finally:
+        _temporaries.discard(path)
+
+
+def remove_temporaries() -> None:
+    """Removes every temporary folder and file being built: a process that a cluster abandons exits without
+    running its ``finally`` blocks (:func:`xai_jax.distributed.abandon`), so nothing half-written stays."""
+    for path in list(_temporaries):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        _temporaries.discard(path)
+
+
+distributed.on_abandon(remove_temporaries)
+
+
 # --- folders -------------------------------------------------------------------------------------------------
 
 def _commit_dir(tmp: str, target: str, kind: str) -> None:
@@ -284,17 +316,19 @@ def atomic_dir(path: PathLike, kind: str, *, inputs: Sequence[PathLike | None] =
     if not _writes():  # another process writes the result: build it aside and drop it
         discard = tempfile.mkdtemp(prefix="xai-jax-discard-")
         try:
-            yield discard
+            with _building(discard):
+                yield discard
         finally:
             shutil.rmtree(discard, ignore_errors=True)
         return
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=os.path.dirname(target))
     try:
-        yield tmp
-        with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
-            json.dump(marker(kind), f, indent=2)
-        _follow_umask(tmp, is_dir=True)
-        _commit_dir(tmp, target, kind)
+        with _building(tmp):
+            yield tmp
+            with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
+                json.dump(marker(kind), f, indent=2)
+            _follow_umask(tmp, is_dir=True)
+            _commit_dir(tmp, target, kind)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -353,12 +387,12 @@ def _replacing(target: str):
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
                                dir=os.path.dirname(os.path.abspath(target)))
     try:
-        with os.fdopen(fd, "wb") as f:
+        with _building(tmp), os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _follow_umask(tmp, is_dir=False)
-        os.replace(tmp, target)
+            _follow_umask(tmp, is_dir=False)
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
@@ -394,10 +428,11 @@ def _atomic_file(path: PathLike, kind: str,
         return
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target))
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield target, f
-        _follow_umask(tmp, is_dir=False)
-        _commit_file(tmp, target, kind)
+        with _building(tmp):
+            with os.fdopen(fd, "wb") as f:
+                yield target, f
+            _follow_umask(tmp, is_dir=False)
+            _commit_file(tmp, target, kind)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
@@ -462,6 +497,7 @@ def scratch_dir(beside: PathLike, where: PathLike | None = None, needed: int = 0
     except OSError as err:
         raise XaiJaxError(f"cannot keep the activations in {parent} ({flag}): {err.strerror or err}") from None
     try:
-        yield tmp
+        with _building(tmp):
+            yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

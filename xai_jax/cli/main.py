@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 
 from xai_jax.cli.common import (add_scratch_arg, rows_dir, add_data_args, add_model_args, add_num_classes, compute_dtype, inputs_of,
                                load_model_and_data, pass_context)
@@ -151,6 +152,27 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+def _in_cluster() -> bool:
+    from xai_jax import distributed
+    return distributed.process_count() > 1
+
+
+def _failed(message: str, code: int, report) -> int:
+    """Reports a failure (``report()`` prints it) and returns ``code``. In a cluster, a failure another process
+    reported first is the cause (its exit breaks this process's collectives) and is printed instead, with
+    code 2; otherwise the others are told of this one and this process exits now
+    (:func:`xai_jax.distributed.abandon`), since they would wait for it in their next collective."""
+    from xai_jax import distributed
+    elsewhere = distributed.failure_elsewhere()
+    if elsewhere is not None:
+        print(f"xai-jax: error: {elsewhere}", file=sys.stderr)
+        distributed.abandon(elsewhere, 2)
+        return 2
+    report()
+    distributed.abandon(message, code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so that every `finally` and atomic writer cleans up before the exit.
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -170,14 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             command(args)
     except XaiJaxError as err:
-        print(f"xai-jax: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        message = ' '.join(str(err).split())
+        return _failed(message, 2, lambda: print(f"xai-jax: error: {message}", file=sys.stderr))
     except KeyboardInterrupt:
-        print("xai-jax: interrupted", file=sys.stderr)
-        return 130
+        return _failed("interrupted", 130, lambda: print("xai-jax: interrupted", file=sys.stderr))
     except Terminated:
-        print("xai-jax: terminated", file=sys.stderr)
-        return 143
+        return _failed("terminated", 143, lambda: print("xai-jax: terminated", file=sys.stderr))
+    except Exception as err:
+        if _in_cluster():
+            _failed(f"{type(err).__name__}: {' '.join(str(err).split())[:500]}", 1, traceback.print_exc)
+        raise
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:

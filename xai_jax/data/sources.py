@@ -91,7 +91,9 @@ def decode_rgb(data: bytes | PathLike, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
             return np.asarray(image.convert("RGB"))
     except _IMAGE_ERRORS as err:
-        raise XaiJaxError(f"cannot decode image {name}: {err}") from None
+        # PIL names the in-memory file it was given ("<_io.BytesIO object at 0x...>"); the name above says more
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err)) or type(err).__name__
+        raise XaiJaxError(f"cannot decode image {name}: {reason}") from None
 
 
 def _decode_many(count: int, decode_one: Callable[[int], np.ndarray],
