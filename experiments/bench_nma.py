@@ -176,7 +176,8 @@ def near_miss_step(state, batch, params):
 
 
 def numpy_near_miss_update(state, probs, labels, mask, k=3, t=1e-6):
-    """The same definition vectorised in NumPy: argpartition for the top k, np.add.at to accumulate."""
+    """The same definition vectorised in NumPy: argpartition for the top k, np.add.at to accumulate (the near
+    misses, and every image's probability row into its label's literal sums)."""
     top = np.argpartition(-probs, k, axis=1)[:, :k]
     top_p = np.take_along_axis(probs, top, 1)
     counted = mask & (probs.argmax(1) == labels)
@@ -185,6 +186,8 @@ def numpy_near_miss_update(state, probs, labels, mask, k=3, t=1e-6):
     np.add.at(state.sums, (rows[near], top[near]), top_p[near])
     np.add.at(state.events, (rows[near], top[near]), 1)
     np.add.at(state.counts, labels[counted], 1)
+    np.add.at(state.label_sums, labels[mask], probs[mask])
+    np.add.at(state.label_counts, labels[mask], 1)
 
 
 def peak_rss_mib() -> float:
@@ -240,7 +243,9 @@ def near_miss_row(num_classes: int, batch_size: int, repeats: int = 10) -> dict:
     # NumPy arrays in the kernel's state type: np.add.at updates them in place.
     numpy_state = NearMissState(sums=np.zeros((num_classes, num_classes), np.float32),
                                 events=np.zeros((num_classes, num_classes), np.int32),
-                                counts=np.zeros(num_classes, np.float32))
+                                counts=np.zeros(num_classes, np.float32),
+                                label_sums=np.zeros((num_classes, num_classes), np.float32),
+                                label_counts=np.zeros(num_classes, np.float32))
     t_jax = median_seconds(jax_update, repeats)
     t_numpy = median_seconds(lambda: numpy_near_miss_update(numpy_state, probs, labels, mask), repeats)
     check = near_miss_update(near_miss_init(num_classes), *device, k=3)
