@@ -67,7 +67,7 @@ def engine(scale: str) -> list:
     from xai_jax.data import JpegNpzSource
     jpeg = JpegNpzSource(DATA / "cifar10" / "cifar10_test_jpeg.npz")
     images, labels = jpeg.all()
-    names, n, batch, repeats = pick(scale, (["cifar_resnet20"], 128, 64, 1), (["cifar_resnet20"], 2048, 256, 1),
+    names, n, batch, repeats = pick(scale, (["cifar_resnet20"], 128, 64, 1), (["cifar_resnet20"], 1024, 256, 1),
                                     (["cifar_resnet20", "cifar_resnet56"], len(labels), 256, 3))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return [bench_engine.compare_model(name, jpeg, images[:n], labels[:n], batch, repeats, device,
@@ -150,14 +150,16 @@ def www_contributions(scale: str) -> list:
 
 def xnn_srae(scale: str) -> list:
     import bench_xnn
-    images, epochs, repeats = pick(scale, (256, 1, 1), (1024, 2, 1), (4096, 5, 3))
+    import torch
+    images, epochs, repeats = pick(scale, (256, 1, 1), (512, 2, 1), (4096, 5, 3))
     feats = bench_xnn.pool_features(images)[3]
-    return [bench_xnn.srae_row(feats, epochs, repeats, os.cpu_count() or 1, with_singles=scale == "full")]
+    return [bench_xnn.srae_row(feats, epochs, repeats, torch.get_num_threads(), with_singles=scale == "full")]
 
 
 def cladec(scale: str) -> list:
     import bench_cladec
-    return bench_cladec.compare(*pick(scale, (8, 1), (64, 3), (128, 5)))
+    import torch
+    return bench_cladec.compare(*pick(scale, (8, 1), (32, 1), (128, 5)), threads=torch.get_num_threads())
 
 
 def input_pipeline(scale: str) -> list:
@@ -218,9 +220,10 @@ def why_skipped(benchmark: Benchmark) -> str | None:
     return None
 
 
-def run_one(name: str, scale: str) -> tuple[list[dict], float]:
+def run_one(name: str, scale: str, torch_threads: int | None = None) -> tuple[list[dict], float]:
     """The rows of benchmark ``name`` at ``scale`` (each tagged with ``benchmark``) and its wall seconds
-    (compilation included): a skipped row where it cannot run, a ``failed`` row where it raised."""
+    (compilation included): a skipped row where it cannot run, a ``failed`` row where it raised. PyTorch runs on
+    ``torch_threads`` threads, by default the script's own default."""
     benchmark = BENCHMARKS[name]
     started = time.perf_counter()
     reason = why_skipped(benchmark)
@@ -230,7 +233,7 @@ def run_one(name: str, scale: str) -> tuple[list[dict], float]:
         try:
             if "torch" in benchmark.needs:
                 import torch
-                torch.set_num_threads(benchmark.torch_threads or os.cpu_count() or 1)
+                torch.set_num_threads(torch_threads or benchmark.torch_threads or os.cpu_count() or 1)
             rows = benchmark.run(scale)
         except Exception as error:  # noqa: BLE001 -- reported in the table and the exit status, not hidden
             traceback.print_exc()
@@ -265,6 +268,8 @@ def main(argv=None) -> dict:
     size.add_argument("--tiny", action="store_true", help="seconds-long sizes for the tests (timings mean nothing)")
     parser.add_argument("--only", help="comma-separated benchmark names or groups (see --list)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the table and the machine here as JSON")
+    parser.add_argument("--torch-threads", type=int, help="PyTorch's threads in every benchmark (default: each "
+                        "script's own, mostly all CPUs; 1 on a busy machine, where OpenMP threads spin-wait)")
     parser.add_argument("--list", action="store_true", help="print the registry and exit")
     args = parser.parse_args(argv)
     names = selected(args.only)
@@ -279,7 +284,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     rows, wall = [], {}
     for name in names:
-        got, wall[name] = run_one(name, scale)
+        got, wall[name] = run_one(name, scale, args.torch_threads)
         rows += got
         print(f"{name}: {wall[name]:.1f} s", file=sys.stderr, flush=True)
     total = time.perf_counter() - started

@@ -68,9 +68,9 @@ def torch_models():
     return VGG().eval(), Dec()
 
 
-def bench_torch(x, y, code, masks, fill, repeats):
+def bench_torch(x, y, code, masks, fill, repeats, threads=None):
     import torch
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     clf, dec = torch_models()
     for p in clf.parameters():
         p.requires_grad_(False)
@@ -147,8 +147,9 @@ def bench_jax(x, y, code, images_uint8, repeats):
     return step_s, occ_s, variables
 
 
-def compare(batch_size: int, repeats: int) -> list[dict]:
-    """A decoder training step and the occlusion analysis of one real Fashion-MNIST batch, JAX against PyTorch.
+def compare(batch_size: int, repeats: int, threads: int | None = None) -> list[dict]:
+    """A decoder training step and the occlusion analysis of one real Fashion-MNIST batch, JAX against PyTorch
+    (on ``threads`` threads, default all CPUs).
 
     Returns:
       two :func:`benchutil.peer_row`: seconds a training step, then seconds of the occlusion analysis of the batch.
@@ -162,7 +163,7 @@ def compare(batch_size: int, repeats: int) -> list[dict]:
     code = np.asarray(models.make_forward(MODEL, (TAP,))(images, variables)[TAP])
     masks = K.occlusion_masks(32, 32)
     jax_step, jax_occ, _ = bench_jax(x, labels, code, images, repeats)
-    torch_step, torch_occ = bench_torch(x, labels, code, masks, [float(x.mean())], repeats)
+    torch_step, torch_occ = bench_torch(x, labels, code, masks, [float(x.mean())], repeats, threads)
     peer, sizes = f"PyTorch port ({torch.get_num_threads()} threads)", f"batch {batch_size}, 32x32, layer -2"
     return [peer_row("ClaDec decoder training step", jax_step, torch_step, peer, sizes),
             peer_row("ClaDec occlusion analysis, 16 occlusions + Grad-CAM", jax_occ, torch_occ, peer, sizes)]
