@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchutil import DATA, median_seconds  # noqa: E402
+from benchutil import DATA, median_seconds, peer_row  # noqa: E402
 
 from xai_jax import data, models, train  # noqa: E402
 from xai_jax.kernels import cladec as K  # noqa: E402
@@ -68,9 +68,9 @@ def torch_models():
     return VGG().eval(), Dec()
 
 
-def bench_torch(x, y, code, masks, fill, repeats):
+def bench_torch(x, y, code, masks, fill, repeats, threads=None):
     import torch
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     clf, dec = torch_models()
     for p in clf.parameters():
         p.requires_grad_(False)
@@ -147,6 +147,28 @@ def bench_jax(x, y, code, images_uint8, repeats):
     return step_s, occ_s, variables
 
 
+def compare(batch_size: int, repeats: int, threads: int | None = None) -> list[dict]:
+    """A decoder training step and the occlusion analysis of one real Fashion-MNIST batch, JAX against PyTorch
+    (on ``threads`` threads, default all CPUs).
+
+    Returns:
+      two :func:`benchutil.peer_row`: seconds a training step, then seconds of the occlusion analysis of the batch.
+    """
+    import torch
+    source = data.open_source(f"idx:{DATA / 'fashion_mnist'}", split="test", limit=batch_size)
+    images, labels = source.all()
+    spec = models.get(MODEL)
+    x = np.asarray(to_unit(spec, images))
+    variables = models.init_variables(spec, jax.random.key(0))
+    code = np.asarray(models.make_forward(MODEL, (TAP,))(images, variables)[TAP])
+    masks = K.occlusion_masks(32, 32)
+    jax_step, jax_occ, _ = bench_jax(x, labels, code, images, repeats)
+    torch_step, torch_occ = bench_torch(x, labels, code, masks, [float(x.mean())], repeats, threads)
+    peer, sizes = f"PyTorch port ({torch.get_num_threads()} threads)", f"batch {batch_size}, 32x32, layer -2"
+    return [peer_row("ClaDec decoder training step", jax_step, torch_step, peer, sizes),
+            peer_row("ClaDec occlusion analysis, 16 occlusions + Grad-CAM", jax_occ, torch_occ, peer, sizes)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=128)
@@ -155,15 +177,9 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.batch_size, args.repeats = 64, 3
-    source = data.open_source(f"idx:{DATA / 'fashion_mnist'}", split="test", limit=args.batch_size)
-    images, labels = source.all()
-    spec = models.get(MODEL)
-    x = np.asarray(to_unit(spec, images))
-    variables = models.init_variables(spec, jax.random.key(0))
-    code = np.asarray(models.make_forward(MODEL, (TAP,))(images, variables)[TAP])
-    masks = K.occlusion_masks(32, 32)
-    jax_step, jax_occ, _ = bench_jax(x, labels, code, images, args.repeats)
-    torch_step, torch_occ = bench_torch(x, labels, code, masks, [float(x.mean())], args.repeats)
+    step, occlusion = compare(args.batch_size, args.repeats)
+    jax_step, torch_step = step["xai_jax_s"], step["peer_s"]
+    jax_occ, torch_occ = occlusion["xai_jax_s"], occlusion["peer_s"]
     n = args.batch_size
     print(f"ClaDec on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, JAX {jax.__version__} "
           f"({jax.devices()[0].platform}), batch {n}, layer -2 ({TAP}), alpha {ALPHA}, real Fashion-MNIST\n")

@@ -23,7 +23,7 @@ import platform
 import jax
 import numpy as np
 
-from benchutil import DATA, median_seconds
+from benchutil import DATA, median_seconds, peer_row
 from xai_jax.models import clip
 from xai_jax.models.clip_tokenizer import default_tokenizer
 from xai_jax.weights.clip import convert_hf
@@ -72,7 +72,14 @@ def fmt(seconds: float) -> str:
     return f"{seconds:.3g}"
 
 
-def bench(config: clip.ClipConfig, n_images: int, n_texts: int, repeats: int) -> list[list[str]]:
+def bench(config: clip.ClipConfig, n_images: int, n_texts: int, repeats: int) -> tuple[list[dict], int, float]:
+    """The three paths on ``n_images`` probe images and ``n_texts`` prompts, and the image tower alone.
+
+    Returns:
+      the peer rows (:func:`benchutil.peer_row`; for images then texts, one against the one-at-a-time loop and
+      one against batched PyTorch, with ``config``, ``inputs``, ``n`` and ``max_abs_diff``), and the batch and
+      seconds of the image tower alone on preprocessed pixels.
+    """
     import torch
     reference = hf_reference(config)
     model = clip.ClipModel(*convert_hf({k: v.numpy() for k, v in reference.state_dict().items()},
@@ -115,6 +122,7 @@ def bench(config: clip.ClipConfig, n_images: int, n_texts: int, repeats: int) ->
         out["jt"] = model.encode_tokens(tokens)
 
     rows = []
+    threads = torch.get_num_threads()
     for what, n, one, batched, ours in (("images", n_images, torch_images_one, torch_images_batched, jax_images),
                                         ("texts", n_texts, torch_texts_one, torch_texts_batched, jax_texts)):
         t_one = median_seconds(one, repeats)
@@ -122,13 +130,27 @@ def bench(config: clip.ClipConfig, n_images: int, n_texts: int, repeats: int) ->
         t_ours = median_seconds(ours, repeats)
         key = "ji" if what == "images" else "jt"
         reference_out = np.asarray(out["ti1" if what == "images" else "tt1"])
-        diff = np.abs(out[key] - reference_out).max()
-        rows.append([config.name, what, str(n), fmt(n / t_one), fmt(n / t_batched), fmt(n / t_ours),
-                     f"{t_one / t_ours:.1f}x", f"{t_batched / t_ours:.1f}x", f"{diff:.1e}"])
-    t_pixels = median_seconds(jax_images_pixels, repeats)
-    rows.append([config.name, "images, tower only (preprocessed, one batch)", str(min(256, n_images)), "", "",
-                 fmt(min(256, n_images) / t_pixels), "", "", ""])
-    return rows
+        diff = float(np.abs(out[key] - reference_out).max())
+        for peer, t_peer in ((f"PyTorch one at a time ({threads} threads)", t_one),
+                             (f"PyTorch batched 256 ({threads} threads)", t_batched)):
+            rows.append(peer_row(f"CLIP {config.name} {what}, vs {peer.split(' (')[0].removeprefix('PyTorch ')}",
+                                 t_ours, t_peer, peer, f"n = {n}", config=config.name, inputs=what, n=n,
+                                 max_abs_diff=diff))
+    tower = min(256, n_images)
+    return rows, tower, median_seconds(jax_images_pixels, repeats)
+
+
+def table_rows(rows: list[dict], tower: int, tower_s: float) -> list[list[str]]:
+    """The Markdown rows of :func:`bench`'s comparisons: one a config and input, both peers side by side."""
+    out = []
+    for one, batched in zip(rows[::2], rows[1::2]):
+        n = one["n"]
+        out.append([one["config"], one["inputs"], str(n), fmt(n / one["peer_s"]), fmt(n / batched["peer_s"]),
+                    fmt(n / one["xai_jax_s"]), f"{one['ratio']:.1f}x", f"{batched['ratio']:.1f}x",
+                    f"{one['max_abs_diff']:.1e}"])
+    out.append([rows[0]["config"], "images, tower only (preprocessed, one batch)", str(tower), "", "",
+                fmt(tower / tower_s), "", "", ""])
+    return out
 
 
 def main(argv=None) -> None:
@@ -146,7 +168,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|---|---|---|", flush=True)
     runs = [("tiny", n)] + ([("ViT-B/32", 32 if args.quick else 128)] if args.full_size else [])
     for name, count in runs:
-        for row in bench(clip.CONFIGS[name], count, count, repeats):
+        for row in table_rows(*bench(clip.CONFIGS[name], count, count, repeats)):
             print("| " + " | ".join(row) + " |", flush=True)
 
 

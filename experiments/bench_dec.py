@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchutil import median_seconds  # noqa: E402
+from benchutil import median_seconds, peer_row  # noqa: E402
 
 from xai_jax.kernels.clustering import kmeans  # noqa: E402
 from xai_jax.methods.dec import DECConfig, dec_refine, embed_rows  # noqa: E402
@@ -48,7 +48,9 @@ def mixture(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return (means[labels] + rng.normal(0, 0.5, (n, E))).astype(np.float32), labels
 
 
-def bench_kmeans(x: np.ndarray, k: int, repeats: int, warm_up_peer: bool = True) -> tuple[float, float, float, float]:
+def bench_kmeans(x: np.ndarray, k: int, repeats: int, warm_up_peer: bool = True) -> dict:
+    """k-means++ with 20 restarts on ``x``, xai_jax against scikit-learn: :func:`benchutil.peer_row` with
+    ``inertia_ratio`` (xai_jax / scikit-learn)."""
     from sklearn.cluster import KMeans
     key = jax.random.key(0)
     xj = jnp.asarray(x)
@@ -63,7 +65,9 @@ def bench_kmeans(x: np.ndarray, k: int, repeats: int, warm_up_peer: bool = True)
     jax_time = median_seconds(run_jax, repeats)
     # scikit-learn compiles nothing: at large N its warm-up would only double the (long) run
     sk_time = median_seconds(run_sklearn, repeats, warm_up=warm_up_peer)
-    return jax_time, sk_time, float(last["jax"][2]), float(last["sklearn"].inertia_)
+    return peer_row(f"DEC k-means init, k = {k}", jax_time, sk_time, "scikit-learn KMeans(n_init=20)",
+                    f"N = {len(x):,}, k = {k}, e = {E}",
+                    inertia_ratio=float(last["jax"][2]) / float(last["sklearn"].inertia_))
 
 
 def torch_dec(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, centroids: np.ndarray, config: DECConfig,
@@ -140,12 +144,15 @@ def refine_case(x: np.ndarray, k: int, refreshes: int, device: str = "cpu"):
     return run_jax, run_torch, agreement
 
 
-def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int,
-                 warm_up_peer: bool = True) -> tuple[float, float, float]:
+def bench_refine(x: np.ndarray, k: int, repeats: int, refreshes: int, warm_up_peer: bool = True) -> dict:
+    """DEC's refinement of ``x``, xai_jax against PyTorch: :func:`benchutil.peer_row` with ``ari``."""
+    import torch
     run_jax, run_torch, agreement = refine_case(x, k, refreshes)
     jax_time = median_seconds(run_jax, repeats)
     torch_time = median_seconds(run_torch, repeats, warm_up=warm_up_peer)
-    return jax_time, torch_time, agreement()
+    return peer_row(f"DEC refinement, k = {k}", jax_time, torch_time,
+                    f"PyTorch DEC loop ({torch.get_num_threads()} threads)",
+                    f"N = {len(x):,}, k = {k}, {refreshes} x 140 steps", ari=agreement())
 
 
 def main() -> None:
@@ -179,8 +186,9 @@ def main() -> None:
         for k in ks:
             for n in sizes:
                 x, _ = mixture(n, k)
-                jt, st, ji, si = bench_kmeans(x, k, 1 if n >= 300_000 else repeats, warm_up_peer=n < 300_000)
-                print(f"| {n:,} | {k} | {jt:.3f} | {st:.3f} | {st / jt:.2f}x | {ji / si:.4f} |", flush=True)
+                row = bench_kmeans(x, k, 1 if n >= 300_000 else repeats, warm_up_peer=n < 300_000)
+                print(f"| {n:,} | {k} | {row['xai_jax_s']:.3f} | {row['peer_s']:.3f} | {row['ratio']:.2f}x | "
+                      f"{row['inertia_ratio']:.4f} |", flush=True)
     if "refine" in args.skip:
         return
     print(f"\nDEC refinement ({args.refreshes} x T = 140 steps of batch 256, target over all N before each T), "
@@ -190,9 +198,9 @@ def main() -> None:
     for k in ks:
         for n in sizes:
             x, _ = mixture(n, k)
-            jt, tt, ari = bench_refine(x, k, 1 if n >= 300_000 else repeats, args.refreshes,
-                                       warm_up_peer=n < 300_000)
-            print(f"| {n:,} | {k} | {jt:.3f} | {tt:.3f} | {tt / jt:.2f}x | {ari:.3f} |", flush=True)
+            row = bench_refine(x, k, 1 if n >= 300_000 else repeats, args.refreshes, warm_up_peer=n < 300_000)
+            print(f"| {n:,} | {k} | {row['xai_jax_s']:.3f} | {row['peer_s']:.3f} | {row['ratio']:.2f}x | "
+                  f"{row['ari']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -33,14 +33,12 @@ from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from benchutil import median_seconds
+from benchutil import median_seconds, peer_row
 from xai_jax.kernels.clustering import (kl_divergence, kmeans, kmeans_plusplus, lloyd, nearest_neighbours,
                                         soft_assignment, target_distribution)
 
 K, D, N_INIT, MAX_ITER, TOL = 15, 20, 20, 300, 1e-4
 CHUNK_ROWS = 4096  # kmeans' default
-
-
 
 
 def fmt(seconds: float) -> str:
@@ -77,6 +75,44 @@ def sklearn_steps(x: np.ndarray) -> int:
                for seed in seeds)
 
 
+def kmeans_row(n: int, lloyd_steps: bool = True) -> dict:
+    """k-means of ``n`` blob points, JAX against scikit-learn (each once from 1M on, else the median of 3).
+
+    Args:
+      n: points.
+      lloyd_steps: also count both sides' Lloyd steps (untimed diagnostics; scikit-learn's only below 1M).
+
+    Returns:
+      :func:`benchutil.peer_row` with both inertias and the steps (None where not counted).
+    """
+    x = blobs(n)
+    xj = jax.device_put(jnp.asarray(x))
+    key = jax.random.key(0)
+    out = {}
+
+    def run_sklearn():
+        out["sklearn"] = KMeans(K, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL, algorithm="lloyd",
+                                random_state=0).fit(x)
+
+    def run_jax(tol=TOL):
+        out["jax"] = jax.block_until_ready(kmeans(xj, K, key, n_init=N_INIT, max_iter=MAX_ITER, tol=tol))
+
+    # From 1M on, each side runs once; JAX is warmed up (compiled) by a run whose huge tol (traced, so the
+    # same executable) stops Lloyd after one step, and scikit-learn needs no compilation.
+    big = n >= 1_000_000
+    if big:
+        run_jax(tol=1e9)
+    t_sklearn = median_seconds(run_sklearn, repeats=1 if big else 3, warm_up=not big)
+    t_jax = median_seconds(run_jax, repeats=1 if big else 3, warm_up=not big)
+    jax_steps = jax_iterations(xj, key) if lloyd_steps else None
+    return peer_row("k-means, 20 restarts", t_jax, t_sklearn, "scikit-learn KMeans(n_init=20, lloyd)",
+                    f"N = {n:,}, k = {K}, d = {D}", inertia_sklearn=float(out["sklearn"].inertia_),
+                    inertia_jax=float(out["jax"][2]),
+                    steps_sklearn=sklearn_steps(x) if lloyd_steps and not big else None,
+                    steps_jax_max=None if jax_steps is None else int(jax_steps.max()),
+                    steps_jax_mean=None if jax_steps is None else float(jax_steps.mean()))
+
+
 def bench_kmeans(sizes) -> None:
     print("### k-means: JAX (20 restarts in one vmap) vs scikit-learn KMeans (n_init=20, lloyd)\n")
     print(f"k = {K}, d = {D}, max_iter = {MAX_ITER}, tol = {TOL}, float32 data for both; warm-up then median of 3.\n")
@@ -84,32 +120,12 @@ def bench_kmeans(sizes) -> None:
           "| Lloyd steps sklearn (20 single fits, sum) | JAX (slowest restart) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
-        x = blobs(n)
-        xj = jax.device_put(jnp.asarray(x))
-        key = jax.random.key(0)
-        out = {}
-
-        def run_sklearn():
-            out["sklearn"] = KMeans(K, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL, algorithm="lloyd",
-                                    random_state=0).fit(x)
-
-        def run_jax(tol=TOL):
-            out["jax"] = jax.block_until_ready(kmeans(xj, K, key, n_init=N_INIT, max_iter=MAX_ITER, tol=tol))
-
-        # From 1M on, each side runs once; JAX is warmed up (compiled) by a run whose huge tol (traced, so the
-        # same executable) stops Lloyd after one step, and scikit-learn needs no compilation.
-        big = n >= 1_000_000
-        if big:
-            run_jax(tol=1e9)
-        t_sklearn = median_seconds(run_sklearn, repeats=1 if big else 3, warm_up=not big)
-        t_jax = median_seconds(run_jax, repeats=1 if big else 3, warm_up=not big)
-        reference = out["sklearn"]
-        inertia = float(out["jax"][2])
-        steps = None if big else sklearn_steps(x)
-        jax_steps = jax_iterations(xj, key)
-        print(f"| {n:,} | {fmt(t_sklearn)} | {fmt(t_jax)} | {t_sklearn / t_jax:.2f}x | {reference.inertia_:,.6g} | "
-              f"{inertia:,.6g} | {inertia / reference.inertia_:.5f} | {steps if steps is not None else 'n/a'} | "
-              f"{jax_steps.max()} (mean {jax_steps.mean():.0f}) |", flush=True)
+        r = kmeans_row(n)
+        steps = r["steps_sklearn"]
+        print(f"| {n:,} | {fmt(r['peer_s'])} | {fmt(r['xai_jax_s'])} | {r['ratio']:.2f}x | {r['inertia_sklearn']:,.6g} | "
+              f"{r['inertia_jax']:,.6g} | {r['inertia_jax'] / r['inertia_sklearn']:.5f} | "
+              f"{steps if steps is not None else 'n/a'} | {r['steps_jax_max']} (mean {r['steps_jax_mean']:.0f}) |",
+              flush=True)
 
 
 # -------------------------------------------------------------------------------------------- DEC loss
@@ -134,8 +150,9 @@ def jax_dec_loss(z, mu, alpha):
     return kl_divergence(target_distribution(q), q)
 
 
-def bench_dec_loss(n: int, alpha: float = 100.0) -> None:
-    print(f"\n### DEC loss (soft assignment + target + KL), N = {n:,}, k = {K}, d = {D}, alpha = {alpha:g}\n")
+def dec_loss_row(n: int, alpha: float = 100.0) -> dict:
+    """One DEC loss evaluation on ``n`` embeddings, jitted JAX against NumPy: :func:`benchutil.peer_row` with
+    both losses."""
     rng = np.random.default_rng(1)
     z = rng.normal(size=(n, D)).astype(np.float32)
     z *= 8 / np.linalg.norm(z, axis=1, keepdims=True)  # on the paper's radius-8 sphere
@@ -151,10 +168,17 @@ def bench_dec_loss(n: int, alpha: float = 100.0) -> None:
 
     t_numpy = median_seconds(run_numpy)
     t_jax = median_seconds(run_jax)
+    return peer_row("DEC loss (soft assignment + target + KL)", t_jax, t_numpy, "NumPy float32",
+                    f"N = {n:,}, k = {K}, d = {D}", loss_numpy=out["numpy"], loss_jax=out["jax"])
+
+
+def bench_dec_loss(n: int, alpha: float = 100.0) -> None:
+    print(f"\n### DEC loss (soft assignment + target + KL), N = {n:,}, k = {K}, d = {D}, alpha = {alpha:g}\n")
+    r = dec_loss_row(n, alpha)
     print("| NumPy (s) | JAX jitted (s) | NumPy / JAX | loss NumPy | loss JAX |")
     print("|---|---|---|---|---|")
-    print(f"| {fmt(t_numpy)} | {fmt(t_jax)} | {t_numpy / t_jax:.1f}x | {out['numpy']:.6g} | {out['jax']:.6g} |",
-          flush=True)
+    print(f"| {fmt(r['peer_s'])} | {fmt(r['xai_jax_s'])} | {r['ratio']:.1f}x | {r['loss_numpy']:.6g} | "
+          f"{r['loss_jax']:.6g} |", flush=True)
 
 
 def numpy_neighbours(queries, bank, weights, m):
@@ -165,8 +189,9 @@ def numpy_neighbours(queries, bank, weights, m):
     return np.take_along_axis(top, order, axis=1)
 
 
-def bench_neighbours(num_queries: int, n: int, layers: int = 4, m: int = 10) -> None:
-    print(f"\n### Nearest neighbours: {num_queries:,} queries, bank N = {n:,}, {layers} layers of e = {D}, m = {m}\n")
+def neighbours_row(num_queries: int, n: int, layers: int = 4, m: int = 10) -> dict:
+    """``m`` nearest neighbours of ``num_queries`` queries in a bank of ``n`` over ``layers`` layers, JAX against
+    SciPy's cdist + argpartition: :func:`benchutil.peer_row` with ``same_indices`` (the fraction that agree)."""
     rng = np.random.default_rng(2)
 
     def sphere(count):
@@ -188,10 +213,17 @@ def bench_neighbours(num_queries: int, n: int, layers: int = 4, m: int = 10) -> 
 
     t_numpy = median_seconds(run_numpy)
     t_jax = median_seconds(run_jax)
-    agreement = (np.asarray(out["jax"][0]) == out["numpy"]).mean()
+    return peer_row("nearest training samples", t_jax, t_numpy, "SciPy cdist + argpartition",
+                    f"{num_queries:,} queries, bank {n:,}, {layers} layers, m = {m}",
+                    same_indices=float((np.asarray(out["jax"][0]) == out["numpy"]).mean()))
+
+
+def bench_neighbours(num_queries: int, n: int, layers: int = 4, m: int = 10) -> None:
+    print(f"\n### Nearest neighbours: {num_queries:,} queries, bank N = {n:,}, {layers} layers of e = {D}, m = {m}\n")
+    r = neighbours_row(num_queries, n, layers, m)
     print("| SciPy cdist + argpartition (s) | JAX blocked, 4,096 per block (s) | SciPy / JAX | same indices |")
     print("|---|---|---|---|")
-    print(f"| {fmt(t_numpy)} | {fmt(t_jax)} | {t_numpy / t_jax:.1f}x | {agreement:.2%} |", flush=True)
+    print(f"| {fmt(r['peer_s'])} | {fmt(r['xai_jax_s'])} | {r['ratio']:.1f}x | {r['same_indices']:.2%} |", flush=True)
 
 
 def peak_load() -> threading.Event:

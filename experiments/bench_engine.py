@@ -21,15 +21,12 @@ import sys
 import jax
 import numpy as np
 
-from benchutil import DATA, REPO, median_seconds
+from benchutil import DATA, REPO, median_seconds, peer_row
 
 sys.path.insert(0, str(REPO / "tests"))  # the faithful PyTorch reference models live with the parity tests
 
 from xai_jax import evaluation, models, weights  # noqa: E402
 from xai_jax.data import ArraySource, JpegNpzSource  # noqa: E402
-
-
-
 
 
 def torch_pass(model, images: np.ndarray, labels: np.ndarray, batch_size: int, spec, device: str) -> int:
@@ -46,6 +43,49 @@ def torch_pass(model, images: np.ndarray, labels: np.ndarray, batch_size: int, s
     return int(correct)  # blocks until the device is done
 
 
+def compare_model(name: str, jpeg, images: np.ndarray, labels: np.ndarray, batch_size: int, repeats: int,
+                  device: str, with_jpeg: bool = True) -> dict:
+    """The PyTorch eval loop and the engine pass of model ``name`` over the same decoded images.
+
+    Args:
+      name: ``cifar_resnet<depth>``, with akamaster's checkpoint in the shared data.
+      jpeg: the JPEG source the images came from (for the engine + decode row).
+      images, labels: the decoded images ``[N, 32, 32, 3]`` uint8 and their labels.
+      batch_size, repeats: the batch size of both loops; timed calls after the warm-up.
+      device: PyTorch's device.
+      with_jpeg: also time the engine with JPEG decoding in the loop (``jpeg_s``; None otherwise).
+
+    Returns:
+      :func:`benchutil.peer_row` with ``images``, ``jpeg_s`` and both accuracies.
+    """
+    import torch
+    from torch_ref_resnet_vgg import cifar_resnet
+    depth = int(name.removeprefix("cifar_resnet"))
+    spec = models.get(name)
+    checkpoint = next((DATA / "cifar10_resnet").glob(f"resnet{depth}-*.th"))
+    variables = weights.load(spec, checkpoint)
+    reference = cifar_resnet(depth).eval().to(device)
+    reference.load_state_dict({k: torch.from_numpy(np.array(v)).to(device) for k, v in
+                               weights.read_state_dict(checkpoint).items()})
+    decoded = ArraySource(images, labels, jpeg.class_names)
+    n = len(labels)
+    counts = {}
+
+    def jax_pass(source=decoded):
+        counts["jax"] = evaluation.confusion_counts(name, variables, source, batch_size=batch_size, progress=False)
+
+    def reference_pass():
+        counts["torch"] = torch_pass(reference, images, labels, batch_size, spec, device)
+
+    t_torch = median_seconds(reference_pass, repeats)
+    t_jax = median_seconds(jax_pass, repeats)
+    t_jpeg = median_seconds(lambda: jax_pass(jpeg), repeats) if with_jpeg else None
+    return peer_row(f"engine forward pass, {name}", t_jax, t_torch,
+                    f"PyTorch eval loop ({torch.get_num_threads()} threads, {device})",
+                    f"N = {n:,}, batch {batch_size}", images=n, jpeg_s=t_jpeg,
+                    accuracy_jax=float(np.trace(counts["jax"]) / n), accuracy_torch=counts["torch"] / n)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="cifar_resnet20,cifar_resnet56")
@@ -54,14 +94,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from torch_ref_resnet_vgg import cifar_resnet
     torch.set_num_threads(os.cpu_count())
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     test_file = DATA / "cifar10" / "cifar10_test_jpeg.npz"
     jpeg = JpegNpzSource(test_file)
     images, labels = jpeg.all()
-    decoded = ArraySource(images, labels, jpeg.class_names)
     n = len(labels)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} on {device}; "
@@ -69,30 +107,9 @@ def main() -> None:
     print("| model | PyTorch eval loop (img/s) | xai_jax engine (img/s) | ratio | engine + JPEG decode (img/s) | accuracy (both) |")
     print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        depth = int(name.removeprefix("cifar_resnet"))
-        spec = models.get(name)
-        checkpoint = next((DATA / "cifar10_resnet").glob(f"resnet{depth}-*.th"))
-        variables = weights.load(spec, checkpoint)
-        reference = cifar_resnet(depth).eval().to(device)
-        reference.load_state_dict({k: torch.from_numpy(np.array(v)).to(device) for k, v in
-                                   weights.read_state_dict(checkpoint).items()})
-
-        counts = {}
-
-        def jax_pass(source=decoded):
-            counts["jax"] = evaluation.confusion_counts(name, variables, source, batch_size=args.batch_size,
-                                                        progress=False)
-
-        def reference_pass():
-            counts["torch"] = torch_pass(reference, images, labels, args.batch_size, spec, device)
-
-        t_torch = median_seconds(reference_pass, args.repeats)
-        t_jax = median_seconds(jax_pass, args.repeats)
-        t_jpeg = median_seconds(lambda: jax_pass(jpeg), args.repeats)
-        acc_jax = np.trace(counts["jax"]) / n
-        acc_torch = counts["torch"] / n
-        print(f"| {name} | {n / t_torch:,.0f} | {n / t_jax:,.0f} | {t_torch / t_jax:.2f}x | {n / t_jpeg:,.0f} | "
-              f"{acc_torch:.4f} / {acc_jax:.4f} |", flush=True)
+        row = compare_model(name, jpeg, images, labels, args.batch_size, args.repeats, device)
+        print(f"| {name} | {n / row['peer_s']:,.0f} | {n / row['xai_jax_s']:,.0f} | {row['ratio']:.2f}x | "
+              f"{n / row['jpeg_s']:,.0f} | {row['accuracy_torch']:.4f} / {row['accuracy_jax']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

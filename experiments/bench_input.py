@@ -36,7 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from experiments.benchutil import DATA  # noqa: E402
+from experiments.benchutil import DATA, peer_row  # noqa: E402
 from xai_jax.data import Batches, FolderSource  # noqa: E402
 from xai_jax.data.sources import load_folder_image  # noqa: E402
 
@@ -349,7 +349,7 @@ def compare(images: np.ndarray, reference: np.ndarray) -> dict:
             "differing_pixel_fraction": float(np.mean(diff != 0))}
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tree", type=pathlib.Path, help="the tree's folder (default: one under the temp folder, "
                    "named after its parameters)")
@@ -367,6 +367,20 @@ def main(argv=None) -> dict:
     if args.smoke:
         args.count, args.classes, args.size, args.batch_size, args.epochs = 24, 3, "300x200", 8, 1
         args.workers = args.workers if args.workers != "1,2" else "1"
+    return args
+
+
+def measure(args: argparse.Namespace, progress: bool = True) -> dict:
+    """Builds (or reuses) the tree and times every pipeline of ``args`` for every worker count.
+
+    Args:
+      args: :func:`parse_args`'s options.
+      progress: print one line a pipeline as it finishes.
+
+    Returns:
+      the run's record (what ``--out`` writes): the machine, the tree, ``rows`` (one a pipeline and worker count),
+      ``skipped`` (pipelines whose package is missing) and the GIL measurement.
+    """
     size = tuple(int(v) for v in args.size.lower().split("x"))
     workers = [int(w) for w in args.workers.split(",")]
     names = [n for n in args.pipelines.split(",") if n]
@@ -400,9 +414,10 @@ def main(argv=None) -> dict:
                    "projected_16_core_images_per_s": round(16 * read / cpu),
                    "pixels_vs_reference": compare(images, reference)}
             rows.append(row)
-            print(f"{name:14s} workers={w}: {row['images_per_s']:8.1f} images/s  "
-                  f"{row['images_per_cpu_s']:7.1f} images/CPU-s  max|diff|={row['pixels_vs_reference']['max_abs_diff']}",
-                  flush=True)
+            if progress:
+                print(f"{name:14s} workers={w}: {row['images_per_s']:8.1f} images/s  "
+                      f"{row['images_per_cpu_s']:7.1f} images/CPU-s  "
+                      f"max|diff|={row['pixels_vs_reference']['max_abs_diff']}", flush=True)
     gil = gil_share(paths[:min(len(paths), 400)])
     result = {
         "command": " ".join([pathlib.Path(sys.executable).name, *sys.argv]),
@@ -415,6 +430,28 @@ def main(argv=None) -> dict:
         "timed": f"the last of {args.epochs} passes", "reference": reference_from, "skipped": skipped, "rows": rows,
         "gil": gil,
     }
+    return result
+
+
+def peer_rows(result: dict) -> list[dict]:
+    """The library's default pipeline against torchvision's at each worker count, in CPU seconds of the timed
+    pass (the per-core cost, which another job on the machine changes the least): :func:`benchutil.peer_row`."""
+    torchvision = {r["workers"]: r for r in result["rows"] if r["pipeline"] == "torchvision"}
+    tree = result["tree"]
+    sizes = f"{tree['count']} JPEGs {tree['size'][0]}x{tree['size'][1]}, batch {result['batch_size']}"
+    rows = []
+    for mine in result["rows"]:
+        theirs = torchvision.get(mine["workers"])
+        if mine["pipeline"] == "library" and theirs is not None:
+            rows.append(peer_row(f"folder source, {mine['workers']} decode workers (CPU s)", mine["cpu_s"],
+                                 theirs["cpu_s"], "torchvision ImageFolder + DataLoader", sizes,
+                                 max_abs_diff=mine["pixels_vs_reference"]["max_abs_diff"]))
+    return rows
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    result = measure(args)
     print_table(result)
     if args.out:
         tmp = args.out.with_name(args.out.name + ".tmp")

@@ -31,7 +31,7 @@ from scipy.cluster import hierarchy
 from scipy.sparse import csgraph
 from scipy.spatial.distance import squareform
 
-from benchutil import median_seconds
+from benchutil import median_seconds, peer_row
 from xai_jax import engine
 from xai_jax.data import Batches
 from xai_jax.data.base import Source
@@ -39,8 +39,6 @@ from xai_jax.kernels.floyd_warshall import floyd_warshall
 from xai_jax.kernels.near_miss import NearMissState, near_miss_init, near_miss_update
 
 BLOCK = 32  # the block size the sweep below picks on this CPU
-
-
 
 
 def near_miss_graph(n: int, seed: int = 0, neighbours: int = 10) -> np.ndarray:
@@ -60,40 +58,57 @@ def fmt(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------- Floyd–Warshall
 
+def floyd_warshall_rows(n: int) -> list[dict]:
+    """All-pairs shortest paths on a near-miss-like graph of ``n`` labels: the blocked (b = ``BLOCK``) and the
+    unblocked JAX kernel, each against SciPy (median of 5 up to C = 100, of 3 up to 1,000, else one run).
+
+    Returns:
+      two :func:`benchutil.peer_row`, blocked then unblocked, with ``max_abs_diff`` (against SciPy's float64)
+      and ``repeats``; reachability is asserted to be SciPy's.
+    """
+    w = near_miss_graph(n)
+    wj = jax.device_put(jnp.asarray(w, jnp.float32))
+    repeats = 5 if n <= 100 else 3 if n <= 1000 else 1
+    out = {}
+
+    def scipy_fw():
+        out["scipy"] = csgraph.floyd_warshall(w, directed=True)
+
+    def jax_fw(block):
+        def run():
+            out[block] = floyd_warshall(wj, block_size=block).block_until_ready()
+        return run
+
+    # Over a minute each at C = 5,000: SciPy (nothing to compile) and the unblocked loop (compiling takes
+    # under a second of that) run once without a warm-up.
+    big = n > 2000
+    t_scipy = median_seconds(scipy_fw, repeats, warm_up=not big)
+    t_blocked = median_seconds(jax_fw(BLOCK), repeats)
+    t_unblocked = median_seconds(jax_fw(None), repeats, warm_up=not big)
+    ref = out["scipy"]
+    diffs = []
+    for key in (None, BLOCK):
+        d = np.asarray(out[key], np.float64)
+        assert (np.isinf(d) == np.isinf(ref)).all(), "reachability differs from SciPy"
+        finite = np.isfinite(ref)
+        diffs.append(float(np.abs(d[finite] - ref[finite]).max()))
+    peer, sizes = "SciPy csgraph.floyd_warshall", f"C = {n:,}"
+    return [peer_row(f"Floyd-Warshall, blocked b = {BLOCK}", t_blocked, t_scipy, peer, sizes,
+                     max_abs_diff=diffs[1], repeats=repeats),
+            peer_row("Floyd-Warshall, unblocked", t_unblocked, t_scipy, peer, sizes, max_abs_diff=diffs[0],
+                     repeats=repeats)]
+
+
 def bench_floyd_warshall(sizes, quick: bool) -> None:
     print("### Floyd–Warshall: JAX vs scipy.sparse.csgraph.floyd_warshall\n")
     print(f"| C | SciPy (s) | JAX unblocked (s) | JAX blocked b={BLOCK} (s) | SciPy / unblocked | SciPy / blocked "
           "| max abs diff vs SciPy | repeats |")
     print("|---|---|---|---|---|---|---|---|")
     for n in sizes:
-        w = near_miss_graph(n)
-        wj = jax.device_put(jnp.asarray(w, jnp.float32))
-        repeats = 5 if n <= 100 else 3 if n <= 1000 else 1
-        out = {}
-
-        def scipy_fw():
-            out["scipy"] = csgraph.floyd_warshall(w, directed=True)
-
-        def jax_fw(block):
-            def run():
-                out[block] = floyd_warshall(wj, block_size=block).block_until_ready()
-            return run
-
-        # Over a minute each at C = 5,000: SciPy (nothing to compile) and the unblocked loop (compiling takes
-        # under a second of that) run once without a warm-up.
-        big = n > 2000
-        t_scipy = median_seconds(scipy_fw, repeats, warm_up=not big)
-        t_blocked = median_seconds(jax_fw(BLOCK), repeats)
-        t_unblocked = median_seconds(jax_fw(None), repeats, warm_up=not big)
-        ref = out["scipy"]
-        diffs = []
-        for key in (None, BLOCK):
-            d = np.asarray(out[key], np.float64)
-            assert (np.isinf(d) == np.isinf(ref)).all(), "reachability differs from SciPy"
-            finite = np.isfinite(ref)
-            diffs.append(np.abs(d[finite] - ref[finite]).max())
-        print(f"| {n:,} | {fmt(t_scipy)} | {fmt(t_unblocked)} | {fmt(t_blocked)} | {t_scipy / t_unblocked:.1f}x | "
-              f"{t_scipy / t_blocked:.1f}x | {max(diffs):.1e} | {repeats} |", flush=True)
+        blocked, unblocked = floyd_warshall_rows(n)
+        print(f"| {n:,} | {fmt(blocked['peer_s'])} | {fmt(unblocked['xai_jax_s'])} | {fmt(blocked['xai_jax_s'])} | "
+              f"{unblocked['ratio']:.1f}x | {blocked['ratio']:.1f}x | "
+              f"{max(blocked['max_abs_diff'], unblocked['max_abs_diff']):.1e} | {blocked['repeats']} |", flush=True)
 
     print("\nBlock-size sweep (JAX blocked, seconds, median of 3):\n")
     sweep_sizes = (1000,) if quick else (1000, 2000)
@@ -161,7 +176,8 @@ def near_miss_step(state, batch, params):
 
 
 def numpy_near_miss_update(state, probs, labels, mask, k=3, t=1e-6):
-    """The same definition vectorised in NumPy: argpartition for the top k, np.add.at to accumulate."""
+    """The same definition vectorised in NumPy: argpartition for the top k, np.add.at to accumulate (the near
+    misses, and every image's probability row into its label's literal sums)."""
     top = np.argpartition(-probs, k, axis=1)[:, :k]
     top_p = np.take_along_axis(probs, top, 1)
     counted = mask & (probs.argmax(1) == labels)
@@ -170,6 +186,8 @@ def numpy_near_miss_update(state, probs, labels, mask, k=3, t=1e-6):
     np.add.at(state.sums, (rows[near], top[near]), top_p[near])
     np.add.at(state.events, (rows[near], top[near]), 1)
     np.add.at(state.counts, labels[counted], 1)
+    np.add.at(state.label_sums, labels[mask], probs[mask])
+    np.add.at(state.label_counts, labels[mask], 1)
 
 
 def peak_rss_mib() -> float:
@@ -193,7 +211,25 @@ def bench_accumulation(sizes, num_classes: int, batch_size: int) -> None:
         print(f"| {n:,} | {seconds:.1f} | {n / seconds:,.0f} | {before:,.0f} | {after:,.0f} | {counted:,} |",
               flush=True)
 
-    # The bare kernel on a device-resident batch, against the NumPy version of the same definition.
+    r = near_miss_row(num_classes, batch_size)
+    t_jax, t_numpy = r["xai_jax_s"], r["peer_s"]
+    print(f"\nBare update of one {batch_size:,}-image batch (median of 10): JAX {1e3 * t_jax:.1f} ms "
+          f"({batch_size / t_jax:,.0f} img/s), NumPy argpartition + add.at {1e3 * t_numpy:.1f} ms "
+          f"({batch_size / t_numpy:,.0f} img/s): {t_numpy / t_jax:.1f}x; same sums, events and counts: {r['agree']}.")
+
+    n = 21_841
+    compiled = jax.jit(near_miss_update, static_argnames=("k",), donate_argnums=0).lower(
+        jax.eval_shape(lambda: near_miss_init(n)), jax.ShapeDtypeStruct((batch_size, n), jnp.float32),
+        jax.ShapeDtypeStruct((batch_size,), jnp.int32), jax.ShapeDtypeStruct((batch_size,), jnp.bool_), k=3).compile()
+    memory = compiled.memory_analysis()
+    print(f"C = 21,841, batch {batch_size:,}, compiled only: state {memory.argument_size_in_bytes / 2**30:.2f} GiB in "
+          f"(batch included), temporaries {memory.temp_size_in_bytes / 2**20:.0f} MiB (no [B, C] x [B, C] product).\n",
+          flush=True)
+
+
+def near_miss_row(num_classes: int, batch_size: int, repeats: int = 10) -> dict:
+    """The bare near-miss update (k = 3) of one device-resident batch against the NumPy version of the same
+    definition: :func:`benchutil.peer_row` with ``agree`` (same sums, events and counts)."""
     probs, labels = SyntheticProbabilities(batch_size, num_classes).read(np.arange(batch_size))
     mask = np.ones(batch_size, bool)
     device = [jax.device_put(x) for x in (probs, labels, mask)]
@@ -207,25 +243,17 @@ def bench_accumulation(sizes, num_classes: int, batch_size: int) -> None:
     # NumPy arrays in the kernel's state type: np.add.at updates them in place.
     numpy_state = NearMissState(sums=np.zeros((num_classes, num_classes), np.float32),
                                 events=np.zeros((num_classes, num_classes), np.int32),
-                                counts=np.zeros(num_classes, np.float32))
-    t_jax = median_seconds(jax_update, 10)
-    t_numpy = median_seconds(lambda: numpy_near_miss_update(numpy_state, probs, labels, mask), 10)
+                                counts=np.zeros(num_classes, np.float32),
+                                label_sums=np.zeros((num_classes, num_classes), np.float32),
+                                label_counts=np.zeros(num_classes, np.float32))
+    t_jax = median_seconds(jax_update, repeats)
+    t_numpy = median_seconds(lambda: numpy_near_miss_update(numpy_state, probs, labels, mask), repeats)
     check = near_miss_update(near_miss_init(num_classes), *device, k=3)
     reference = NearMissState(*(np.zeros_like(v) for v in numpy_state))
     numpy_near_miss_update(reference, probs, labels, mask)
     agree = all(np.allclose(np.asarray(a), b, rtol=1e-6) for a, b in zip(check, reference))
-    print(f"\nBare update of one {batch_size:,}-image batch (median of 10): JAX {1e3 * t_jax:.1f} ms "
-          f"({batch_size / t_jax:,.0f} img/s), NumPy argpartition + add.at {1e3 * t_numpy:.1f} ms "
-          f"({batch_size / t_numpy:,.0f} img/s): {t_numpy / t_jax:.1f}x; same sums, events and counts: {agree}.")
-
-    n = 21_841
-    compiled = jax.jit(near_miss_update, static_argnames=("k",), donate_argnums=0).lower(
-        jax.eval_shape(lambda: near_miss_init(n)), jax.ShapeDtypeStruct((batch_size, n), jnp.float32),
-        jax.ShapeDtypeStruct((batch_size,), jnp.int32), jax.ShapeDtypeStruct((batch_size,), jnp.bool_), k=3).compile()
-    memory = compiled.memory_analysis()
-    print(f"C = 21,841, batch {batch_size:,}, compiled only: state {memory.argument_size_in_bytes / 2**30:.2f} GiB in "
-          f"(batch included), temporaries {memory.temp_size_in_bytes / 2**20:.0f} MiB (no [B, C] x [B, C] product).\n",
-          flush=True)
+    return peer_row("near-miss update, one batch", t_jax, t_numpy, "NumPy argpartition + add.at",
+                    f"C = {num_classes:,}, batch {batch_size:,}, k = 3", agree=bool(agree))
 
 
 # -------------------------------------------------------------------------------------------- linkage
@@ -267,23 +295,32 @@ def shortest_path_metric(n: int, seed: int) -> np.ndarray:
     return d
 
 
+def linkage_row(n: int) -> dict:
+    """Average linkage of the shortest-path metric of ``n`` labels: SciPy's ``linkage`` (what the NMA method
+    runs, so the xai_jax side) against the naive pure-Python loop (median of 5; Python's of 3 up to C = 300, else
+    one run). :func:`benchutil.peer_row` with ``same_heights`` and ``repeats`` (Python's)."""
+    d = shortest_path_metric(n, seed=3)
+    condensed = squareform(d, checks=False)
+    out = {}
+    t_scipy = median_seconds(lambda: out.__setitem__("scipy", hierarchy.linkage(condensed, "average")), 5)
+    rows = d.tolist()
+    repeats = 3 if n <= 300 else 1
+    t_python = median_seconds(lambda: out.__setitem__("python", python_average_linkage(rows)), repeats,
+                              warm_up=False)
+    heights = np.array([m[2] for m in out["python"]])
+    same = np.allclose(np.sort(heights), np.sort(out["scipy"][:, 2]), rtol=1e-12)
+    return peer_row("average linkage (SciPy, as NMA runs it)", t_scipy, t_python, "naive pure-Python UPGMA",
+                    f"C = {n:,}", same_heights=bool(same), repeats=repeats)
+
+
 def bench_linkage(sizes) -> None:
     print("### Average-linkage clustering of the shortest-path metric\n")
     print("| C | SciPy linkage (s) | pure-Python naive (s) | ratio | same merge heights | repeats (Python) |")
     print("|---|---|---|---|---|---|")
     for n in sizes:
-        d = shortest_path_metric(n, seed=3)
-        condensed = squareform(d, checks=False)
-        out = {}
-        t_scipy = median_seconds(lambda: out.__setitem__("scipy", hierarchy.linkage(condensed, "average")), 5)
-        rows = d.tolist()
-        repeats = 3 if n <= 300 else 1
-        t_python = median_seconds(lambda: out.__setitem__("python", python_average_linkage(rows)), repeats,
-                                  warm_up=False)
-        heights = np.array([m[2] for m in out["python"]])
-        same = np.allclose(np.sort(heights), np.sort(out["scipy"][:, 2]), rtol=1e-12)
-        print(f"| {n:,} | {fmt(t_scipy)} | {fmt(t_python)} | {t_python / t_scipy:,.0f}x | {same} | {repeats} |",
-              flush=True)
+        r = linkage_row(n)
+        print(f"| {n:,} | {fmt(r['xai_jax_s'])} | {fmt(r['peer_s'])} | {r['ratio']:,.0f}x | {r['same_heights']} | "
+              f"{r['repeats']} |", flush=True)
 
 
 def main() -> None:

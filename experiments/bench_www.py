@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from benchutil import DATA, REPO, median_seconds
+from benchutil import DATA, REPO, median_seconds, peer_row
 from xai_jax import models, weights
 from xai_jax.data import JpegNpzSource
 from xai_jax.kernels import www as K
@@ -38,15 +38,18 @@ def fmt(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def bench_scores(concept_sizes, units: int, loop_units: int, repeats: int) -> None:
+def scores_rows(concept_sizes, units: int, loop_units: int, repeats: int) -> list[dict]:
+    """Adaptive cosine scores + selection for each concept count: the reference's per-neuron loop (PyTorch, timed
+    on ``loop_units`` neurons and scaled to ``units``) against one product for ``units`` neurons (JAX).
+
+    Returns:
+      one :func:`benchutil.peer_row` a concept count, with ``concepts``.
+    """
     n, dim, probe = 40, 512, 5000
     rng = np.random.default_rng(0)
     image_emb = rng.normal(size=(probe, dim)).astype(np.float32)
     topn = rng.integers(0, probe, size=(n, units)).astype(np.int32)
-    print(f"\n### Adaptive cosine scores + adaptive selection ({units} neurons, n = {n}, D = {dim})\n")
-    print(f"| concepts | per-neuron loop (PyTorch), {loop_units} neurons, scaled to {units} | xai_jax one product "
-          f"(JAX), {units} neurons | ratio |")
-    print("|---|---|---|---|")
+    rows = []
     for m in concept_sizes:
         concepts = rng.normal(size=(m, dim)).astype(np.float32)
         template = rng.normal(size=dim).astype(np.float32)
@@ -72,7 +75,19 @@ def bench_scores(concept_sizes, units: int, loop_units: int, repeats: int) -> No
 
         t_loop = median_seconds(loop, repeats) * units / loop_units
         t_jax = median_seconds(batched, repeats)
-        print(f"| {m:,} | {fmt(t_loop)} | {fmt(t_jax)} | {t_loop / t_jax:.1f}x |", flush=True)
+        rows.append(peer_row(f"WWW adaptive cosine scores, {m:,} concepts", t_jax, t_loop,
+                             f"PyTorch per-neuron loop ({torch.get_num_threads()} threads; {loop_units} neurons, "
+                             f"scaled)", f"{units} neurons, {m:,} concepts, D = {dim}", concepts=m))
+    return rows
+
+
+def bench_scores(concept_sizes, units: int, loop_units: int, repeats: int) -> None:
+    print(f"\n### Adaptive cosine scores + adaptive selection ({units} neurons, n = 40, D = 512)\n")
+    print(f"| concepts | per-neuron loop (PyTorch), {loop_units} neurons, scaled to {units} | xai_jax one product "
+          f"(JAX), {units} neurons | ratio |")
+    print("|---|---|---|---|")
+    for r in scores_rows(concept_sizes, units, loop_units, repeats):
+        print(f"| {r['concepts']:,} | {fmt(r['peer_s'])} | {fmt(r['xai_jax_s'])} | {r['ratio']:.1f}x |", flush=True)
 
 
 def clip_dissect_loop(image_features, text_features, target_feats, top_k=100, a=10, lam=1, min_prob=1e-7,
@@ -95,15 +110,18 @@ def clip_dissect_loop(image_features, text_features, target_feats, top_k=100, a=
     return prob_d_given_e - lam * prob_d
 
 
-def bench_soft_wpmi(concept_sizes, units: int, repeats: int) -> None:
-    probe, dim = 5000, 512
+def soft_wpmi_rows(concept_sizes, units: int, repeats: int, probe: int = 5000) -> list[dict]:
+    """CLIP-Dissect's soft-WPMI from embeddings for each concept count: its similarity and per-neuron loop
+    (PyTorch) against the batched kernel (JAX), both from the same embeddings.
+
+    Returns:
+      one :func:`benchutil.peer_row` a concept count, with ``concepts`` and ``max_abs_diff``.
+    """
+    dim = 512
     rng = np.random.default_rng(1)
     image_emb = rng.normal(size=(probe, dim)).astype(np.float32)
     acts = rng.normal(size=(probe, units)).astype(np.float32)
-    print(f"\n### CLIP-Dissect soft-WPMI from embeddings ({units} neurons, {probe} probe images, D = {dim}, "
-          "top_k = 100)\n")
-    print("| concepts | per-neuron loop (PyTorch, CLIP-Dissect) | batched kernel (JAX) | ratio | max abs difference |")
-    print("|---|---|---|---|---|")
+    rows = []
     for m in concept_sizes:
         concepts = rng.normal(size=(m, dim)).astype(np.float32)
         t_images, t_concepts, t_acts = torch.from_numpy(image_emb), torch.from_numpy(concepts), torch.from_numpy(acts)
@@ -119,10 +137,31 @@ def bench_soft_wpmi(concept_sizes, units: int, repeats: int) -> None:
         t_loop = median_seconds(loop, repeats)
         t_jax = median_seconds(batched, repeats)
         diff = float(np.abs(loop().numpy() - batched()).max())
-        print(f"| {m:,} | {fmt(t_loop)} | {fmt(t_jax)} | {t_loop / t_jax:.1f}x | {diff:.1e} |", flush=True)
+        rows.append(peer_row(f"CLIP-Dissect soft-WPMI, {m:,} concepts", t_jax, t_loop,
+                             f"PyTorch CLIP-Dissect loop ({torch.get_num_threads()} threads)",
+                             f"{units} neurons, {probe:,} probe images, {m:,} concepts", concepts=m,
+                             max_abs_diff=diff))
+    return rows
 
 
-def bench_contributions(batch: int, loop_images: int, repeats: int) -> None:
+def bench_soft_wpmi(concept_sizes, units: int, repeats: int) -> None:
+    print(f"\n### CLIP-Dissect soft-WPMI from embeddings ({units} neurons, 5000 probe images, D = 512, "
+          "top_k = 100)\n")
+    print("| concepts | per-neuron loop (PyTorch, CLIP-Dissect) | batched kernel (JAX) | ratio | max abs difference |")
+    print("|---|---|---|---|---|")
+    for r in soft_wpmi_rows(concept_sizes, units, repeats):
+        print(f"| {r['concepts']:,} | {fmt(r['peer_s'])} | {fmt(r['xai_jax_s'])} | {r['ratio']:.1f}x | "
+              f"{r['max_abs_diff']:.1e} |", flush=True)
+
+
+def contributions_row(batch: int, loop_images: int, repeats: int) -> dict:
+    """Taylor-Shapley contributions on ResNet-56 ``pool`` (real weights and JPEGs), per image: the reference's
+    PyTorch batch-1 loop over ``loop_images`` against one ``jax.vjp`` for ``batch`` images (asserted equal).
+
+    Returns:
+      :func:`benchutil.peer_row` (seconds per image) with ``jax_batch1_s``, the same loop through JAX's jitted
+      function at batch 1, per image, and ``batch``.
+    """
     sys.path.insert(0, str(REPO / "tests"))
     from torch_ref_resnet_vgg import cifar_resnet
     path = DATA / "cifar10_resnet" / "resnet56-4bfd9763.th"
@@ -166,6 +205,14 @@ def bench_contributions(batch: int, loop_images: int, repeats: int) -> None:
     t_torch = median_seconds(torch_loop, repeats) / loop_images
     t_jax1 = median_seconds(jax_loop, repeats) / loop_images
     t_batch = median_seconds(jax_batch, repeats) / batch
+    return peer_row("Taylor-Shapley contributions, per image", t_batch, t_torch,
+                    f"PyTorch batch-1 loop ({torch.get_num_threads()} threads)",
+                    f"ResNet-56 pool, batch {batch}, loop of {loop_images}", jax_batch1_s=t_jax1, batch=batch)
+
+
+def bench_contributions(batch: int, loop_images: int, repeats: int) -> None:
+    r = contributions_row(batch, loop_images, repeats)
+    t_torch, t_jax1, t_batch = r["peer_s"], r["jax_batch1_s"], r["xai_jax_s"]
     print(f"\n### Taylor-Shapley contributions, ResNet-56 pool, per image (CIFAR-10 test JPEGs; batch {batch})\n")
     print("| path | per image | images/s | vs one vjp |")
     print("|---|---|---|---|")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchutil import DATA, median_seconds  # noqa: E402
+from benchutil import DATA, median_seconds, peer_row  # noqa: E402
 
 from xai_jax import data, evaluation, models, weights  # noqa: E402
 from xai_jax.methods import xnn  # noqa: E402
@@ -102,6 +102,47 @@ def vgg_cmwp_case(images: np.ndarray, labels: np.ndarray):
     return result, variables
 
 
+def pool_features(images: int):
+    """ResNet-56 (real weights) and the ``pool`` features of ``images`` CIFAR-10 training JPEGs (seed 0).
+
+    Returns:
+      ``(spec, variables, subset, feats)``: the model, its variables, the image subset and ``evaluation.predict``'s
+      outputs (``pool``, ``logits``, ``labels``).
+    """
+    spec = models.get("cifar_resnet56")
+    variables = weights.load(spec, DATA / "cifar10_resnet" / "resnet56-4bfd9763.th")
+    source = data.JpegNpzSource(DATA / "cifar10" / "cifar10_train_jpeg.npz")
+    subset = data.subset(source, images, seed=0)
+    feats = evaluation.predict(spec.name, variables, subset, ("pool",), batch_size=256, progress=False)
+    return spec, variables, subset, feats
+
+
+def srae_row(feats: dict, epochs: int, repeats: int, threads: int, with_singles: bool = True) -> dict:
+    """Ten one-vs-all SRAE explainers on standardised ``pool`` features: all at once (one ``vmap``, JAX) against
+    the faithful PyTorch SRAE one class at a time (same minibatch schedule and step count).
+
+    Returns:
+      :func:`benchutil.peer_row` with ``single_s`` (JAX, one class at a time; None without ``with_singles``),
+      ``features`` and ``steps``.
+    """
+    z = ((feats["pool"] - feats["pool"].mean(0)) / feats["pool"].std()).astype(np.float32)
+    logits, labels = feats["logits"], feats["labels"]
+    classes = np.arange(10)
+    w = xnn.class_weights(labels, classes, None)
+    config = XNNConfig(epochs=epochs, batch_size=256)
+    steps = epochs * (len(z) // 256)
+    vmapped = jax_trainer(config, z, logits, w, classes)
+    t_vmap = median_seconds(vmapped, repeats)
+    t_single = None
+    if with_singles:  # ten trainers, ten compilations
+        singles = [jax_trainer(config, z, logits, w, [c]) for c in classes]
+        t_single = median_seconds(lambda: [f() for f in singles], repeats)
+    t_torch = median_seconds(torch_srae(config, z, logits, w, classes, threads), repeats, warm_up=False)
+    return peer_row("SRAE, 10 explainers at once (vmap)", t_vmap, t_torch,
+                    f"PyTorch SRAE one class at a time ({threads} threads)",
+                    f"{len(z):,} features, batch 256, {steps} steps", single_s=t_single, features=len(z), steps=steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -114,28 +155,15 @@ def main() -> None:
     images = 1024 if args.quick else 4096
     epochs = 2 if args.quick else 5
     repeats = 1 if args.quick else 3
-    spec = models.get("cifar_resnet56")
-    variables = weights.load(spec, DATA / "cifar10_resnet" / "resnet56-4bfd9763.th")
-    source = data.JpegNpzSource(DATA / "cifar10" / "cifar10_train_jpeg.npz")
-    subset = data.subset(source, images, seed=0)
-    feats = evaluation.predict(spec.name, variables, subset, ("pool",), batch_size=256, progress=False)
-    z = ((feats["pool"] - feats["pool"].mean(0)) / feats["pool"].std()).astype(np.float32)
+    spec, variables, subset, feats = pool_features(images)
     logits, labels = feats["logits"], feats["labels"]
-    classes = np.arange(10)
-    w = xnn.class_weights(labels, classes, None)
-    config = XNNConfig(epochs=epochs, batch_size=256)
-    steps = epochs * (len(z) // 256)
     threads = args.torch_threads
-
-    vmapped = jax_trainer(config, z, logits, w, classes)
-    singles = [jax_trainer(config, z, logits, w, [c]) for c in classes]
-    t_vmap = median_seconds(vmapped, repeats)
-    t_single = median_seconds(lambda: [f() for f in singles], repeats)
-    t_torch = median_seconds(torch_srae(config, z, logits, w, classes, threads), repeats, warm_up=False)
+    row = srae_row(feats, epochs, repeats, threads)
+    t_vmap, t_single, t_torch, steps = row["xai_jax_s"], row["single_s"], row["peer_s"], row["steps"]
     device = jax.devices()[0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, JAX {jax.__version__} "
           f"on {device.platform} ({device.device_kind}); torch threads {threads}\n")
-    print(f"### Training 10 one-vs-all SRAE explainers (64-800-100-5, decoder mirrored), {len(z)} ResNet-56 "
+    print(f"### Training 10 one-vs-all SRAE explainers (64-800-100-5, decoder mirrored), {row['features']} ResNet-56 "
           f"pool features, batch 256, {steps} Adam steps each\n")
     print("| path | seconds | ratio vs JAX vmap |")
     print("|---|---|---|")

@@ -24,3 +24,26 @@ def median_seconds(fn, repeats: int = 3, warm_up: bool = True) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def peer_row(name: str, xai_jax_s: float, peer_s: float, peer: str, sizes: str, **details) -> dict:
+    """One peer comparison as ``bench_all.py`` tabulates it: the same work timed on xai_jax's path and on the peer's.
+
+    Args:
+      name: what was compared (unique within its benchmark).
+      xai_jax_s: seconds of xai_jax's path for the work.
+      peer_s: seconds of the peer (PyTorch, scikit-learn, NumPy, SciPy, ...) for the same work.
+      peer: who the peer is, e.g. ``"PyTorch (1 thread)"``.
+      sizes: the sizes the work had, as a short string.
+      details: what the script's own table prints besides the two times (accuracies, differences, ...).
+
+    Returns:
+      a dict with these keys and ``ratio`` = ``peer_s / xai_jax_s`` (above 1: xai_jax is faster).
+    """
+    return {"name": name, "xai_jax_s": xai_jax_s, "peer": peer, "peer_s": peer_s,
+            "ratio": peer_s / xai_jax_s, "sizes": sizes, **details}
+
+
+def skipped_row(name: str, reason: str) -> dict:
+    """A comparison that could not run here (a peer not installed, data missing): a row that says why."""
+    return {"name": name, "skipped": reason}
