@@ -11,7 +11,8 @@ import pytest
 
 from xai_jax.kernels.xnn_metrics import (correlation_init, correlation_matrix, correlation_update, f_cls, f_reg,
                                          heatmap_correlation, locality, locality_from_histogram, mask_part_weights,
-                                         o1, o2, part_probabilities, voronoi_part_weights)
+                                         o1, o2, part_probabilities, pixel_distribution,
+                                         voronoi_part_weights)
 
 
 def test_f_reg_matches_a_loop():
@@ -69,6 +70,19 @@ def test_heatmap_correlation_matches_corrcoef_and_streams(n):
         state = correlation_update(state, batch, mask)
     assert float(state.count) == 23 * 5 * 7
     np.testing.assert_allclose(correlation_matrix(state), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 7, 5), (1, 1, 1, 1), (2, 3, 2, 5, 9)])
+def test_pixel_distribution_sums_each_map_to_one_and_leaves_zero_maps_zero(shape):
+    rng = np.random.default_rng(sum(shape))
+    maps = np.maximum(rng.normal(size=shape), 0).astype(np.float32)
+    maps.reshape(-1, *shape[-2:])[0] = 0  # an all-zero map has no distribution
+    expected = np.zeros_like(maps)
+    flat, out = maps.reshape(-1, *shape[-2:]), expected.reshape(-1, *shape[-2:])
+    for i, one in enumerate(flat):
+        if one.sum() > 0:
+            out[i] = one / one.sum()
+    np.testing.assert_allclose(pixel_distribution(maps), expected, rtol=1e-6, atol=1e-8)
 
 
 def test_o1_and_o2_are_0_for_the_identity_and_match_numpy():

@@ -90,7 +90,7 @@ def _configs(args) -> dict[str, XNNConfig]:
 
 def fit(args) -> None:
     from xai_jax import outputs
-    from xai_jax.methods.xnn import KIND, extract_features, fit_features, metrics_bars, metrics_table
+    from xai_jax.methods.xnn import BASES, KIND, extract_features, fit_features, metrics_bars, metrics_table
     from xai_jax.methods.xnn import fit as fit_xnn
     from xai_jax.viz.report import Report
     configs = _configs(args)
@@ -148,7 +148,8 @@ def fit(args) -> None:
                "orthogonality_basis": next(iter(results.values())).orthogonality_basis}
     report = Report("XNN: explanation networks")
     report.paragraph(f"One-vs-all explainers of {len(next(iter(results.values())).classes)} classes from tap "
-                     f"{args.tap}; O1/O2 from the correlation of {summary['orthogonality_basis']}.")
+                     f"{args.tap}; O1/O2 from the correlation of "
+                     f"{BASES.get(summary['orthogonality_basis'], summary['orthogonality_basis'])}.")
     report.table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in table])
     report.figure(metrics_bars(table), "mean over classes")
     with outputs.atomic_dir(args.out, KIND) as tmp:

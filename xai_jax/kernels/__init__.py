@@ -53,7 +53,7 @@ from xai_jax.kernels.www import (ClassContributionState, TopNState, adaptive_cos
 from xai_jax.kernels.xnn_metrics import (CorrelationState, correlation_init, correlation_matrix,
                                          correlation_update, f_cls, f_reg, heatmap_correlation, locality,
                                          locality_from_histogram, mask_part_weights, o1, o2, part_probabilities,
-                                         voronoi_part_weights)
+                                         pixel_distribution, voronoi_part_weights)
 
 __all__ = [
     # modules
@@ -73,7 +73,7 @@ __all__ = [
     # xnn_metrics
     "CorrelationState", "f_reg", "f_cls", "correlation_init", "correlation_update", "correlation_matrix",
     "heatmap_correlation", "o1", "o2", "voronoi_part_weights", "mask_part_weights", "part_probabilities",
-    "locality_from_histogram", "locality",
+    "pixel_distribution", "locality_from_histogram", "locality",
     # attribution
     "grad_cam", "normalise_maps", "upsample_maps", "apply_layer", "layer_inputs", "excitation_backprop",
     "contrastive_mwp", "explainer_layers",

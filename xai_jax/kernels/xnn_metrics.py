@@ -2,7 +2,8 @@
 
 - Faithfulness: :func:`f_reg` (mean absolute error of the approximation ``ybar`` of a logit ``yhat``) and
   :func:`f_cls` (share of samples whose multi-class decision survives replacing the logit by ``ybar``).
-- Orthogonality: the correlation matrix ``P`` of the x-features' heatmaps over a dataset
+- Orthogonality: the correlation matrix ``P`` of the x-features' heatmaps over a dataset (the paper's are
+  per-image distributions over pixels, :func:`pixel_distribution`)
   (:func:`heatmap_correlation`, or streamed with :func:`correlation_init` / :func:`correlation_update` /
   :func:`correlation_matrix`), then :func:`o1` ``= ||P||_F - sqrt(n)`` and :func:`o2` ``= -logdet(P)``;
   both are 0 when ``P`` is the identity.
@@ -303,12 +304,31 @@ def mask_part_weights(masks: jax.Array, num_parts: int | None = None) -> jax.Arr
 
 
 @jax.jit
+def pixel_distribution(heatmaps: jax.Array) -> jax.Array:
+    """``S_ij = C_ij / sum_ij C_ij``: each ``[H, W]`` map normalised to sum to 1 (paper section 4.2).
+
+    This is the paper's "c-MWP normalized on each neuron for each image", ``P(pixel ij | neuron n)`` on one
+    image, which both its orthogonality and its locality read. An all-zero map has no distribution and
+    stays 0.
+
+    Args:
+      heatmaps: ``[..., H, W]`` non-negative maps ``C``.
+
+    Returns:
+      ``f32[..., H, W]``.
+    """
+    heatmaps = heatmaps.astype(jnp.float32)
+    totals = jnp.sum(heatmaps, axis=(-2, -1), keepdims=True)
+    return jnp.where(totals > 0, heatmaps / jnp.where(totals > 0, totals, 1), 0)
+
+
+@jax.jit
 def part_probabilities(heatmaps: jax.Array, part_weights: jax.Array) -> jax.Array:
     """``S^{n,m}_p = sum_{ij} P(part p | pixel ij) * S^{n,m}_{ij}`` for each image, x-feature and part.
 
     ``S^{n,m}_{ij} = C_ij / sum_ij C_ij`` is x-feature ``n``'s heatmap on image ``m`` normalised to sum
-    to 1 (paper section 4.2, Algorithm 1 line 9). An all-zero heatmap has no distribution: its row is 0
-    and adds nothing to the histogram.
+    to 1 (:func:`pixel_distribution`; paper section 4.2, Algorithm 1 line 9). An all-zero heatmap has no
+    distribution: its row is 0 and adds nothing to the histogram.
 
     Args:
       heatmaps: ``[N, n, H, W]`` non-negative heatmaps ``C``.
@@ -317,10 +337,7 @@ def part_probabilities(heatmaps: jax.Array, part_weights: jax.Array) -> jax.Arra
     Returns:
       ``f32[N, n, P]``; sum it over images (the padding rows left out) for :func:`locality_from_histogram`.
     """
-    heatmaps = heatmaps.astype(jnp.float32)
-    totals = jnp.sum(heatmaps, axis=(2, 3))
-    mass = jnp.einsum("bnhw,bphw->bnp", heatmaps, part_weights.astype(jnp.float32))
-    return jnp.where(totals[..., None] > 0, mass / jnp.where(totals > 0, totals, 1)[..., None], 0)
+    return jnp.einsum("bnhw,bphw->bnp", pixel_distribution(heatmaps), part_weights.astype(jnp.float32))
 
 
 @jax.jit

@@ -8,6 +8,8 @@ reconstructs a sparse subset of ``Z`` (:mod:`xai_jax.models.xnn_explainer`). The
 ``eta`` * pull-away (orthogonality). Each x-feature is shown with its contribution ``v_i * E_i`` and a
 heatmap: the attribution of ``E_i`` to the image through encoder and backbone (Grad-CAM at a convolutional
 tap, or contrastive marginal winning probability for sequential backbones, :mod:`xai_jax.kernels.attribution`).
+O1/O2 correlate those heatmaps at the input's pixels, each normalised to sum to 1 on its image, as the paper
+does (``XNNConfig.orthogonality``, :func:`heatmap_orthogonality`).
 
 Baselines with the same trainer (DESIGN "XNN with SRAE"): ``"nn"`` (faithfulness only), ``"sae"``
 (faithfulness + plain reconstruction), ``"cae"`` (reconstruction only; the head is fitted afterwards by
@@ -36,24 +38,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from xai_jax import lazy
-from xai_jax.methods.xnn.config import (DEFAULT_BETA, DEFAULT_ETA, DEFAULT_Q, EXPLANATION_KIND, KIND, VARIANTS,
-                                        X_ACTIVATIONS, XNNConfig)
+from xai_jax.methods.xnn.config import (DEFAULT_BETA, DEFAULT_ETA, DEFAULT_Q, EXPLANATION_KIND, KIND,
+                                        ORTHOGONALITY, VARIANTS, X_ACTIVATIONS, XNNConfig)
 
 __getattr__, __dir__, _lazy_all = lazy.attach(__name__, {
     "result": ["XNNResult", "Explanation"],
     "training": ["XNN", "fit", "fit_features", "extract_features", "check_features", "class_weights", "init_params",
             "make_trainer", "train_explainers", "lasso_explainers", "explainer_loss", "variant_beta"],
     "heatmaps": ["explain", "default_heatmap_tap", "heatmap_tap_of", "heatmap_orthogonality", "gradcam_fn",
-                "logit_gradcam_fn", "cmwp_fn", "HEATMAP_METHODS"],
+                "logit_gradcam_fn", "cmwp_fn", "cmwp_maps_fn", "orthogonality_basis", "BASES", "HEATMAP_METHODS"],
     "metrics": ["metrics_table", "part_locality", "faithfulness", "x_feature_orthogonality", "per_class"],
     "figures": ["explanation_figure", "metrics_bars"],
 })
-__all__ = sorted({*_lazy_all, "DEFAULT_BETA", "DEFAULT_ETA", "DEFAULT_Q", "EXPLANATION_KIND", "KIND", "VARIANTS",
-                  "X_ACTIVATIONS", "XNNConfig"})
+__all__ = sorted({*_lazy_all, "DEFAULT_BETA", "DEFAULT_ETA", "DEFAULT_Q", "EXPLANATION_KIND", "KIND",
+                  "ORTHOGONALITY", "VARIANTS", "X_ACTIVATIONS", "XNNConfig"})
 
 if TYPE_CHECKING:
-    from xai_jax.methods.xnn.heatmaps import (HEATMAP_METHODS, cmwp_fn, default_heatmap_tap, explain, gradcam_fn,
-                                             heatmap_orthogonality, heatmap_tap_of, logit_gradcam_fn)
+    from xai_jax.methods.xnn.heatmaps import (BASES, HEATMAP_METHODS, cmwp_fn, cmwp_maps_fn, default_heatmap_tap,
+                                             explain, gradcam_fn, heatmap_orthogonality, heatmap_tap_of,
+                                             logit_gradcam_fn, orthogonality_basis)
     from xai_jax.methods.xnn.figures import explanation_figure, metrics_bars
     from xai_jax.methods.xnn.training import (XNN, check_features, class_weights, explainer_loss, extract_features,
                                          fit, fit_features, init_params, lasso_explainers, make_trainer,

@@ -17,6 +17,9 @@ X_ACTIVATIONS = ("linear", "relu")
 #: the authors' code's log-penalty sparsity ``q`` and the weights ``beta``, ``eta`` of eq. 5
 #: (:data:`xai_jax.kernels.srae.DEFAULT_Q` etc.)
 DEFAULT_Q, DEFAULT_BETA, DEFAULT_ETA = 100.0, 10.0, 10.0
+#: how ``fit`` measures O1/O2 (:func:`xai_jax.methods.xnn.heatmap_orthogonality`): ``pixels``, the paper's
+#: per-image normalised heatmaps at the input's resolution, or ``tap``, raw Grad-CAM at the heatmap tap
+ORTHOGONALITY = ("pixels", "tap")
 #: the kinds of output folder an XNN result and an explanation are (see :mod:`xai_jax.outputs`)
 KIND, EXPLANATION_KIND = "xnn", "xnn.explanation"
 
@@ -39,6 +42,10 @@ class XNNConfig:
       seed: initialisation and minibatch order.
       heatmap_tap: convolutional tap where heatmaps are computed; None: ``tap`` if it is convolutional,
         else the last convolutional tap before it.
+      orthogonality: the heatmaps whose correlation gives O1/O2 in ``fit``: ``pixels`` (the paper's): each
+        x-feature's heatmap at the input's resolution, normalised to sum to 1 on each image, from c-MWP
+        for sequential backbones with a network explainer, else Grad-CAM at ``heatmap_tap`` upsampled
+        bilinearly; ``tap``: raw Grad-CAM maps at ``heatmap_tap``'s resolution.
       x_activation: ``linear`` (default) or ``relu`` x-layer; hidden layers are always ReLU. The
         paper is silent. With ReLU x-features die (constant 0, which the pull-away term scores as
         orthogonal and cannot revive): 27 of 50 on ResNet-56 CIFAR-10 pool features, 0 with linear.
@@ -57,6 +64,7 @@ class XNNConfig:
     batch_size: int = C.option(256, low=1, flag="--train-batch-size")
     seed: int = C.option(0, low=0)
     heatmap_tap: str | None = None
+    orthogonality: str = C.option("pixels", choices=ORTHOGONALITY)
     x_activation: str = C.option("linear", choices=X_ACTIVATIONS)
 
     def validate(self) -> None:

@@ -43,8 +43,8 @@ def section(report: Report, context: DemoContext) -> tuple[dict, Result]:
     report.paragraph(f"One-vs-all explainers of all ten digit logits from the CNN's 64 pooled features, trained "
                      f"at once (vmap over classes), {EPOCHS} epochs, encoder 64-{HIDDEN[0]}-{HIDDEN[1]}-5. F_cls: "
                      "share of test digits whose prediction survives replacing the logit by the explainer's "
-                     "5-x-feature approximation; O1/O2: correlation of the x-features' Grad-CAM heatmaps "
-                     "(0 = orthogonal).")
+                     "5-x-feature approximation; O1/O2: correlation of the x-features' c-MWP heatmaps at the "
+                     "pixels, each normalised to sum to 1 on its image, as in the paper (0 = orthogonal).")
     report.table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in table])
     report.figure(explanation_figure(images[shown], explanation, str(digit)),
                   "figure 8 layout: test digits, the 1-heatmap of the logit, and each x-feature's c-MWP "

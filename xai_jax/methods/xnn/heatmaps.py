@@ -15,6 +15,7 @@ import numpy as np
 
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import attribution, xnn_metrics
+from xai_jax.methods.xnn.config import XNNConfig
 from xai_jax.methods.xnn.result import Explanation, XNNResult
 from xai_jax.models.xnn_explainer import encode, stacked_x_features
 
@@ -94,6 +95,14 @@ def logit_gradcam_fn(model: str, heatmap_tap: str, num_classes: int | None):
     return jax.jit(fn)
 
 
+def _x_feature_cmwp(layers, tap_index: int, x, params, mean, scale, n: int):
+    """``[N, n, h, w]``: c-MWP of each of one explainer's ``n`` x-features through the backbone's ``layers``
+    cut at the tap (``params`` without class axis), channels summed."""
+    chain = list(layers[:tap_index]) + attribution.explainer_layers(params, mean, scale)
+    maps = jax.vmap(lambda unit: attribution.contrastive_mwp(chain, x, unit), out_axes=1)(jnp.arange(n))
+    return jnp.sum(maps, -1)
+
+
 @functools.lru_cache(maxsize=None)
 def cmwp_fn(model: str, tap: str, n: int, x_activation: str, num_classes: int | None):
     """A jitted ``fn(images, variables, params, mean, scale, class_index) -> (E, logits, maps, logit maps)``:
@@ -105,12 +114,30 @@ def cmwp_fn(model: str, tap: str, n: int, x_activation: str, num_classes: int | 
     def fn(images, variables, params, mean, scale, class_index):
         layers, tap_index = models.sequential_layers(model, variables, tap)
         x = models.preprocess(spec, images)
-        chain = list(layers[:tap_index]) + attribution.explainer_layers(params, mean, scale)
-        maps = jax.vmap(lambda unit: attribution.contrastive_mwp(chain, x, unit), out_axes=1)(jnp.arange(n))
+        maps = _x_feature_cmwp(layers, tap_index, x, params, mean, scale, n)
         baseline = attribution.contrastive_mwp(list(layers), x, class_index)
         out = forward(images, variables)
         x_features = encode(params, (out[tap].reshape(len(images), -1) - mean) / scale, x_activation)
-        return x_features, out["logits"], jnp.sum(maps, -1), jnp.sum(baseline, -1)
+        return x_features, out["logits"], maps, jnp.sum(baseline, -1)
+
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def cmwp_maps_fn(model: str, tap: str, n: int):
+    """A jitted ``fn(images, variables, params, mean, scale) -> [N, C, n, h, w]``: c-MWP of every x-feature
+    of every class's explainer (``params`` with class axis).
+
+    The classes run one after another (``lax.map``), each with its ``n`` x-features batched: every class
+    propagates ``n`` maps of the backbone's activations, so batching the classes too would hold ``C * n``."""
+    from xai_jax import models
+    spec = models.get(model)
+
+    def fn(images, variables, params, mean, scale):
+        layers, tap_index = models.sequential_layers(model, variables, tap)
+        x = models.preprocess(spec, images)
+        maps = jax.lax.map(lambda p: _x_feature_cmwp(layers, tap_index, x, p, mean, scale, n), params)
+        return jnp.moveaxis(maps, 0, 1)
 
     return jax.jit(fn)
 
@@ -176,15 +203,43 @@ def explain(result: XNNResult, model: str, variables, images, label: int | str, 
                        baseline=np.asarray(baseline), method=method)
 
 
+#: what each O1/O2 basis correlates, for reports (``XNNResult.orthogonality_basis``)
+BASES = {"cmwp-pixels": "c-MWP heatmaps at the input's pixels, normalised per image (the paper's)",
+         "gradcam-pixels": "Grad-CAM heatmaps upsampled to the input's pixels, normalised per image",
+         "gradcam-tap": "raw Grad-CAM heatmaps at the heatmap tap's resolution",
+         "x-features": "x-feature values over the samples (no heatmaps without a model)"}
+
+
+def orthogonality_basis(config: XNNConfig, model: str) -> str:
+    """The heatmaps whose correlation :func:`heatmap_orthogonality` takes for ``config.orthogonality``:
+    ``"cmwp-pixels"`` (a sequential backbone and a network explainer), ``"gradcam-pixels"`` or
+    ``"gradcam-tap"`` (a key of :data:`BASES`)."""
+    from xai_jax import models
+    if config.orthogonality == "tap":
+        return "gradcam-tap"
+    sequential = models.get(model).sequential is not None
+    return "cmwp-pixels" if sequential and config.variant != "lasso" else "gradcam-pixels"
+
+
 @functools.lru_cache(maxsize=None)
 def _correlation_step(model: str, tap: str, heatmap_tap: str, variant: str, x_activation: str,
-                      num_classes: int | None):
+                      n: int, num_classes: int | None, basis: str):
     # One step function per setting: engine.run compiles per step function, so a closure made per call
     # would recompile the pass on every fit.
-    fn = gradcam_fn(model, tap, heatmap_tap, variant, x_activation, num_classes)
+    from xai_jax import models
+    size = models.get(model).input_shape[:2]
+    if basis == "cmwp-pixels":
+        heat = cmwp_maps_fn(model, tap, n)
+    else:
+        gradcam = gradcam_fn(model, tap, heatmap_tap, variant, x_activation, num_classes)
+
+        def heat(*args):
+            return gradcam(*args)[2]
 
     def step(state, batch, p):
-        _, _, maps = fn(batch["images"], *p)
+        maps = heat(batch["images"], *p)  # [B, C, n, h, w]
+        if basis != "gradcam-tap":
+            maps = xnn_metrics.pixel_distribution(attribution.upsample_maps(maps, size))
         return jax.vmap(xnn_metrics.correlation_update, in_axes=(0, 1, None))(state, maps, batch["mask"])
 
     return step
@@ -192,13 +247,43 @@ def _correlation_step(model: str, tap: str, heatmap_tap: str, variant: str, x_ac
 
 def heatmap_orthogonality(result: XNNResult, model: str, variables, source, heatmap_tap: str,
                           num_classes: int | None = None, batch_size: int = 128,
-                          progress: bool | None = None) -> dict[str, np.ndarray]:
-    """O1, O2 (``[C]`` each) of each class's Grad-CAM heatmap correlation, streamed over ``source`` with
-    :func:`xai_jax.engine.run`."""
+                          progress: bool | None = None, basis: str | None = None) -> dict[str, np.ndarray]:
+    """O1, O2 (``[C]`` each) of the correlation ``P`` of each class's x-feature heatmaps, streamed over
+    ``source`` with :func:`xai_jax.engine.run` (paper section 4.2).
+
+    Every pixel of every image is one observation of the ``n`` x-features' heatmap values
+    (:func:`xai_jax.kernels.xnn_metrics.correlation_update`). The paper's heatmaps are c-MWP at the pixels,
+    normalised on each image to a distribution ``S_ij = C_ij / sum C`` (``"cmwp-pixels"``); residual
+    backbones have no c-MWP, and Grad-CAM, bilinearly upsampled to the input and normalised the same way,
+    stands in (``"gradcam-pixels"``). ``"gradcam-tap"`` correlates the raw Grad-CAM maps at
+    ``heatmap_tap``: per-image scale and the tap's coarse grid then weigh in (8x8 for ResNet-56 ``layer3``).
+
+    Args:
+      result: the fitted explainers.
+      model, variables: their backbone.
+      source: the images (e.g. the first few hundred held-out ones).
+      heatmap_tap: the convolutional tap of the Grad-CAM bases.
+      num_classes: outputs of the model's head if not its default.
+      batch_size: images per batch.
+      progress: show a progress bar (None: when on a terminal).
+      basis: a key of :data:`BASES` but ``"x-features"``; None: :func:`orthogonality_basis` of the
+        result's config.
+
+    Returns:
+      ``{"o1": [C], "o2": [C]}``.
+    """
     from xai_jax import engine
-    step = _correlation_step(model, result.config.tap, heatmap_tap, result.config.variant,
-                             result.config.x_activation, num_classes)
+    basis = basis or orthogonality_basis(result.config, model)
+    if basis not in BASES or basis == "x-features":
+        raise XaiJaxError(f"unknown heatmap basis {basis!r}; valid: {', '.join(b for b in BASES if b != 'x-features')}")
+    if basis == "cmwp-pixels":
+        if result.config.variant == "lasso":
+            raise XaiJaxError("c-MWP heatmaps need a network explainer; Lasso has Grad-CAM bases only")
+        from xai_jax import models
+        models.sequential_layers(model, variables, result.config.tap)  # a clear error before tracing
     classes, n = len(result.classes), result.config.num_x_features
+    step = _correlation_step(model, result.config.tap, heatmap_tap, result.config.variant,
+                             result.config.x_activation, n, num_classes, basis)
     init = jax.vmap(lambda _: xnn_metrics.correlation_init(n))(jnp.arange(classes))
     params = (variables, result.params, jnp.asarray(result.input_mean), jnp.float32(result.input_scale))
     state = engine.run(step, init, source, params, batch_size=batch_size, desc="xnn heatmap correlation",

@@ -30,8 +30,10 @@ class XNNResult(results.Result):
       params: the explainers, stacked on a leading class axis.
       input_mean, input_scale: the standardisation of ``Z`` (``(z - mean) / scale``).
       metrics: per explained class, ``f_reg_train``, ``f_cls_train`` (and ``_test``), ``o1``, ``o2``.
-      orthogonality_basis: ``"heatmaps"`` (correlation of heatmaps, the paper's) or ``"x-features"``
-        (correlation of x-feature values over samples, when no model was given).
+      orthogonality_basis: what O1/O2 correlate, a key of :data:`xai_jax.methods.xnn.BASES`:
+        ``"cmwp-pixels"`` (the paper's), ``"gradcam-pixels"``, ``"gradcam-tap"``, or ``"x-features"``
+        (x-feature values over the samples, when no model was given); ``"heatmaps"`` in results saved
+        before 2026-12 (raw Grad-CAM at the tap).
       history: ``[epochs, C]`` mean training loss per epoch (empty for Lasso).
       meta: provenance (model, weights, tap).
     """

@@ -259,7 +259,8 @@ def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
         features: Mapping | None = None, test_features: Mapping | None = None,
         compute_dtype: str | None = None) -> XNNResult:
     """Runs the backbone once over ``source`` (and ``test_source``), trains, and measures O1/O2 on the
-    Grad-CAM heatmaps of the first ``orthogonality_images`` test (else training) images.
+    heatmaps of the first ``orthogonality_images`` test (else training) images (``config.orthogonality``,
+    :func:`xai_jax.methods.xnn.heatmap_orthogonality`).
 
     Args:
       config: the hyper-parameters.
@@ -277,7 +278,8 @@ def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
         O1/O2 (a few hundred images) stay float32.
 
     Returns:
-      an :class:`XNNResult` with ``orthogonality_basis == "heatmaps"``.
+      an :class:`XNNResult` whose ``orthogonality_basis`` names the heatmaps
+      (:func:`xai_jax.methods.xnn.orthogonality_basis`).
     """
     from xai_jax import evaluation
     from xai_jax.data import Subset
@@ -295,11 +297,12 @@ def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
                           meta={"model": model, "tap": config.tap, "heatmap_tap": heat_tap, **(meta or {})})
     ortho_source = test_source if test_source is not None else source
     ortho_source = Subset(ortho_source, np.arange(min(orthogonality_images, len(ortho_source))))
+    basis = heatmaps.orthogonality_basis(config, model)
     ortho = heatmaps.heatmap_orthogonality(result, model, variables, ortho_source, heat_tap, num_classes,
-                                              batch_size, progress)
+                                              batch_size, progress, basis=basis)
     per_class = {name: {**values, **{k: metrics.number(v[i]) for k, v in ortho.items()}}
                  for i, (name, values) in enumerate(result.metrics.items())}
-    return dataclasses.replace(result, metrics=per_class, orthogonality_basis="heatmaps")
+    return dataclasses.replace(result, metrics=per_class, orthogonality_basis=basis)
 
 
 class XNN:
