@@ -113,7 +113,7 @@ def fit_cmd(args) -> None:
     # the scratch folder is checked (free space) before the classifier's training too
     nbytes = fit_rows_bytes(args.model, tap, config, len(train_set) + len(test_set))
     if not args.weights:  # and the training images, for the classifier
-        nbytes += len(train_set) * (math.prod(train_set.image_shape) + 4)
+        nbytes += len(train_set) * (math.prod(train_set.image_shape()) + 4)
     with rows_dir(args, nbytes) as directory:
         if args.weights:
             variables = weights.load(spec, args.weights)
