@@ -312,3 +312,87 @@ def test_decoder_starting_at_the_mean_learns_mnist():
         params, opt_state, _ = step(params, opt_state, codes[batch], x[batch])
     all_black = float(jnp.mean(jnp.sum(jnp.square(x), axis=(1, 2, 3))))
     assert float(loss(params, codes, x)) < 0.75 * all_black
+
+
+def _no_whole_reads(monkeypatch):
+    """Makes reading a multi-dimensional DiskRows whole (``np.asarray(rows)``) an error: ClaDec reads its
+    activations and reconstructions on disk by blocks and minibatches only (labels, [n], may be read whole)."""
+    from xai_jax.rowstore import DiskRows
+    whole = DiskRows.__array__
+
+    def guarded(self, dtype=None, copy=None):
+        assert self.ndim == 1, f"{self.path} read whole"
+        return whole(self, dtype, copy)
+
+    monkeypatch.setattr(DiskRows, "__array__", guarded)
+
+
+def test_fit_from_disk_rows_matches_memory(tmp_path, fashion, monkeypatch):
+    """``fit(directory=)``: activations and reconstructions in DiskRows files, read by blocks and minibatches,
+    give the in-memory result bit for bit when both gather the same minibatches on the host. (With its default,
+    the in-memory fit of so small a set trains on the device, gathering each minibatch in shuffled rather than
+    sorted order, so its sums run in another order.)"""
+    from xai_jax import train
+    from xai_jax.rowstore import DiskRows
+    _no_whole_reads(monkeypatch)
+    monkeypatch.setattr(train, "fits_on_device", lambda data, device_bytes: False)  # the same batch order
+    config = ClaDecConfig(layer=-3, neurons=(0, 256), epochs=1, batch_size=64, eval_epochs=1, eval_batch_size=64)
+    train_set, test_set = Subset(fashion["train"], np.arange(256)), Subset(fashion["test"], np.arange(64))
+    memory = ClaDec(config).fit(MODEL, fashion["variables"], train_set, test_set, progress=False)
+    disk = ClaDec(config).fit(MODEL, fashion["variables"], train_set, test_set, progress=False, directory=str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["test", "test_recs", "train", "train_recs"]
+    assert sorted(os.listdir(tmp_path / "train")) == ["code.npy", "labels.npy", "x.npy"]
+    assert sorted(os.listdir(tmp_path / "train_recs")) == ["cladec.npy", "refae.npy"]
+    assert DiskRows(tmp_path / "train" / "code.npy").shape == (256, 2, 2, 512)  # the whole layer, as stored
+    assert disk.code_shape == memory.code_shape == (2, 2, 256)
+    np.testing.assert_array_equal(disk.fill, memory.fill)
+    for a, b in zip(jax.tree.leaves((disk.decoder, disk.refae)), jax.tree.leaves((memory.decoder, memory.refae))):
+        np.testing.assert_array_equal(a, b)
+    assert disk.history == memory.history and disk.metrics == memory.metrics
+    assert {"acc_eval_cladec", "acc_eval_refae", "d_rec"} <= set(disk.metrics)
+    # the blocked metrics against NumPy over the whole arrays
+    te = layer_activations(MODEL, fashion["variables"], test_set, disk.tap, progress=False)
+    recs = reconstruct_codes(disk, te)
+    err = {k: np.sqrt(np.square(te["x"] - recs[k]).reshape(len(te["x"]), -1).sum(-1)) for k in ("cladec", "refae")}
+    np.testing.assert_allclose(disk.metrics["rec_loss_cladec"], np.mean(np.square(te["x"] - recs["cladec"])),
+                               rtol=1e-5)
+    np.testing.assert_allclose(disk.metrics["d_rec"], np.mean(err["cladec"] - err["refae"]), rtol=1e-4, atol=1e-6)
+
+
+def test_cli_fit_scratch_dir(tmp_path, fashion, monkeypatch, capsys):
+    """``cladec fit --scratch-dir DIR``: the rows go to a folder of ours inside DIR, removed at the end, and what
+    was in DIR stays; without the flag, rows over ``SPILL_BYTES`` go to a folder beside ``--out``, removed too
+    (with ``--classifier-epochs``, the training images as well)."""
+    from xai_jax import rowstore
+    weights = tmp_path / "clf"
+    save_variables(weights, fashion["variables"], {"model": MODEL})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "mine.txt").write_text("keep")
+    stored = []
+    store = rowstore.store
+    monkeypatch.setattr(rowstore, "store", lambda chunks, n, directory=None: stored.append(directory) or
+                        store(chunks, n, directory))
+    common = ["--quiet", "cladec", "fit", "--model", MODEL, "--data", f"idx:{fashion['dir']}", "--limit", "128",
+              "--test-limit", "64", "--layer", "-2", "--epochs", "1", "--eval-epochs", "1", "--batch-size", "64"]
+    assert main(common + ["--weights", str(weights), "--scratch-dir", str(scratch), "--out", str(tmp_path / "a")]) == 0
+    # activations and reconstructions of both sets, all inside one folder of ours in DIR
+    on_disk = [d for d in stored if d is not None]
+    assert len(on_disk) == 4 and {os.path.dirname(os.path.dirname(d)) for d in on_disk} == {str(scratch)}
+    assert os.listdir(scratch) == ["mine.txt"] and (scratch / "mine.txt").read_text() == "keep"
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert all(np.isfinite(summary[k]) for k in ("rec_loss_cladec", "rec_loss_refae", "d_rec", "d_acc"))
+    stored.clear()
+    monkeypatch.setattr(rowstore, "SPILL_BYTES", 0)
+    before = set(os.listdir(tmp_path))
+    # the classifier trained here reads its training images from the folder too
+    assert main(common + ["--classifier-epochs", "1", "--no-refae", "--out", str(tmp_path / "b")]) == 0
+    assert [os.path.basename(d) for d in stored if d is not None and os.path.dirname(os.path.dirname(d)) ==
+            str(tmp_path)] == ["images", "train", "test", "test_recs"]  # no evaluation: no training recs
+    assert set(os.listdir(tmp_path)) == before | {"b"}  # the folder beside --out is gone
+    assert (tmp_path / "b" / "classifier").is_dir()
+    # a scratch folder that is not there: one line before any work, nothing written
+    capsys.readouterr()
+    assert main(common + ["--weights", str(weights), "--scratch-dir", str(tmp_path / "absent"),
+                          "--out", str(tmp_path / "c")]) == 2
+    assert "--scratch-dir" in capsys.readouterr().err and not (tmp_path / "c").exists()

@@ -276,7 +276,7 @@ def collect_rows(fn: Callable[[Batch, Any], Any], data: Source | Batches, params
 
 
 def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *, chunk: int = 256,
-               mesh: Mesh | None = None) -> Any:
+               mesh: Mesh | None = None, directory: str | None = None) -> Any:
     """Applies a row-wise ``fn`` to host arrays in fixed-size chunks and returns its output for every row, as NumPy.
 
     The ``n`` rows are cut into chunks of ``c = min(round(chunk), round(n))`` rows, ``round`` being
@@ -301,9 +301,12 @@ def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *
       chunk: rows per call before the rounding (>= 1).
       mesh: the devices to shard the rows over (default: all local devices: over several processes, each
         one holds the arrays and computes every row itself, with no communication).
+      directory: an existing folder to write the outputs into as :class:`xai_jax.rowstore.DiskRows` files
+        (:func:`xai_jax.rowstore.store`), or None for NumPy arrays.
 
     Returns:
-      The pytree ``fn`` returns, each leaf a NumPy array ``[n, ...]`` with the rows in input order.
+      The pytree ``fn`` returns, each leaf a NumPy array (or :class:`xai_jax.rowstore.DiskRows`) ``[n, ...]``
+      with the rows in input order.
 
     Raises:
       XaiJaxError: no arrays, no rows, leading axes of different lengths, or ``chunk < 1``.
@@ -345,7 +348,7 @@ def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *
             pending = (result, min(size, n - start))
         yield _first_rows(*pending)
 
-    return rowstore.store(results(), n)
+    return rowstore.store(results(), n, directory)
 
 
 def _first_rows(out: Any, valid: int) -> Any:

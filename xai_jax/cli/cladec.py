@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
-from xai_jax.cli.common import add_pass_args, add_sample_seed, inputs_of
+from xai_jax.cli.common import add_pass_args, add_sample_seed, add_scratch_arg, inputs_of, rows_dir
 from xai_jax.cli.flags import add_config_flags, config_from_args
 from xai_jax.cli.options import non_negative_int, positive_int
 from xai_jax.errors import XaiJaxError
@@ -42,6 +43,7 @@ def register(subparsers) -> None:
     add_pass_args(t)
     fields = add_config_flags(t.add_argument_group("ClaDec"), ClaDecConfig)
     t.add_argument("--out", required=True, metavar="DIR")
+    add_scratch_arg(t)
     t.set_defaults(func=fit_cmd, config_fields=fields)
 
     e = sub.add_parser("explain", help="reconstruct one image with a trained result: original/RefAE/ClaDec/difference")
@@ -69,6 +71,16 @@ def _progress(args):
     return False if getattr(args, "quiet", False) else None
 
 
+def fit_rows_bytes(model: str, tap: str, config: ClaDecConfig, images: int) -> int:
+    """Bytes of the per-image rows that :meth:`~xai_jax.methods.cladec.ClaDec.fit` keeps for ``images`` training
+    and test images (at most): the targets, the whole layer's code and the label (float32, int32), and the
+    ClaDec (and RefAE) reconstructions."""
+    from xai_jax import models
+    target = math.prod(models.get(model).input_shape) * 4
+    code = math.prod(models.tap_shapes(model)[tap]) * 4
+    return images * (target * (2 + bool(config.refae)) + code + 4)
+
+
 def fit_cmd(args) -> None:
     import jax
     import numpy as np
@@ -76,13 +88,14 @@ def fit_cmd(args) -> None:
     from xai_jax import data, models, outputs, weights
     from xai_jax.methods.cladec import KIND, ClaDec, train_classifier
     from xai_jax.methods.cladec.figures import layer_rows
+    from xai_jax.methods.cladec.passes import source_images, subfolder
     from xai_jax.models.cladec import architecture
     architecture(args.model)  # a ClaDec classifier, or a clear error
     spec = models.get(args.model)
     # without RefAE there is no dAcc: the command skips the evaluation classifiers too
     config = config_from_args(ClaDecConfig, args, args.config_fields, **({} if args.refae else {"eval_epochs": 0}))
     method = ClaDec(config)  # validates the values
-    method.check(args.model)  # and the layer, neurons and decoder against the model, before any data is read
+    tap = method.check(args.model)  # and the layer, neurons and decoder against the model, before any data is read
     if not args.weights and args.classifier_epochs < 1:
         raise XaiJaxError("give the classifier to explain (--weights DIR) or train one (--classifier-epochs N)")
     out = outputs.check_output(args.out, KIND, inputs=inputs_of(args, "weights", "data", "test_data"))
@@ -97,17 +110,26 @@ def fit_cmd(args) -> None:
         raise XaiJaxError(f"{args.data} has no test split; pass --test-data SPEC")
     progress = _progress(args)
     classifier_info = None
-    if args.weights:
-        variables = weights.load(spec, args.weights)
-        weights_path = os.path.abspath(args.weights)
-    else:
-        images, labels = train_set.all()
-        variables, classifier_info = train_classifier(args.model, images, labels, epochs=args.classifier_epochs,
-                                                      key=jax.random.key(config.seed + 100), progress=progress)
-        weights_path = os.path.join(out, "classifier")
-    result = method.fit(args.model, variables, train_set, test_set, progress=progress,
-                        meta={"weights": weights_path, "data": args.data, "test_data": args.test_data,
-                              "limit": args.limit, "test_limit": args.test_limit, "sample_seed": args.sample_seed})
+    # the scratch folder is checked (free space) before the classifier's training too
+    nbytes = fit_rows_bytes(args.model, tap, config, len(train_set) + len(test_set))
+    if not args.weights:  # and the training images, for the classifier
+        nbytes += len(train_set) * (math.prod(train_set.image_shape()) + 4)
+    with rows_dir(args, nbytes) as directory:
+        if args.weights:
+            variables = weights.load(spec, args.weights)
+            weights_path = os.path.abspath(args.weights)
+        else:
+            # train_set.all(), through the scratch folder when there is one
+            stored = source_images(train_set, progress=progress, directory=subfolder(directory, "images"))
+            variables, classifier_info = train_classifier(args.model, stored["images"], stored["labels"],
+                                                          epochs=args.classifier_epochs,
+                                                          key=jax.random.key(config.seed + 100), progress=progress)
+            del stored  # the fit's passes read the source again
+            weights_path = os.path.join(out, "classifier")
+        result = method.fit(args.model, variables, train_set, test_set, progress=progress, directory=directory,
+                            meta={"weights": weights_path, "data": args.data, "test_data": args.test_data,
+                                  "limit": args.limit, "test_limit": args.test_limit,
+                                  "sample_seed": args.sample_seed})
     shown_images, shown_labels = test_set.read(np.arange(min(6, len(test_set))))
     rec = result.reconstruct(variables, shown_images)
     names = list(getattr(test_set, "class_names", ()) or ())

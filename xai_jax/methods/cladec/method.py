@@ -14,7 +14,8 @@ from xai_jax.data.base import Source
 from xai_jax.errors import XaiJaxError
 from xai_jax.methods.cladec.config import ClaDecConfig
 from xai_jax.methods.cladec.metrics import evaluate
-from xai_jax.methods.cladec.passes import layer_activations, reconstruct_codes, select_neurons
+from xai_jax.methods.cladec.passes import (channel_mean, layer_activations, reconstruct_codes, select_neurons,
+                                           subfolder)
 from xai_jax.methods.cladec.result import ClaDecResult
 from xai_jax.methods.cladec.training import fit_decoder, fit_refae
 from xai_jax.models.cladec import Decoder, layer_tap
@@ -55,7 +56,8 @@ class ClaDec:
         return tap
 
     def fit(self, model: str, variables, train_set: Source, test_set: Source, *, progress: bool | None = None,
-            meta: dict | None = None, activations: tuple[dict, dict] | None = None) -> ClaDecResult:
+            meta: dict | None = None, activations: tuple[dict, dict] | None = None,
+            directory: str | None = None) -> ClaDecResult:
         """Trains ClaDec's decoder on the frozen classifier's activations, RefAE, and evaluates both.
 
         Args:
@@ -66,6 +68,11 @@ class ClaDec:
           progress: progress bars and per-epoch lines.
           meta: provenance stored with the result.
           activations: ``(train, test)`` from :func:`layer_activations` to reuse (several configs, one layer).
+          directory: an existing folder for every per-image array of the fit (the activations, unless given,
+            and the reconstructions the evaluation trains on), as :class:`xai_jax.rowstore.DiskRows` files in
+            its subfolders ``train``, ``test``, ``train_recs``, ``test_recs``, read back a block or a minibatch
+            at a time, so that host memory does not grow with the dataset; the caller removes the folder.
+            None: in memory.
 
         Returns:
           a new :class:`ClaDecResult`.
@@ -77,30 +84,36 @@ class ClaDec:
             raise XaiJaxError("ClaDec needs non-empty training and test sets")
         key = jax.random.key(config.seed)
         if activations is None:
-            activations = (layer_activations(model, variables, train_set, tap, progress=progress),
-                           layer_activations(model, variables, test_set, tap, progress=progress))
+            activations = (layer_activations(model, variables, train_set, tap, progress=progress,
+                                             directory=subfolder(directory, "train")),
+                           layer_activations(model, variables, test_set, tap, progress=progress,
+                                             directory=subfolder(directory, "test")))
         tr, te = activations
-        tr_code = select_neurons(tr["code"], config.neurons)
-        fill = tr["x"].reshape(-1, tr["x"].shape[-1]).mean(0).astype(np.float32)
+        first_code = select_neurons(np.asarray(tr["code"][:1]), config.neurons)  # the decoder's input, one row
+        fill = channel_mean(tr["x"])
         # The decoder that is applied, and the one that initialises it: ClaDec's and RefAE's decoders start at the
         # training images' mean (Decoder.output_mean), which only the initialisation reads, so the training steps
         # stay the same program for every data set.
         decoder = Decoder(spec.input_shape[-1], spec.input_shape[0], config.decoder_base, config.decoder_widths)
         decoder_init = decoder.clone(output_mean=tuple(float(v) for v in fill))
-        dec_init = decoder_init.init(jax.random.fold_in(key, 1), jnp.asarray(tr_code[:1]))
+        dec_init = decoder_init.init(jax.random.fold_in(key, 1), jnp.asarray(first_code))
+        # the whole layer's codes, read as stored: fit_decoder takes the neuron range on device
         decoder_vars, cladec_history = fit_decoder(config, model, variables, decoder, dec_init,
-                                                   {"code": tr_code, "x": tr["x"], "labels": tr["labels"]},
+                                                   {"code": tr["code"], "x": tr["x"], "labels": tr["labels"]},
                                                    jax.random.fold_in(key, 2), progress)
         history = {"cladec": cladec_history}
         refae_vars = None
         if config.refae:
-            refae_vars, history["refae"] = fit_refae(config, model, tap, decoder, decoder_init, tr["x"], tr_code,
-                                                     key, progress)
-        result = ClaDecResult(config=config, model=model, tap=tap, code_shape=tuple(tr_code.shape[1:]),
+            refae_vars, history["refae"] = fit_refae(config, model, tap, decoder, decoder_init, tr["x"],
+                                                     first_code, key, progress)
+        result = ClaDecResult(config=config, model=model, tap=tap, code_shape=tuple(first_code.shape[1:]),
                               decoder=jax.tree.map(np.asarray, decoder_vars), fill=fill,
                               refae=None if refae_vars is None else jax.tree.map(np.asarray, refae_vars),
                               history=history, meta=dict(meta or {}))
-        metrics = evaluate(result, variables, tr, te, reconstruct_codes(result, tr), reconstruct_codes(result, te),
-                           key=key, eval_epochs=config.eval_epochs, eval_batch_size=config.eval_batch_size,
-                           progress=progress)
+        # the training set's reconstructions are only read by the evaluation classifiers
+        train_recs = (reconstruct_codes(result, tr, subfolder(directory, "train_recs")) if config.eval_epochs > 0
+                      else {})
+        test_recs = reconstruct_codes(result, te, subfolder(directory, "test_recs"))
+        metrics = evaluate(result, variables, tr, te, train_recs, test_recs, key=key, eval_epochs=config.eval_epochs,
+                           eval_batch_size=config.eval_batch_size, progress=progress)
         return dataclasses.replace(result, metrics=metrics)

@@ -1,19 +1,22 @@
 """ClaDec's passes over data: the explained layer's activations, reconstructions, the classifier's accuracy.
 
 Each jitted function is built once per static argument set (``lru_cache`` on model, tap, neuron range and
-decoder module), so a second pass over other data of the same shapes reuses the compiled program.
+decoder module), so a second pass over other data of the same shapes reuses the compiled program. Per-image
+outputs go through :func:`xai_jax.rowstore.store`: NumPy arrays, or, given a folder, :class:`DiskRows` files
+that everything after the pass reads a block at a time (host memory then does not grow with the dataset).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import TYPE_CHECKING, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xai_jax import engine, models
+from xai_jax import engine, models, rowstore
 from xai_jax.data.base import Source
 from xai_jax.models.cladec import Decoder, refae_apply
 
@@ -31,6 +34,28 @@ def to_unit(spec, images: jax.Array) -> jax.Array:
 def select_neurons(code, neurons: tuple[int, int] | None):
     """Channels ``[start, stop)`` of a code (its last axis), or the whole code for ``None``."""
     return code if neurons is None else code[..., neurons[0]:neurons[1]]
+
+
+def subfolder(directory: str | None, name: str) -> str | None:
+    """``directory/name``, created, for one pass's :class:`xai_jax.rowstore.DiskRows` files (their names are the
+    outputs' keys, so each pass needs its own folder); None for None (in memory)."""
+    if directory is None:
+        return None
+    path = os.path.join(directory, name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def channel_mean(x, block_bytes: int = 64 << 20) -> np.ndarray:
+    """``[C]`` float32: the mean of ``x`` (``[n, ..., C]``, in memory or :class:`xai_jax.rowstore.DiskRows`) over
+    every axis but the last, summed in float64 over row blocks of about ``block_bytes``."""
+    row_bytes = max(1, rowstore.nbytes(x) // max(1, len(x)))
+    block = max(1, block_bytes // (2 * row_bytes))  # the float64 copy of a block is twice its float32 size
+    total = np.zeros(x.shape[-1], np.float64)
+    for start in range(0, len(x), block):
+        part = np.asarray(x[start:start + block], np.float64)
+        total += part.reshape(-1, part.shape[-1]).sum(0)
+    return (total / (int(np.prod(x.shape[:-1])))).astype(np.float32)
 
 
 # Rows per call of the maps over stored arrays: the same for every call, so that each map compiles once.
@@ -67,14 +92,37 @@ def _activation_fn(model: str, tap: str):
 
 
 def layer_activations(model: str, variables, source: Source, tap: str, *, batch_size: int = 256,
-                      progress: bool | None = None) -> dict[str, np.ndarray]:
+                      progress: bool | None = None, directory: str | None = None) -> dict[str, np.ndarray]:
     """One pass over ``source``.
 
+    Args:
+      model, variables: the classifier.
+      source: labelled images.
+      tap: the explained layer (the whole layer: a neuron range is taken where the codes are read).
+      batch_size: images per step.
+      progress: a progress bar.
+      directory: an existing folder to keep the rows in as ``x.npy``, ``code.npy``, ``labels.npy``
+        (:class:`xai_jax.rowstore.DiskRows`, read back a block at a time; the caller removes the folder), or
+        None to hold them in memory.
+
     Returns:
-      ``{"x": targets in [0, 1] at the model's input size, "code": the tap, "labels"}`` (NumPy).
+      ``{"x": targets in [0, 1] at the model's input size, "code": the tap, "labels"}`` (NumPy or DiskRows).
     """
-    return engine.collect(engine.map_batches(_activation_fn(model, tap), source, variables, batch_size=batch_size,
-                                             desc=f"{tap} activations", progress=progress))
+    return rowstore.store(engine.map_batches(_activation_fn(model, tap), source, variables, batch_size=batch_size,
+                                             desc=f"{tap} activations", progress=progress), len(source), directory)
+
+
+def _images_fn(batch, params):
+    return {"images": batch["images"], "labels": batch["labels"]}
+
+
+def source_images(source: Source, *, batch_size: int = 256, progress: bool | None = None,
+                  directory: str | None = None) -> dict:
+    """``{"images", "labels"}`` of ``source`` as it stores them (``source.all()``, through
+    :func:`xai_jax.rowstore.store`: given an existing folder, :class:`xai_jax.rowstore.DiskRows` files that
+    :func:`xai_jax.methods.cladec.train_classifier` reads a minibatch at a time)."""
+    return rowstore.store(engine.map_batches(_images_fn, source, batch_size=batch_size, desc="images",
+                                             progress=progress), len(source), directory)
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,7 +135,7 @@ def _decode_fn(model: str, tap: str, neurons, decoder: Decoder, with_refae: bool
 
     def fn(batch, variables):
         decoder_vars, refae_vars = variables
-        out = {"cladec": decoder.apply(decoder_vars, batch["code"])}
+        out = {"cladec": decoder.apply(decoder_vars, select_neurons(batch["code"], neurons))}
         if with_refae:
             out["refae"] = refae_apply(encoder, decoder, tap, refae_vars, (batch["x"] - mean) / std,
                                        neurons=neurons)[0]
@@ -96,20 +144,23 @@ def _decode_fn(model: str, tap: str, neurons, decoder: Decoder, with_refae: bool
     return fn
 
 
-def reconstruct_codes(result: ClaDecResult, acts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def reconstruct_codes(result: ClaDecResult, acts: Mapping[str, np.ndarray],
+                      directory: str | None = None) -> dict[str, np.ndarray]:
     """Reconstructions of stored activations.
 
     Args:
       result: the trained decoder (and RefAE).
-      acts: :func:`layer_activations` output (the whole layer; the result's neuron range is taken here).
+      acts: :func:`layer_activations` output (the whole layer; the result's neuron range is taken on device).
+      directory: an existing folder for the reconstructions as ``cladec.npy``, ``refae.npy``
+        (:class:`xai_jax.rowstore.DiskRows`), or None to return them in memory.
 
     Returns:
       ``{"cladec": ..., "refae": ... (if trained)}``, images in [0, 1].
     """
     fn = _decode_fn(result.model, result.tap, result.config.neurons, result.decoder_module,
                     result.refae is not None)
-    return engine.map_arrays(fn, {"code": select_neurons(acts["code"], result.config.neurons), "x": acts["x"]},
-                             (result.decoder, result.refae), chunk=_CHUNK)
+    return engine.map_arrays(fn, {"code": acts["code"], "x": acts["x"]}, (result.decoder, result.refae),
+                             chunk=_CHUNK, directory=directory)
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xai_jax import models, train
+from xai_jax import models, rowstore, train
 from xai_jax.kernels import cladec as K
-from xai_jax.methods.cladec.passes import classifier_accuracy
+from xai_jax.methods.cladec.passes import classifier_accuracy, select_neurons
 from xai_jax.models.cladec import Decoder, refae_apply
 
 
@@ -49,7 +49,8 @@ def train_classifier(model: str, images: np.ndarray, labels: np.ndarray, *, epoc
 
     Args:
       model: registry name of the architecture.
-      images: ``[N, H, W, C]`` uint8 or [0, 1] floats (reconstructions), resized on device to 32x32.
+      images: ``[N, H, W, C]`` uint8 or [0, 1] floats (reconstructions), resized on device to 32x32; in memory or
+        :class:`xai_jax.rowstore.DiskRows` (read a minibatch at a time).
       labels: ``[N]`` ints.
       epochs, batch_size, key, lr: the schedule.
       test: ``(images, labels)`` to report the test accuracy of.
@@ -63,7 +64,7 @@ def train_classifier(model: str, images: np.ndarray, labels: np.ndarray, *, epoc
     optimizer = _classifier_optimizer(epochs, steps, lr)
     state = train.init_state(init["params"], optimizer, {k: v for k, v in init.items() if k != "params"})
     loss_fn = train.classifier_loss(model)
-    data = {"images": np.asarray(images), "labels": np.asarray(labels, np.int32)}
+    data = {"images": rowstore.as_rows(images), "labels": np.asarray(labels, np.int32)}
     state, history = train.fit(loss_fn, optimizer, state, data, batch_size=batch_size, epochs=epochs,
                                key=jax.random.fold_in(key, 1), progress=progress, desc=desc)
     state = state.replace(model_state=train.recalibrate_batch_stats(loss_fn, state.params, state.model_state, data,
@@ -76,13 +77,15 @@ def train_classifier(model: str, images: np.ndarray, labels: np.ndarray, *, epoc
 
 
 @functools.lru_cache(maxsize=None)
-def decoder_loss(model: str, decoder: Decoder, alpha: float, reduction: str) -> train.LossFn:
+def decoder_loss(model: str, decoder: Decoder, alpha: float, reduction: str, neurons=None) -> train.LossFn:
     """Eq. (1) for ClaDec's decoder; the frozen classifier (inference mode) is the ``model_state``, which
-    comes back unchanged: ``loss_fn(params, classifier_variables, batch, key)`` for :func:`xai_jax.train.fit`."""
+    comes back unchanged: ``loss_fn(params, classifier_variables, batch, key)`` for :func:`xai_jax.train.fit`.
+    ``batch["code"]`` is the whole layer; the channel range ``neurons`` is taken on device, so that stored
+    codes are read as they are, a minibatch at a time."""
     forward = models.make_forward(model)
 
     def loss_fn(params, classifier, batch, key):
-        xhat = decoder.apply({"params": params}, batch["code"])
+        xhat = decoder.apply({"params": params}, select_neurons(batch["code"], neurons))
         logits = forward(xhat, classifier)["logits"] if alpha > 0 else None
         loss, metrics = K.cladec_loss(batch["x"], xhat, logits, batch["labels"], alpha, reduction)
         return loss, (classifier, metrics)
@@ -99,13 +102,13 @@ def fit_decoder(config, model: str, variables, decoder: Decoder, init: dict, dat
       model, variables: the frozen classifier.
       decoder: the decoder module (apply only: its initialisation is ``init``).
       init: the decoder's initial variables.
-      data: ``{"code", "x", "labels"}``.
+      data: ``{"code" (the whole layer), "x", "labels"}``, in memory or :class:`xai_jax.rowstore.DiskRows`.
       key: shuffling.
 
     Returns:
       ``(decoder variables, per-epoch training metrics)``.
     """
-    loss_fn = decoder_loss(model, decoder, float(config.alpha), config.reduction)
+    loss_fn = decoder_loss(model, decoder, float(config.alpha), config.reduction, config.neurons)
     optimizer = adam(config.learning_rate, config.weight_decay)
     state, hist = train.fit(loss_fn, optimizer, train.init_state(init["params"], optimizer, variables), data,
                             batch_size=config.batch_size, epochs=config.epochs, key=key, progress=progress,
@@ -142,8 +145,8 @@ def fit_refae(config, model: str, tap: str, decoder: Decoder, decoder_init: Deco
       model, tap: the encoder's architecture and where it hands over to the decoder.
       decoder: the decoder module to apply; ``decoder_init`` the one to initialise (its output starts at the
         training mean).
-      x_train: ``[N, H, W, C]`` targets in [0, 1].
-      code_like: one code, for the decoder's initialisation.
+      x_train: ``[N, H, W, C]`` targets in [0, 1] (in memory or :class:`xai_jax.rowstore.DiskRows`).
+      code_like: one code (of the neuron range), for the decoder's initialisation.
       key: initialisation (``fold_in`` 3, 4) and shuffling (5).
 
     Returns:
