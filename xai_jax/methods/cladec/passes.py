@@ -108,8 +108,8 @@ def layer_activations(model: str, variables, source: Source, tap: str, *, batch_
     Returns:
       ``{"x": targets in [0, 1] at the model's input size, "code": the tap, "labels"}`` (NumPy or DiskRows).
     """
-    return rowstore.store(engine.map_batches(_activation_fn(model, tap), source, variables, batch_size=batch_size,
-                                             desc=f"{tap} activations", progress=progress), len(source), directory)
+    return engine.collect_rows(_activation_fn(model, tap), source, variables, batch_size=batch_size,
+                               desc=f"{tap} activations", progress=progress, directory=directory)
 
 
 def _images_fn(batch, params):
@@ -121,8 +121,8 @@ def source_images(source: Source, *, batch_size: int = 256, progress: bool | Non
     """``{"images", "labels"}`` of ``source`` as it stores them (``source.all()``, through
     :func:`xai_jax.rowstore.store`: given an existing folder, :class:`xai_jax.rowstore.DiskRows` files that
     :func:`xai_jax.methods.cladec.train_classifier` reads a minibatch at a time)."""
-    return rowstore.store(engine.map_batches(_images_fn, source, batch_size=batch_size, desc="images",
-                                             progress=progress), len(source), directory)
+    return engine.collect_rows(_images_fn, source, batch_size=batch_size, desc="images", progress=progress,
+                               directory=directory)
 
 
 @functools.lru_cache(maxsize=None)
