@@ -22,6 +22,9 @@ from xai_jax.methods.nma import NearMissAnalysis, NMAConfig
 from xai_jax.methods.www import WWW, WWWResult
 from xai_jax.methods.xnn import extract_features
 
+# the module's fixtures (a trained model, fitted results) are built once, on one worker
+pytestmark = pytest.mark.xdist_group("bf16")
+
 MODEL = "cifar_resnet56"
 BF16 = "bfloat16"
 

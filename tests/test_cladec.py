@@ -31,7 +31,8 @@ from xai_jax.outputs import save_npz
 from xai_jax.weights import save_variables
 
 MODEL = "cladec_vgg"
-pytestmark = pytest.mark.slow
+# the module's fixtures (a trained model, fitted results) are built once, on one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cladec")]
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,9 @@ from xai_jax.methods.dec import Activations, ActivationClusteringSurrogate, DECC
 
 from conftest import shared_path
 
+# the module's fixtures (a trained model, fitted results) are built once, on one worker
+pytestmark = pytest.mark.xdist_group("dec")
+
 SMALL = dict(hidden=(64, 64, 128), embedding_size=8, batch_size=64, update_interval=20, max_dec_steps=200,
              kmeans_inits=5)
 

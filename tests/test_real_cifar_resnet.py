@@ -7,10 +7,10 @@ CIFAR-10 test JPEGs; they must agree on at least 99.9 % of the predictions (and 
 re-encodings (about JPEG quality 75, so well below the published 91.7-93.6 %).
 
 Images: all four depths on all 10,000 images took 5.2 minutes on this project's two shared CPU cores
-(both frameworks), so ResNet-20 and ResNet-56 see all 10,000 and ResNet-32/44 the first 200 images of
-every class (2,000; the file stores the test set class by class, so a plain prefix would be two classes).
-Measured (Flax = PyTorch, agreement 100 %): ResNet-20 81.03 %, ResNet-32 83.80 % (2,000),
-ResNet-44 82.20 % (2,000), ResNet-56 83.20 %.
+(both frameworks), so ResNet-20 sees all 10,000 and ResNet-32/44/56 the first 200 images of every class (2,000;
+the file stores the test set class by class, so a plain prefix would be two classes). ResNet-56 on all 10,000
+alone took 225 s of CI's 30 minutes. Measured (Flax = PyTorch, agreement 100 %): ResNet-20 81.03 %, ResNet-32
+83.80 % (2,000), ResNet-44 82.20 % (2,000), ResNet-56 83.15 % (2,000; 83.20 % on all 10,000).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from xai_jax.models.registry import apply_model, preprocess
 BATCH = 1000
 MIN_AGREEMENT = 0.999
 # depth -> (test images per class, lowest accepted accuracy = measured - 1.5 points)
-CASES = {20: (1000, 0.795), 32: (200, 0.823), 44: (200, 0.807), 56: (1000, 0.817)}
+CASES = {20: (1000, 0.795), 32: (200, 0.823), 44: (200, 0.807), 56: (200, 0.816)}
 MAX_LOGIT_DIFF = 1e-3
 
 torch.set_num_threads(2)

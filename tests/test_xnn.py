@@ -17,6 +17,9 @@ from xai_jax.errors import XaiJaxError
 from xai_jax.methods import xnn
 from xai_jax.methods.xnn import XNN, XNNConfig, XNNResult
 
+# the module's fixtures (a trained model, fitted results) are built once, on one worker
+pytestmark = pytest.mark.xdist_group("xnn")
+
 
 def synthetic(m=97, s=13, k=4, seed=0):
     """Features whose logits are a noisy linear function of them (awkward sizes)."""

@@ -47,7 +47,8 @@ class DECConfig:
       dec_learning_rate: SGD step size of the DEC refinement (DEC: 0.01, momentum 0.9).
       update_interval: ``T``, DEC steps between two full-training-set refreshes of the target ``P``.
       tolerance: stop when the fraction of changed hard assignments between refreshes is below this.
-      max_dec_steps: most DEC steps per layer (rounded up to a multiple of ``update_interval``).
+      max_dec_steps: most DEC steps per layer (rounded up to a multiple of ``update_interval``; 2,800 = 20
+        refreshes of ``P``, which the paper does not give: the full CIFAR-10 run has flattened by then).
       kmeans_inits: k-means restarts.
       posterior: ``p(y | cluster)`` from the training ``labels`` (the paper) or the model's ``predictions``.
       seed: all randomness (initialisation, shuffling, k-means) derives from it.
@@ -67,7 +68,7 @@ class DECConfig:
     dec_learning_rate: float = option(0.01, low=0, low_open=True)
     update_interval: int = option(140, low=1)
     tolerance: float = option(0.001, low=0, high=1)
-    max_dec_steps: int = option(2000, low=0)
+    max_dec_steps: int = option(2800, low=0)
     kmeans_inits: int = option(20, low=1)
     posterior: str = option("labels", choices=POSTERIORS)
     seed: int = option(0, low=0)
