@@ -9,8 +9,9 @@ the test JPEGs: baseline accuracy, surrogate accuracy and fidelity, next to the 
     python experiments/dec_cifar10.py --train-limit 8000 --pretrain-epochs 8   # what fits a shared 2-core CPU
 
 The training activations are kept on the host as float16 (stem and layer1: 32 KiB per image each). Writes
-OUT/summary.json, OUT/surrogate/ (the fitted result with its encoders), OUT/similar_*.png (figures 2 and 3) and
-OUT/concepts_*.png (figures 4 and 5), and prints a Markdown table and every phase's time.
+OUT/summary.json, OUT/surrogate/ (the fitted result with its encoders), OUT/similar_*.png (figures 2 and 3),
+OUT/concepts_*.png (figures 4 and 5) and OUT/convergence.png (the assignments changed at each refresh of the
+target), and prints a Markdown table and every phase's time.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from xai_jax import models, weights
 from xai_jax.data import JpegNpzSource, subset
 from xai_jax.methods.dec import ActivationClusteringSurrogate, DECConfig, layer_emphasis
-from xai_jax.methods.dec.figures import concept_grid, similar_samples
+from xai_jax.methods.dec.figures import concept_grid, convergence, similar_samples
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(os.environ.get("XAI_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -109,6 +110,8 @@ def main() -> None:
                   for k in range(config.clusters)]
         pathlib.Path(args.out, f"concepts_{tap}.png").write_bytes(
             concept_grid(images.reshape(bank.shape + images.shape[1:]), titles, title=f"concepts of {tap}"))
+    pathlib.Path(args.out, "convergence.png").write_bytes(
+        convergence(result.history, config.update_interval, config.tolerance))
     timings["figures"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - started
 

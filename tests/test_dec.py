@@ -294,7 +294,8 @@ def test_cli_fit_similar_concepts(tmp_path, capsys):
     for key in ("baseline_accuracy", "surrogate_accuracy", "fidelity"):
         assert 0 <= summary[key] <= 1
     assert set(summary["layers"]) == {"conv3", "fc"} and summary["samples"] == 100
-    assert {"dec.json", "dec.npz", "layers", "report.html", "concepts_fc.png"} <= set(os.listdir(out))
+    assert {"dec.json", "dec.npz", "layers", "report.html", "concepts_fc.png",
+            "convergence.png"} <= set(os.listdir(out))
     # The later commands reopen the same random 300 training images.
     reopened = dec_cli._open_result(cli.build_parser().parse_args(["dec", "similar", "--result", str(out),
                                                                    "--image", "x.png"]))[2]

@@ -87,7 +87,7 @@ def fit(args) -> None:
     from xai_jax.evaluation import check_taps
     from xai_jax.methods.dec import ActivationClusteringSurrogate
     from xai_jax.models import tap_shapes
-    from xai_jax.methods.dec.figures import concept_grid
+    from xai_jax.methods.dec.figures import concept_grid, convergence
     from xai_jax.viz.report import Report
     config = fit_config(args)
     config.validate()
@@ -122,7 +122,9 @@ def fit(args) -> None:
                      f"({shown['samples']} images): baseline accuracy {shown['baseline_accuracy']:.4f}, surrogate "
                      f"accuracy {shown['surrogate_accuracy']:.4f}, fidelity {shown['fidelity']:.4f}.")
     report.table([{"layer": t, **v} for t, v in shown["layers"].items()])
-    figures = {}
+    figures = {"convergence.png": convergence(result.history, config.update_interval, config.tolerance)}
+    report.figure(figures["convergence.png"], "assignments changed at each refresh of the target (DEC stops below "
+                  "the dashed tolerance)")
     for tap in taps:
         rows, _ = result.concepts(tap, 8)
         images, _ = source.read(result.train_indices[rows.ravel()])

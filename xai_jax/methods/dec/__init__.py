@@ -16,7 +16,7 @@ Public API:
   ``similar_by_features``, ``concepts``, ``save``/``load``;
 - :func:`dec_refine`, :func:`cluster_posteriors` (``refine``) and :func:`embed_rows`, :func:`embedder`
   (``autoencoder``): the parts, for benchmarks and tests;
-- ``figures`` (:func:`similar_samples`, :func:`concept_grid`) and ``demo`` (the ``xai-jax demo`` section).
+- ``figures`` (:func:`similar_samples`, :func:`concept_grid`, :func:`convergence`) and ``demo`` (the ``xai-jax demo`` section).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ __getattr__, __dir__, _lazy_all = lazy.attach(__name__, {
     "result": ["DECResult"],
     "refine": ["cluster_posteriors", "dec_refine"],
     "autoencoder": ["embed_rows", "embedder"],
-    "figures": ["concept_grid", "similar_samples"],
+    "figures": ["concept_grid", "convergence", "similar_samples"],
 })
 __all__ = sorted(["KIND", "POSTERIORS", "DECConfig", "layer_emphasis", *_lazy_all])
 
 if TYPE_CHECKING:
     from xai_jax.methods.dec.autoencoder import embed_rows, embedder
-    from xai_jax.methods.dec.figures import concept_grid, similar_samples
+    from xai_jax.methods.dec.figures import concept_grid, convergence, similar_samples
     from xai_jax.methods.dec.passes import ActivationClusteringSurrogate, Activations, feature_tap
     from xai_jax.methods.dec.refine import cluster_posteriors, dec_refine
     from xai_jax.methods.dec.result import DECResult

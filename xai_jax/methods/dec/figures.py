@@ -72,3 +72,26 @@ def concept_grid(images: np.ndarray, cluster_titles: Sequence[str], title: str =
     if title:
         fig.suptitle(title, fontsize=9)
     return to_png(fig)
+
+
+def convergence(history: dict[str, dict], update_interval: int, tolerance: float) -> bytes:
+    """DEC's stopping criterion per layer: the fraction of hard assignments that changed at each refresh of the
+    target ``P`` (every ``update_interval`` steps), on a log scale, with the ``tolerance`` it stops below.
+
+    Args:
+      history: ``result.history``: per tap, ``changed`` (one fraction per refresh after the first).
+      update_interval: ``T``, the DEC steps between refreshes.
+      tolerance: the stop, drawn as a dashed line.
+    """
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for tap, h in history.items():
+        changed = np.asarray(h.get("changed", ()), float)
+        if changed.size:
+            ax.plot(update_interval * np.arange(1, changed.size + 1), np.maximum(changed, 1e-6), marker=".",
+                    label=tap)
+    ax.axhline(tolerance, color="gray", linestyle="--", linewidth=1, label=f"tolerance {tolerance:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("DEC steps")
+    ax.set_ylabel("assignments changed at refresh")
+    ax.legend(fontsize=7)
+    return to_png(fig)
