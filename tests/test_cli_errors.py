@@ -410,14 +410,16 @@ def test_out_never_deletes_what_xai_jax_did_not_write(inputs, tmp_path, monkeypa
 @pytest.mark.parametrize("sig, code, line", [(signal.SIGINT, 130, "xai-jax: interrupted"),
                                              (signal.SIGTERM, 143, "xai-jax: terminated")])
 def test_a_signal_during_a_pass_is_one_line_and_leaves_nothing(inputs, tmp_path, sig, code, line):
-    # The whole CIFAR-10 test set through ResNet-56: about 36 s of CPU here, of which JAX's import and the
+    # The CIFAR-10 training set through ResNet-56: about 130 s of CPU here, of which JAX's import and the
     # compilation take under 10. The signal goes when the process has used 14 s of CPU, so it lands in the pass
-    # on a slow or a fast processor alike, loaded or not.
+    # on a slow or a fast processor alike, loaded or not. (With the 10,000 test images, about 36 s of CPU, a CI
+    # run's process had finished the pass and was exiting when its SIGINT came: exit 0.)
     out = tmp_path / "pred.npz"
     env = dict(os.environ, PYTHONPATH=str(REPO), XAI_JAX_NO_PROGRESS="1")
     r56 = str(next(shared_path("cifar10_resnet").glob("resnet56-*.th")))
+    train = shared_path("cifar10", "cifar10_train_jpeg.npz")
     process = subprocess.Popen([sys.executable, "-m", "xai_jax.cli", "predict", "--model", "cifar_resnet56",
-                                "--weights", r56, "--data", f"jpeg-npz:{inputs['test']}", "--batch-size", "64",
+                                "--weights", r56, "--data", f"jpeg-npz:{train}", "--batch-size", "64",
                                 "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
