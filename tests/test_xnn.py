@@ -255,15 +255,16 @@ def numpy_orthogonality(maps, per_image_pixels):
     return np.linalg.norm(p) - np.sqrt(len(p)), -np.linalg.slogdet(p)[1]
 
 
-@pytest.mark.parametrize("basis", ["cmwp-pixels", "gradcam-pixels", "gradcam-tap"])
-def test_heatmap_orthogonality_correlates_the_papers_pixel_distributions(digits_model, basis):
+@pytest.mark.parametrize("variant, basis", [("srae", "cmwp-pixels"), ("srae", "gradcam-pixels"),
+                                            ("srae", "gradcam-tap"), ("lasso", "cmwp-pixels")])
+def test_heatmap_orthogonality_correlates_the_papers_pixel_distributions(digits_model, variant, basis):
     """O1/O2 of every class streamed over padded batches equal NumPy's on the maps that explain() draws, one class at
-    a time: c-MWP (the paper's) or Grad-CAM at conv3 (4x4), upsampled to the 8x8 pixels and normalised per image
-    to sum to 1, or the raw Grad-CAM maps at conv3."""
+    a time: c-MWP (the paper's; Lasso's through its one-hot selection layer) or Grad-CAM at conv3 (4x4), upsampled
+    to the 8x8 pixels and normalised per image to sum to 1, or the raw Grad-CAM maps at conv3."""
     from xai_jax.data import DigitsSource, Subset
     variables, _ = digits_model
     source = Subset(DigitsSource("test"), np.arange(37))
-    config = XNNConfig(hidden=(12,), num_x_features=3, epochs=2, batch_size=32)
+    config = XNNConfig(hidden=(12,), num_x_features=3, epochs=2, batch_size=32, variant=variant)
     features = xnn.extract_features("small_cnn", variables, source, "pool", progress=False)
     result = xnn.fit_features(config, features["features"], features["logits"], features["labels"],
                               classes=[2, 5, 9])
@@ -274,17 +275,56 @@ def test_heatmap_orthogonality_correlates_the_papers_pixel_distributions(digits_
     for position in range(3):
         params = jax.tree.map(lambda a: np.asarray(a)[position], result.params)
         if basis == "cmwp-pixels":
-            maps = xnn.cmwp_fn("small_cnn", "pool", 3, "linear", None)(images, variables, params, mean, scale, 0)[2]
+            maps = xnn.cmwp_fn("small_cnn", "pool", 3, variant, "linear", None)(images, variables, params, mean,
+                                                                               scale, 0)[2]
         else:
             one = jax.tree.map(lambda a: a[None], params)
-            maps = xnn.gradcam_fn("small_cnn", "pool", "conv3", "srae", "linear", None)(
+            maps = xnn.gradcam_fn("small_cnn", "pool", "conv3", variant, "linear", None)(
                 images, variables, one, mean, scale)[2][:, 0]
         o1, o2 = numpy_orthogonality(maps, per_image_pixels=basis != "gradcam-tap")
         np.testing.assert_allclose([got["o1"][position], got["o2"][position]], [o1, o2], rtol=2e-3, atol=2e-4)
     assert xnn.orthogonality_basis(config, "small_cnn") == "cmwp-pixels"
     assert xnn.orthogonality_basis(config, "cifar_resnet56") == "gradcam-pixels"
-    assert xnn.orthogonality_basis(dataclasses.replace(config, variant="lasso"), "small_cnn") == "gradcam-pixels"
+    assert xnn.orthogonality_basis(dataclasses.replace(config, variant="lasso"), "small_cnn") == "cmwp-pixels"
+    assert xnn.orthogonality_basis(dataclasses.replace(config, variant="lasso"), "cifar_resnet56") == "gradcam-pixels"
     assert xnn.orthogonality_basis(dataclasses.replace(config, orthogonality="tap"), "small_cnn") == "gradcam-tap"
+
+
+def test_lasso_cmwp_is_the_mwp_of_each_selected_unit(digits_model):
+    """A Lasso x-feature is one unit of the tap, so its c-MWP is that unit's plain MWP down to conv1's output
+    (excitation backprop from a one-hot at the unit, nothing where the unit is silent): explain() draws exactly
+    that for every selected unit of the spatial tap conv3 (4x4x64, flattened as the explainer reads it). A network
+    explainer on conv3 explains with c-MWP too."""
+    from xai_jax.data import DigitsSource, Subset
+    from xai_jax.kernels import attribution
+    variables, _ = digits_model
+    source = Subset(DigitsSource("test"), np.arange(60))
+    features = xnn.extract_features("small_cnn", variables, source, "conv3", progress=False)
+    config = XNNConfig(variant="lasso", num_x_features=4, tap="conv3")
+    result = xnn.fit_features(config, features["features"], features["logits"], features["labels"], classes=[3, 8])
+    images, _ = source.read(np.arange(12))
+    e = XNN.explain(result, "small_cnn", variables, images, 8, method="cmwp")
+    select = np.asarray(result.params["select"][1])
+    layers, tap_index = models.sequential_layers("small_cnn", variables, "conv3")
+    x = models.preprocess(models.get("small_cnn"), images)
+    out = np.asarray(attribution.layer_inputs(layers[:tap_index], x)[-1])
+    tap = out.reshape(len(images), -1)
+    np.testing.assert_allclose(e.x_features, (tap[:, select] - result.input_mean[select]) / result.input_scale,
+                               rtol=1e-5, atol=1e-5)
+    for j, unit in enumerate(select):
+        p = np.zeros(tap.shape, np.float32)
+        p[:, unit] = tap[:, unit] > 0
+        mwp = attribution.excitation_backprop(layers[:tap_index], x, p.reshape(out.shape), stop=2)[0].sum(-1)
+        want = attribution.normalise_maps(attribution.upsample_maps(mwp, (8, 8)))
+        np.testing.assert_allclose(e.heatmaps[:, j], want, atol=1e-5)
+        np.testing.assert_allclose(e.heatmaps[:, j].max((1, 2)), tap[:, unit] > 0, atol=1e-6)  # 0 where silent
+    assert 0 < np.mean(tap[:, select] > 0) < 1  # both cases occur
+    assert len({tuple(np.round(e.heatmaps[0, j].ravel(), 4)) for j in range(4)}) > 1  # the units differ
+    srae = xnn.fit_features(XNNConfig(tap="conv3", hidden=(8,), num_x_features=2, epochs=1), features["features"],
+                            features["logits"], features["labels"], classes=[8])
+    e = XNN.explain(srae, "small_cnn", variables, images, 8, method="cmwp")
+    np.testing.assert_allclose(e.x_features, np.asarray(srae.x_features(tap))[:, 0], rtol=1e-4, atol=1e-4)
+    assert e.heatmaps.shape == (12, 2, 8, 8) and np.all(np.isfinite(e.heatmaps))
 
 
 def test_cli_fit_from_features_and_from_model_then_explain(tmp_path, digits_model, capsys):

@@ -216,12 +216,17 @@ def contrastive_mwp(layers, x, unit: int | jax.Array, stop: int = 2) -> jax.Arra
 
 
 def explainer_layers(params, input_mean: jax.Array, input_scale: float):
-    """An XNN encoder as dense/ReLU layers on the raw (non-negative) tap activations.
+    """An XNN explainer's encoder as dense/ReLU layers on the raw (non-negative) tap activations.
 
     The standardisation ``(z - mean) / scale`` is folded into the first dense layer, so excitation
     backprop sees the backbone's own non-negative activations; the x-layer's ReLU is left out (one-to-one,
-    and the top must be linear).
+    and the top must be linear). The Lasso baseline's explainer (``{"select": [n], ...}``, x-feature
+    ``E_j = z[select_j]``) is one dense layer of one-hot columns, ``w[i, j] = [i == select_j]``: its
+    contrastive MWP is then the MWP of the selected unit (the dual unit's weights ``(-w)+`` are all 0).
     """
+    if "select" in params:
+        w = jax.nn.one_hot(params["select"], input_mean.shape[-1], dtype=jnp.float32).T  # [S, n]
+        return [{"kind": "dense", "w": w / input_scale, "b": -(input_mean / input_scale) @ w}]
     names = sorted(params["encoder"], key=lambda k: int(k.removeprefix("layer")))
     layers = []
     for i, name in enumerate(names):

@@ -85,9 +85,13 @@ def select_units(params: Mapping[str, Any], z: jax.Array) -> jax.Array:
     return jnp.take(z, params["select"], axis=1)
 
 
+def x_features(variant: str, x_activation: str, params, z: jax.Array) -> jax.Array:
+    """``E`` of one explainer (``params`` without class axis), ``[M, n]``: the selected units for the Lasso
+    baseline, :func:`encode` for the network explainers."""
+    return select_units(params, z) if variant == "lasso" else encode(params, z, x_activation)
+
+
 @functools.partial(jax.jit, static_argnames=("variant", "x_activation"))
 def stacked_x_features(variant: str, x_activation: str, params, z: jax.Array) -> jax.Array:
     """``E`` of every explainer of ``params`` (stacked on a leading class axis ``C``): ``[M, C, n]``."""
-    if variant == "lasso":
-        return jax.vmap(select_units, in_axes=(0, None), out_axes=1)(params, z)
-    return jax.vmap(encode, in_axes=(0, None, None), out_axes=1)(params, z, x_activation)
+    return jax.vmap(functools.partial(x_features, variant, x_activation), in_axes=(0, None), out_axes=1)(params, z)

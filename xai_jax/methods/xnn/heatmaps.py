@@ -17,7 +17,7 @@ from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import attribution, xnn_metrics
 from xai_jax.methods.xnn.config import XNNConfig
 from xai_jax.methods.xnn.result import Explanation, XNNResult
-from xai_jax.models.xnn_explainer import encode, stacked_x_features
+from xai_jax.models.xnn_explainer import stacked_x_features, x_features
 
 #: the heatmap methods of :func:`explain`
 HEATMAP_METHODS = ("gradcam", "cmwp")
@@ -97,14 +97,15 @@ def logit_gradcam_fn(model: str, heatmap_tap: str, num_classes: int | None):
 
 def _x_feature_cmwp(layers, tap_index: int, x, params, mean, scale, n: int):
     """``[N, n, h, w]``: c-MWP of each of one explainer's ``n`` x-features through the backbone's ``layers``
-    cut at the tap (``params`` without class axis), channels summed."""
-    chain = list(layers[:tap_index]) + attribution.explainer_layers(params, mean, scale)
+    cut at the tap (``params`` without class axis), channels summed. A spatial tap is flattened in the order
+    the explainer reads it (``activations.reshape(N, -1)``)."""
+    chain = list(layers[:tap_index]) + [{"kind": "flatten"}] + attribution.explainer_layers(params, mean, scale)
     maps = jax.vmap(lambda unit: attribution.contrastive_mwp(chain, x, unit), out_axes=1)(jnp.arange(n))
     return jnp.sum(maps, -1)
 
 
 @functools.lru_cache(maxsize=None)
-def cmwp_fn(model: str, tap: str, n: int, x_activation: str, num_classes: int | None):
+def cmwp_fn(model: str, tap: str, n: int, variant: str, x_activation: str, num_classes: int | None):
     """A jitted ``fn(images, variables, params, mean, scale, class_index) -> (E, logits, maps, logit maps)``:
     c-MWP of each x-feature of one explainer (``params`` without class axis) and of the logit."""
     from xai_jax import models
@@ -117,8 +118,8 @@ def cmwp_fn(model: str, tap: str, n: int, x_activation: str, num_classes: int | 
         maps = _x_feature_cmwp(layers, tap_index, x, params, mean, scale, n)
         baseline = attribution.contrastive_mwp(list(layers), x, class_index)
         out = forward(images, variables)
-        x_features = encode(params, (out[tap].reshape(len(images), -1) - mean) / scale, x_activation)
-        return x_features, out["logits"], maps, jnp.sum(baseline, -1)
+        values = x_features(variant, x_activation, params, (out[tap].reshape(len(images), -1) - mean) / scale)
+        return values, out["logits"], maps, jnp.sum(baseline, -1)
 
     return jax.jit(fn)
 
@@ -144,11 +145,10 @@ def cmwp_maps_fn(model: str, tap: str, n: int):
 
 def _cmwp(one: XNNResult, model: str, variables, images, class_index: int, num_classes):
     from xai_jax import models
-    if one.config.variant == "lasso":
-        raise XaiJaxError("c-MWP heatmaps need a network explainer; use method='gradcam' for Lasso")
     models.sequential_layers(model, variables, one.config.tap)  # a clear error before tracing
     params = jax.tree.map(lambda a: jnp.asarray(a)[0], one.params)
-    fn = cmwp_fn(model, one.config.tap, one.config.num_x_features, one.config.x_activation, num_classes)
+    fn = cmwp_fn(model, one.config.tap, one.config.num_x_features, one.config.variant, one.config.x_activation,
+                 num_classes)
     return fn(images, variables, params, jnp.asarray(one.input_mean), jnp.float32(one.input_scale),
               jnp.int32(class_index))
 
@@ -212,13 +212,13 @@ BASES = {"cmwp-pixels": "c-MWP heatmaps at the input's pixels, normalised per im
 
 def orthogonality_basis(config: XNNConfig, model: str) -> str:
     """The heatmaps whose correlation :func:`heatmap_orthogonality` takes for ``config.orthogonality``:
-    ``"cmwp-pixels"`` (a sequential backbone and a network explainer), ``"gradcam-pixels"`` or
-    ``"gradcam-tap"`` (a key of :data:`BASES`)."""
+    ``"cmwp-pixels"`` (a sequential backbone, any explainer: Lasso's through its one-hot selection layer),
+    ``"gradcam-pixels"`` (a residual one) or ``"gradcam-tap"`` (a key of :data:`BASES`)."""
     from xai_jax import models
     if config.orthogonality == "tap":
         return "gradcam-tap"
     sequential = models.get(model).sequential is not None
-    return "cmwp-pixels" if sequential and config.variant != "lasso" else "gradcam-pixels"
+    return "cmwp-pixels" if sequential else "gradcam-pixels"
 
 
 @functools.lru_cache(maxsize=None)
@@ -277,8 +277,6 @@ def heatmap_orthogonality(result: XNNResult, model: str, variables, source, heat
     if basis not in BASES or basis == "x-features":
         raise XaiJaxError(f"unknown heatmap basis {basis!r}; valid: {', '.join(b for b in BASES if b != 'x-features')}")
     if basis == "cmwp-pixels":
-        if result.config.variant == "lasso":
-            raise XaiJaxError("c-MWP heatmaps need a network explainer; Lasso has Grad-CAM bases only")
         from xai_jax import models
         models.sequential_layers(model, variables, result.config.tap)  # a clear error before tracing
     classes, n = len(result.classes), result.config.num_x_features
