@@ -347,18 +347,20 @@ def test_cli_fit_from_features_and_from_model_then_explain(tmp_path, digits_mode
 
     assert cli.main(["--quiet", "xnn", "fit", "--model", "small_cnn", "--weights", weights_dir, "--data", "digits",
                      "--limit", "200", "--test-split", "test", "--test-limit", "60", "--hidden", "8,4",
-                     "--epochs", "2", "--classes", "2,5", "--orthogonality-images", "30",
+                     "--epochs", "2", "--classes", "2,5", "--orthogonality-images", "30", "--variants", "srae,lasso",
                      "--out", str(tmp_path / "m")]) == 0
     summary = json.loads((tmp_path / "m" / "summary.json").read_text())
     assert summary["orthogonality_basis"] == "cmwp-pixels" and set(summary["methods"]["srae"]) == {"2", "5"}
+    assert np.isfinite(summary["methods"]["lasso"]["5"]["o1"])  # Lasso's O1 on c-MWP heatmaps too
     image, _ = DigitsSource("test").read(np.arange(1))
     Image.fromarray(image[0, :, :, 0]).save(tmp_path / "digit.png")
-    assert cli.main(["--quiet", "xnn", "explain", "--result", str(tmp_path / "m"), "--image",
-                     str(tmp_path / "digit.png"), "--label", "5", "--heatmap", "cmwp",
-                     "--out", str(tmp_path / "e")]) == 0
-    record = json.loads((tmp_path / "e" / "explanation.json").read_text())
-    assert record["class_index"] == 5 and len(record["contributions"]) == 5
-    assert (tmp_path / "e" / "xfeatures.png").stat().st_size > 1000
+    for variant in ("srae", "lasso"):
+        assert cli.main(["--quiet", "xnn", "explain", "--result", str(tmp_path / "m"), "--variant", variant,
+                         "--image", str(tmp_path / "digit.png"), "--label", "5", "--heatmap", "cmwp",
+                         "--out", str(tmp_path / f"e_{variant}")]) == 0
+        record = json.loads((tmp_path / f"e_{variant}" / "explanation.json").read_text())
+        assert record["class_index"] == 5 and len(record["contributions"]) == 5
+        assert (tmp_path / f"e_{variant}" / "xfeatures.png").stat().st_size > 1000
     # Explaining from a result fitted on saved features needs the model.
     assert cli.main(["xnn", "explain", "--result", str(tmp_path / "out"), "--image", str(tmp_path / "digit.png"),
                      "--out", str(tmp_path / "e2")]) == 2
