@@ -82,6 +82,52 @@ def test_fit_features_compiles_once_per_shape_whatever_the_seed_and_data():
     assert result.history.shape == (2, 3) and np.all(np.isfinite(result.history))
 
 
+def test_feature_moments_match_numpy_in_memory_and_on_disk(tmp_path):
+    from xai_jax import rowstore
+    rng = np.random.default_rng(3)
+    z = (np.maximum(rng.normal(2.0, 3.0, size=(1001, 3, 5, 7)), 0) + 1e3).astype(np.float32)  # awkward, offset
+    rows = rowstore.DiskRows(tmp_path / "z.npy", z.shape, np.float32)
+    rows[:] = z
+    flat = z.reshape(len(z), -1).astype(np.float64)
+    for features in (z.reshape(len(z), -1), rows):
+        mean, scale = xnn.training.feature_moments(features)
+        np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-6)
+        assert scale == pytest.approx(np.std(flat - flat.mean(0)), rel=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["srae", "cae", "lasso"])
+def test_features_on_disk_fit_as_in_memory_and_compile_once(tmp_path, variant):
+    """Activations on disk (DiskRows of the tap's shape) train through the same minibatches in the same order
+    as in memory: the same explainers, history and metrics; new values of the same shapes compile nothing."""
+    from xai_jax import rowstore
+    rng = np.random.default_rng(7)
+
+    def stored(name, z):
+        rows = rowstore.DiskRows(tmp_path / f"{name}.npy", z.shape, np.float32)
+        rows[:] = z
+        return rows
+
+    z = np.maximum(rng.normal(size=(203, 3, 2, 5)), 0).astype(np.float32)
+    logits = (z.reshape(len(z), -1) @ rng.normal(size=(30, 4)) + 0.1 * rng.normal(size=(203, 4))).astype(np.float32)
+    test_z, test_logits = z[:61] + 0.5, logits[:61] + 0.1
+    config = XNNConfig(variant=variant, hidden=(9,), num_x_features=3, epochs=3, batch_size=32)
+    memory = xnn.fit_features(config, z, logits, test={"features": test_z, "logits": test_logits})
+    disk = xnn.fit_features(config, stored("z", z), logits, test={"features": stored("t", test_z),
+                                                                  "logits": test_logits})
+    for a, b in zip(jax.tree.leaves(memory.params), jax.tree.leaves(disk.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(memory.input_mean, disk.input_mean)
+    assert memory.input_scale == disk.input_scale
+    np.testing.assert_allclose(memory.history, disk.history, rtol=1e-4, atol=1e-6)
+    for name, values in memory.metrics.items():
+        for key, value in values.items():
+            assert disk.metrics[name][key] == pytest.approx(value, rel=1e-3, abs=1e-5), (name, key)
+    assert variant == "lasso" or memory.history.shape == (3, 4)
+    with debug.assert_max_compiles(0, "fit_features from disk on new values of the same shapes"):
+        xnn.fit_features(config, stored("z2", z * 2), logits + 1, test={"features": stored("t2", test_z * 2),
+                                                                        "logits": test_logits + 1})
+
+
 def test_contributions_sum_to_the_approximation_and_lasso_selects_n_units():
     z, logits, labels = synthetic(seed=2)  # the shapes of the test above: its compiled trainer is reused
     result = XNN(XNNConfig(**SMALL)).fit_features(z, logits, labels, classes=[0, 1, 3])
@@ -365,6 +411,36 @@ def test_cli_fit_from_features_and_from_model_then_explain(tmp_path, digits_mode
     assert cli.main(["xnn", "explain", "--result", str(tmp_path / "out"), "--image", str(tmp_path / "digit.png"),
                      "--out", str(tmp_path / "e2")]) == 2
     assert "needs the model" in capsys.readouterr().err
+
+
+def test_cli_fit_with_a_scratch_dir_keeps_the_features_on_disk_and_matches_memory(tmp_path, digits_model,
+                                                                                  monkeypatch):
+    """`xnn fit --scratch-dir D` puts both splits' features in D (forced below the 256 MiB spill size), trains from
+    there and removes them at the end; the explainers and metrics equal the in-memory run's."""
+    from xai_jax import rowstore
+    _, weights_dir = digits_model
+    read_from_disk = []
+    train_rows = xnn.training._train_rows
+
+    def spy(config, params, rows, *args):
+        read_from_disk.append(isinstance(rows, rowstore.DiskRows) and rows.path.startswith(str(scratch)))
+        return train_rows(config, params, rows, *args)
+
+    monkeypatch.setattr(xnn.training, "_train_rows", spy)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    common = ["--quiet", "xnn", "fit", "--model", "small_cnn", "--weights", weights_dir, "--data", "digits",
+              "--limit", "150", "--test-split", "test", "--test-limit", "50", "--tap", "conv3", "--hidden", "8",
+              "--epochs", "2", "--classes", "2,5", "--orthogonality-images", "20", "--variants", "srae,cae"]
+    assert cli.main(common + ["--out", str(tmp_path / "memory")]) == 0
+    assert read_from_disk == []
+    assert cli.main(common + ["--scratch-dir", str(scratch), "--out", str(tmp_path / "disk")]) == 0
+    assert read_from_disk == [True, True] and os.listdir(scratch) == []  # srae and cae trained from the files
+    memory, disk = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("memory", "disk"))
+    for variant, classes in memory["methods"].items():
+        for name, values in classes.items():
+            for key, value in values.items():
+                assert disk["methods"][variant][name][key] == pytest.approx(value, rel=1e-3, abs=1e-5), (variant, key)
 
 
 def test_cli_fit_on_the_class_sorted_cifar_files_with_a_sample_seed(tmp_path):

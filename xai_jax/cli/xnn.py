@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
 
-from xai_jax.cli.common import (DATA_HELP, add_bf16, add_decoding_args, add_pass_args, add_sample_seed, compute_dtype, data_meta, decoding_of, inputs_of,
-                               model_and_weights)
+from xai_jax.cli.common import (DATA_HELP, add_bf16, add_decoding_args, add_pass_args, add_sample_seed, add_scratch_arg,
+                               compute_dtype, data_meta, decoding_of, inputs_of, model_and_weights, rows_dir)
 from xai_jax.cli.flags import add_config_flags, config_from_args, to_argv
 from xai_jax.cli.options import choice_list, int_list, positive_int
 from xai_jax.errors import XaiJaxError
@@ -50,6 +51,7 @@ def register(subparsers) -> None:
     f.add_argument("--orthogonality-images", type=positive_int, default=512,
                    help="images whose heatmaps give O1/O2 (with --model; default 512)")
     f.add_argument("--out", required=True, metavar="DIR")
+    add_scratch_arg(f)
     f.set_defaults(func=fit, config_fields=fields)
 
     e = sub.add_parser("explain", help="x-features, contributions and heatmaps of one image (figure 8)")
@@ -90,7 +92,7 @@ def _configs(args) -> dict[str, XNNConfig]:
 
 def fit(args) -> None:
     from xai_jax import outputs
-    from xai_jax.methods.xnn import BASES, KIND, extract_features, fit_features, metrics_bars, metrics_table
+    from xai_jax.methods.xnn import BASES, KIND, extract_splits, fit_features, metrics_bars, metrics_table
     from xai_jax.methods.xnn import fit as fit_xnn
     from xai_jax.viz.report import Report
     configs = _configs(args)
@@ -130,19 +132,21 @@ def fit(args) -> None:
                 resize=spec.resize, crop=crop, synsets=args.synsets, sample_seed=args.sample_seed,
                 **decoding_of(args))
         variables = weights.load(spec, args.weights, num_classes=args.num_classes)
-        features = extract_features(spec.name, variables, source, args.tap, num_classes=args.num_classes,
-                                    batch_size=args.batch_size, compute_dtype=compute_dtype(args), progress=progress)
-        test_features = None if test_source is None else extract_features(
-            spec.name, variables, test_source, args.tap, num_classes=args.num_classes, batch_size=args.batch_size,
-            compute_dtype=compute_dtype(args), progress=progress)
-        for variant, config in configs.items():
-            results[variant] = fit_xnn(
-                config, spec.name, variables, source, test_source=test_source, classes=classes,
-                num_classes=args.num_classes, batch_size=args.batch_size,
-                orthogonality_images=args.orthogonality_images, progress=progress,
-                meta={"weights": os.path.abspath(args.weights), **data_meta(args),
-                      "flags": to_argv(config, args.config_fields)},
-                features=features, test_features=test_features)
+        rows = (len(source) + (0 if test_source is None else len(test_source)))
+        width = math.prod(models.tap_shapes(spec.name, args.num_classes)[args.tap])
+        with rows_dir(args, rows * width * 4) as directory:  # float32 features, on disk beyond 256 MiB
+            features, test_features = extract_splits(
+                spec.name, variables, source, test_source, args.tap, num_classes=args.num_classes,
+                batch_size=args.batch_size, compute_dtype=compute_dtype(args), progress=progress,
+                directory=directory)
+            for variant, config in configs.items():
+                results[variant] = fit_xnn(
+                    config, spec.name, variables, source, test_source=test_source, classes=classes,
+                    num_classes=args.num_classes, batch_size=args.batch_size,
+                    orthogonality_images=args.orthogonality_images, progress=progress,
+                    meta={"weights": os.path.abspath(args.weights), **data_meta(args),
+                          "flags": to_argv(config, args.config_fields)},
+                    features=features, test_features=test_features)
     table = metrics_table(results)
     summary = {"methods": {v: r.metrics for v, r in results.items()}, "mean": table,
                "orthogonality_basis": next(iter(results.values())).orthogonality_basis}

@@ -43,7 +43,7 @@ from xai_jax.methods.xnn.config import (DEFAULT_BETA, DEFAULT_ETA, DEFAULT_Q, EX
 
 __getattr__, __dir__, _lazy_all = lazy.attach(__name__, {
     "result": ["XNNResult", "Explanation"],
-    "training": ["XNN", "fit", "fit_features", "extract_features", "check_features", "class_weights", "init_params",
+    "training": ["XNN", "fit", "fit_features", "extract_features", "extract_splits", "check_features", "class_weights", "init_params",
             "make_trainer", "train_explainers", "lasso_explainers", "explainer_loss", "variant_beta"],
     "heatmaps": ["explain", "default_heatmap_tap", "heatmap_tap_of", "heatmap_orthogonality", "gradcam_fn",
                 "logit_gradcam_fn", "cmwp_fn", "cmwp_maps_fn", "orthogonality_basis", "BASES", "HEATMAP_METHODS"],
@@ -59,8 +59,8 @@ if TYPE_CHECKING:
                                              logit_gradcam_fn, orthogonality_basis)
     from xai_jax.methods.xnn.figures import explanation_figure, metrics_bars
     from xai_jax.methods.xnn.training import (XNN, check_features, class_weights, explainer_loss, extract_features,
-                                         fit, fit_features, init_params, lasso_explainers, make_trainer,
-                                         train_explainers, variant_beta)
+                                             extract_splits, fit, fit_features, init_params, lasso_explainers,
+                                             make_trainer, train_explainers, variant_beta)
     from xai_jax.methods.xnn.metrics import (faithfulness, metrics_table, part_locality, per_class,
                                              x_feature_orthogonality)
     from xai_jax.methods.xnn.result import Explanation, XNNResult

@@ -13,12 +13,37 @@ import numpy as np
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import xnn_metrics
 from xai_jax.methods.xnn.result import XNNResult
+from xai_jax.models.xnn_explainer import stacked_x_features
+
+
+@functools.lru_cache(maxsize=None)
+def _x_features_fn(variant: str, x_activation: str):
+    # one function object per setting: engine.map_arrays caches its compiled program on it
+    def fn(chunk, p):
+        params, mean, scale = p
+        z = chunk["z"].reshape(chunk["z"].shape[0], -1).astype(jnp.float32)
+        return stacked_x_features(variant, x_activation, params, (z - mean) / scale)
+    return fn
+
+
+def streamed_x_features(variant: str, x_activation: str, params, z, mean, scale) -> np.ndarray:
+    """``E [M, C, n]`` of the explainers ``params`` on ``(z - mean) / scale``, ``z [M, ...]`` in memory or on
+    disk (:class:`xai_jax.rowstore.DiskRows`), a chunk of rows at a time (:func:`xai_jax.engine.map_arrays`)."""
+    from xai_jax import engine
+    return engine.map_arrays(_x_features_fn(variant, x_activation), {"z": z},
+                             (params, jnp.asarray(mean, jnp.float32), jnp.float32(scale)), chunk=1024)
+
+
+def _result_x_features(result: XNNResult, z) -> np.ndarray:
+    return streamed_x_features(result.config.variant, result.config.x_activation, result.params, z,
+                               result.input_mean, result.input_scale)
 
 
 def faithfulness(result: XNNResult, z, logits, split: str) -> dict[str, np.ndarray]:
     """``{"f_reg_<split>", "f_cls_<split>"}``: ``[C]`` each, of the explainers on activations ``z[M, ...]``
-    with the model's ``logits[M, K]`` (F_cls needs every logit)."""
-    approx = result.approximate(z)
+    (in memory or on disk) with the model's ``logits[M, K]`` (F_cls needs every logit)."""
+    head = result.params["head"]
+    approx = jnp.einsum("ncx,cx->nc", _result_x_features(result, z), head["w"]) + head["b"]
     classes = jnp.asarray(result.classes)
     f_reg = jax.vmap(xnn_metrics.f_reg, in_axes=(1, 1))(approx, jnp.asarray(logits)[:, classes])
     f_cls = jax.vmap(xnn_metrics.f_cls, in_axes=(None, 0, 1))(jnp.asarray(logits), classes, approx)
@@ -26,9 +51,9 @@ def faithfulness(result: XNNResult, z, logits, split: str) -> dict[str, np.ndarr
 
 
 def x_feature_orthogonality(result: XNNResult, z) -> dict[str, np.ndarray]:
-    """``{"o1", "o2"}`` (``[C]`` each) of the correlation of each x-feature's values over the samples ``z``:
-    the orthogonality there is without a model to draw heatmaps with."""
-    x_features = result.x_features(z)  # [N, C, n]
+    """``{"o1", "o2"}`` (``[C]`` each) of the correlation of each x-feature's values over the samples ``z``
+    (in memory or on disk): the orthogonality there is without a model to draw heatmaps with."""
+    x_features = _result_x_features(result, z)  # [N, C, n]
     maps = jnp.moveaxis(x_features, 1, 0)[:, :, :, None, None]  # each value a 1x1 "heatmap"
     p = jax.vmap(xnn_metrics.heatmap_correlation)(maps)
     return {"o1": np.asarray(jax.vmap(xnn_metrics.o1)(p)), "o2": np.asarray(jax.vmap(xnn_metrics.o2)(p))}

@@ -4,12 +4,18 @@
 ``C`` one-vs-all explainers train together: their parameters are stacked on a leading class axis, the loss
 and its gradient are ``vmap``-ped over classes, and all classes see the same minibatches. Adam is
 element-wise, so this is exactly ``C`` independent trainings (``tests/test_xnn.py`` checks it).
+
+Activations in memory train in one compiled program (a scan over epochs and minibatches). Activations on disk
+(:class:`xai_jax.rowstore.DiskRows`, e.g. from ``extract_features(..., directory=D)``) train through the same
+minibatch update, one minibatch read at a time in the same order, so host memory holds a minibatch, not the
+matrix; every statistic (the standardisation, F_reg, F_cls, O1/O2 of values) is streamed over row blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Mapping, Sequence
 
 import jax
@@ -17,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from xai_jax import rowstore
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import srae
 from xai_jax.methods.xnn import heatmaps
@@ -55,7 +62,7 @@ def make_trainer(config: XNNConfig, num_inputs: int, num_samples: int, batch_siz
     ``lax.scan`` over ``M // batch_size`` minibatches of a fresh permutation, the epochs another scan (one per
     key of ``epoch_keys``), so the whole training is one compiled program. Built once per setting.
     """
-    return _make_trainer(_trainer_config(config), num_inputs, num_samples, batch_size)
+    return _make_trainer(_trainer_config(config), num_inputs, num_samples, batch_size)[:2]
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,23 +72,44 @@ def _make_trainer(config: XNNConfig, num_inputs: int, num_samples: int, batch_si
     value_and_grad = jax.vmap(jax.value_and_grad(lambda p, z, y, w: loss(p, z, y, w)[0]), in_axes=(0, None, 1, 1))
     steps = num_samples // batch_size
 
-    def step(carry, indices, z, targets, weights):
+    def update(carry, z, targets, weights):
         params, opt_state = carry
-        values, grads = value_and_grad(params, z[indices], targets[indices], weights[indices])
+        values, grads = value_and_grad(params, z, targets, weights)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), values
+
+    def order_of(key):
+        return jax.random.permutation(key, num_samples)[: steps * batch_size].reshape(steps, batch_size)
 
     @jax.jit
     def train(params, opt_state, z, targets, weights, epoch_keys):
         def epoch(carry, key):
-            order = jax.random.permutation(key, num_samples)[: steps * batch_size].reshape(steps, batch_size)
-            carry, values = jax.lax.scan(lambda c, i: step(c, i, z, targets, weights), carry, order)
+            step = lambda c, i: update(c, z[i], targets[i], weights[i])  # noqa: E731
+            carry, values = jax.lax.scan(step, carry, order_of(key))
             return carry, jnp.mean(values, axis=0)
 
         (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), epoch_keys)
         return params, opt_state, losses
 
-    return optimizer, train
+    return optimizer, train, jax.jit(update), jax.jit(order_of)
+
+
+def _train_rows(config: XNNConfig, params, rows, mean: np.ndarray, scale: float, targets, weights, epoch_keys,
+                batch_size: int):
+    """:func:`make_trainer`'s training with ``rows`` on disk: the same minibatches in the same order, each read
+    (sorted, for the disk), standardised on the host as in memory, and fed to the same jitted update."""
+    optimizer, _, update, order_of = _make_trainer(_trainer_config(config), len(mean), len(rows), batch_size)
+    carry, losses = (params, optimizer.init(params)), []
+    for key in epoch_keys:
+        values = []
+        for indices in np.asarray(order_of(key)):
+            ascending = np.sort(indices)
+            block = rows[ascending][np.searchsorted(ascending, indices)]
+            z = (block.reshape(len(block), -1).astype(np.float32, copy=False) - mean) / scale
+            carry, value = update(carry, z, targets[indices], weights[indices])
+            values.append(value)
+        losses.append(jnp.mean(jnp.stack(values), axis=0))
+    return carry[0], np.asarray(jnp.stack(losses))
 
 
 @jax.jit
@@ -147,18 +175,34 @@ def init_params(config: XNNConfig, num_inputs: int, classes, targets, weights) -
     return params
 
 
-def train_explainers(config: XNNConfig, z, targets, weights, classes) -> tuple[dict, np.ndarray]:
-    """Trains the network explainers of ``classes`` on standardised ``z[M, S]``; returns
-    ``(params, losses [epochs, C])``. CAE's heads are fitted afterwards by weighted least squares."""
+def train_explainers(config: XNNConfig, z, targets, weights, classes, mean: np.ndarray | None = None,
+                     scale: float = 1.0) -> tuple[dict, np.ndarray]:
+    """Trains the network explainers of ``classes``; returns ``(params, losses [epochs, C])``. CAE's heads are
+    fitted afterwards by weighted least squares.
+
+    Args:
+      config: the hyper-parameters.
+      z: ``[M, S]`` standardised activations in memory, or ``[M, ...]`` raw ones on disk
+        (:class:`xai_jax.rowstore.DiskRows`), standardised a minibatch at a time with ``mean`` and ``scale``.
+      targets, weights: ``[M, C]``: the explained logits and the one-vs-all sample weights.
+      classes: the ``C`` explained classes.
+      mean, scale: the standardisation of activations on disk (``(z - mean) / scale``; ignored in memory).
+    """
+    on_disk = isinstance(z, rowstore.DiskRows)
+    num_inputs = len(mean) if on_disk else z.shape[1]
     batch_size = min(config.batch_size, len(z))
-    order_key = jax.random.split(jax.random.key(config.seed))[1]
-    params = init_params(config, z.shape[1], classes, targets, weights)
-    optimizer, train = make_trainer(config, z.shape[1], len(z), batch_size)
-    params, _, losses = train(params, optimizer.init(params), jnp.asarray(z), jnp.asarray(targets),
-                              jnp.asarray(weights), jax.random.split(order_key, config.epochs))
+    epoch_keys = jax.random.split(jax.random.split(jax.random.key(config.seed))[1], config.epochs)
+    params = init_params(config, num_inputs, classes, targets, weights)
+    if on_disk:
+        params, losses = _train_rows(config, params, z, mean, scale, targets, weights, epoch_keys, batch_size)
+    else:
+        optimizer, train = make_trainer(config, num_inputs, len(z), batch_size)
+        params, _, losses = train(params, optimizer.init(params), jnp.asarray(z), jnp.asarray(targets),
+                                  jnp.asarray(weights), epoch_keys)
     if config.variant == "cae":
-        x_features = jax.vmap(encode, in_axes=(0, None, None), out_axes=1)(params, jnp.asarray(z),
-                                                                           config.x_activation)
+        x_features = metrics.streamed_x_features(config.variant, config.x_activation, params, z,
+                                                 mean if on_disk else np.zeros(num_inputs, np.float32),
+                                                 scale if on_disk else 1.0)
         head_w, head_b = jax.vmap(_weighted_head, in_axes=(1, 1, 1))(x_features, jnp.asarray(targets),
                                                                        jnp.asarray(weights))
         params = {**params, "head": {"w": head_w, "b": head_b}}
@@ -167,18 +211,23 @@ def train_explainers(config: XNNConfig, z, targets, weights, classes) -> tuple[d
 
 def check_features(features, logits, labels, what: str = "features") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validates ``features [M, ...]``, ``logits [M, K]`` and ``labels [M]``; returns them as arrays
-    (features flattened to ``[M, S]``, labels the predicted class where ``None``)."""
-    features = np.asarray(features, np.float32)
+    (features in memory flattened to ``[M, S]``; on disk, :class:`xai_jax.rowstore.DiskRows`, they stay there,
+    checked a block at a time; labels the predicted class where ``None``)."""
+    on_disk = isinstance(features, rowstore.DiskRows)
+    features = features if on_disk else np.asarray(features, np.float32)
     logits = np.asarray(logits, np.float32)
     if features.ndim < 2 or logits.ndim != 2:
         raise XaiJaxError(f"{what}: features must be [M, ...] and logits [M, classes], got {features.shape} and "
                           f"{logits.shape}")
-    features = features.reshape(len(features), -1)
+    if not on_disk:
+        features = features.reshape(len(features), -1)
     if len(features) != len(logits):
         raise XaiJaxError(f"{what}: {len(features)} feature rows but {len(logits)} logit rows")
     if len(features) < 2:
         raise XaiJaxError(f"{what}: need at least 2 samples, got {len(features)}")
-    if not (np.all(np.isfinite(features)) and np.all(np.isfinite(logits))):
+    finite = (all(np.all(np.isfinite(block)) for block in _row_blocks(features)) if on_disk
+              else np.all(np.isfinite(features)))
+    if not (finite and np.all(np.isfinite(logits))):
         raise XaiJaxError(f"{what}: features or logits hold NaN or infinite values")
     labels = np.argmax(logits, 1) if labels is None else np.asarray(labels)
     if labels.shape != (len(logits),):
@@ -188,16 +237,66 @@ def check_features(features, logits, labels, what: str = "features") -> tuple[np
     return features, logits, labels.astype(np.int32)
 
 
+def _row_blocks(rows, block_bytes: int = 64 << 20):
+    """``rows`` (in memory or on disk) as consecutive float32 ``[b, S]`` blocks of about ``block_bytes``."""
+    width = int(np.prod(rows.shape[1:]))
+    step = max(1, block_bytes // (4 * max(width, 1)))
+    for start in range(0, len(rows), step):
+        block = rows[start:start + step]
+        yield np.asarray(block, np.float32).reshape(len(block), width)
+
+
+def feature_moments(z) -> tuple[np.ndarray, float]:
+    """The standardisation of ``z [M, ...]`` (in memory or on disk): the per-unit mean ``[S]`` (float32) and
+    one global standard deviation ``sqrt(mean((z - mean)^2))`` (1 where it is 0), in two streamed passes of
+    float64 sums over row blocks."""
+    total = sum(block.sum(0, dtype=np.float64) for block in _row_blocks(z))
+    mean = (total / len(z)).astype(np.float32)
+    squares = sum(np.square(block - mean, dtype=np.float64).sum() for block in _row_blocks(z))
+    return mean, float(np.sqrt(squares / (len(z) * len(mean)))) or 1.0
+
+
 def extract_features(model: str, variables, source, tap: str, *, num_classes: int | None = None,
-                     batch_size: int = 128, compute_dtype: str | None = None,
-                     progress: bool | None = None) -> dict[str, np.ndarray]:
-    """One pass of the backbone (:func:`xai_jax.evaluation.predict`): ``features`` (the tap, flattened),
-    ``logits`` and ``labels``, in dataset order, the backbone in ``compute_dtype`` (e.g. ``"bfloat16"``; default
-    float32), the outputs float32. Compute once and reuse for every variant."""
+                     batch_size: int = 128, compute_dtype: str | None = None, progress: bool | None = None,
+                     directory: str | None = None) -> dict:
+    """One pass of the backbone (:func:`xai_jax.evaluation.predict`): ``features`` (the tap), ``logits`` and
+    ``labels``, in dataset order, the backbone in ``compute_dtype`` (e.g. ``"bfloat16"``; default float32), the
+    outputs float32. Compute once and reuse for every variant.
+
+    Args:
+      directory: an existing, empty folder to keep the features in as a ``.npy`` file
+        (:class:`xai_jax.rowstore.DiskRows` of the tap's shape ``[M, ...]``, which :func:`fit_features` reads a
+        block at a time), so that host memory does not grow with the dataset; None: in memory, flattened to
+        ``[M, S]``. Logits and labels are returned in memory either way.
+    """
     from xai_jax import evaluation
     out = evaluation.predict(model, variables, source, (tap,), num_classes=num_classes, batch_size=batch_size,
-                             compute_dtype=compute_dtype, progress=progress)
-    return {"features": out[tap].reshape(len(out[tap]), -1), "logits": out["logits"], "labels": out["labels"]}
+                             compute_dtype=compute_dtype, progress=progress, directory=directory)
+    features = out[tap] if directory is not None else out[tap].reshape(len(out[tap]), -1)
+    return {"features": features, "logits": np.asarray(out["logits"]), "labels": np.asarray(out["labels"])}
+
+
+def extract_splits(model: str, variables, source, test_source, tap: str, *, directory: str | None = None,
+                   **kwargs) -> tuple[dict, dict | None]:
+    """:func:`extract_features` of a training and an optional held-out source: ``(train, test or None)``.
+
+    Args:
+      directory: an existing folder for the features on disk, in its new subfolders ``train/`` and ``test/``;
+        None: in memory.
+      kwargs: :func:`extract_features`'s options (``num_classes``, ``batch_size``, ``compute_dtype``,
+        ``progress``).
+    """
+    train = extract_features(model, variables, source, tap, directory=_split_dir(directory, "train"), **kwargs)
+    return train, None if test_source is None else extract_features(
+        model, variables, test_source, tap, directory=_split_dir(directory, "test"), **kwargs)
+
+
+def _split_dir(directory: str | None, split: str) -> str | None:
+    """A new subfolder ``split`` of ``directory`` for one split's features on disk (None: in memory)."""
+    if directory is None:
+        return None
+    os.makedirs(os.path.join(directory, split))
+    return os.path.join(directory, split)
 
 
 def fit_features(config: XNNConfig, features, logits, labels=None, *, classes: Sequence[int] | None = None,
@@ -207,7 +306,8 @@ def fit_features(config: XNNConfig, features, logits, labels=None, *, classes: S
 
     Args:
       config: the hyper-parameters (validated here).
-      features: ``[M, ...]`` activations of the tap (flattened to ``S``).
+      features: ``[M, ...]`` activations of the tap (flattened to ``S``), in memory or on disk
+        (:class:`xai_jax.rowstore.DiskRows`: read a block or a minibatch at a time; Lasso reads them whole).
       logits: ``[M, K]`` the model's logits (every class: F_cls needs them all).
       labels: ``[M]`` true labels (positives of a one-vs-all explainer); None: the predicted class.
       classes: the logits to explain (default all ``K``).
@@ -229,19 +329,22 @@ def fit_features(config: XNNConfig, features, logits, labels=None, *, classes: S
         raise XaiJaxError(f"{len(class_names)} class names for {num_logits} logits")
     if test is not None:
         tz, tl, _ = check_features(test["features"], test["logits"], test.get("labels"), "test set")
-        if tz.shape[1] != z.shape[1] or tl.shape[1] != num_logits:
-            raise XaiJaxError(f"test set: features/logits of width {tz.shape[1]}/{tl.shape[1]}, "
-                              f"expected {z.shape[1]}/{num_logits}")
-    mean = z.mean(0)
-    scale = float(np.std(z - mean)) or 1.0
-    z_std = (z - mean) / scale
+        width = lambda a: int(np.prod(a.shape[1:]))  # noqa: E731 - features on disk keep the tap's shape
+        if width(tz) != width(z) or tl.shape[1] != num_logits:
+            raise XaiJaxError(f"test set: features/logits of width {width(tz)}/{tl.shape[1]}, "
+                              f"expected {width(z)}/{num_logits}")
+    mean, scale = feature_moments(z)
     targets = logits[:, classes]
     weights = class_weights(labels, classes, config.positive_weight)
-    if config.variant == "lasso":
+    on_disk = isinstance(z, rowstore.DiskRows)
+    if config.variant == "lasso":  # scikit-learn's coordinate descent holds the whole matrix, even from disk
+        z_std = (np.asarray(z, np.float32).reshape(len(z), -1) - mean) / scale
         params = jax.tree.map(jnp.asarray, lasso_explainers(z_std, targets, weights, config.num_x_features))
         history = np.zeros((0, len(classes)), np.float32)
+    elif on_disk:
+        params, history = train_explainers(config, z, targets, weights, classes, mean, scale)
     else:
-        params, history = train_explainers(config, z_std, targets, weights, classes)
+        params, history = train_explainers(config, (z - mean) / scale, targets, weights, classes)
     result = XNNResult(config=config, classes=classes, class_names=class_names, params=params,
                        input_mean=mean, input_scale=scale, metrics={}, orthogonality_basis="x-features",
                        history=history, meta=dict(meta or {}))
@@ -257,7 +360,7 @@ def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
         classes: Sequence[int] | None = None, num_classes: int | None = None, batch_size: int = 128,
         orthogonality_images: int = 512, progress: bool | None = None, meta: dict | None = None,
         features: Mapping | None = None, test_features: Mapping | None = None,
-        compute_dtype: str | None = None) -> XNNResult:
+        compute_dtype: str | None = None, directory: str | None = None) -> XNNResult:
     """Runs the backbone once over ``source`` (and ``test_source``), trains, and measures O1/O2 on the
     heatmaps of the first ``orthogonality_images`` test (else training) images (``config.orthogonality``,
     :func:`xai_jax.methods.xnn.heatmap_orthogonality`).
@@ -276,6 +379,8 @@ def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
         backbone pass for several variants.
       compute_dtype: the backbone's dtype in the feature passes (e.g. ``"bfloat16"``); the heatmaps of
         O1/O2 (a few hundred images) stay float32.
+      directory: an existing folder for the feature passes' activations on disk (``train/`` and ``test/``
+        in it, :func:`extract_features`), so that host memory does not grow with the dataset; None: memory.
 
     Returns:
       an :class:`XNNResult` whose ``orthogonality_basis`` names the heatmaps
@@ -287,11 +392,11 @@ def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
     evaluation.check_taps(model, (config.tap,), num_classes)
     heat_tap = config.heatmap_tap or heatmaps.default_heatmap_tap(model, config.tap, num_classes)
     evaluation.check_taps(model, (heat_tap,), num_classes)
-    train = features or extract_features(model, variables, source, config.tap, num_classes=num_classes,
-                                         batch_size=batch_size, compute_dtype=compute_dtype, progress=progress)
+    options = dict(num_classes=num_classes, batch_size=batch_size, compute_dtype=compute_dtype, progress=progress)
+    train = features or extract_features(model, variables, source, config.tap, directory=_split_dir(directory, "train"),
+                                         **options)
     test = None if test_source is None else test_features or extract_features(
-        model, variables, test_source, config.tap, num_classes=num_classes, batch_size=batch_size,
-        compute_dtype=compute_dtype, progress=progress)
+        model, variables, test_source, config.tap, directory=_split_dir(directory, "test"), **options)
     result = fit_features(config, train["features"], train["logits"], train["labels"], classes=classes,
                           class_names=list(source.class_names), test=test,
                           meta={"model": model, "tap": config.tap, "heatmap_tap": heat_tap, **(meta or {})})
