@@ -91,7 +91,7 @@ def _make_trainer(config: XNNConfig, num_inputs: int, num_samples: int, batch_si
         (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), epoch_keys)
         return params, opt_state, losses
 
-    return optimizer, train, jax.jit(update), jax.jit(order_of)
+    return optimizer, train, jax.jit(update, donate_argnums=0), jax.jit(order_of)
 
 
 def _train_rows(config: XNNConfig, params, rows, mean: np.ndarray, scale: float, targets, weights, epoch_keys,
@@ -106,6 +106,8 @@ def _train_rows(config: XNNConfig, params, rows, mean: np.ndarray, scale: float,
             ascending = np.sort(indices)
             block = rows[ascending][np.searchsorted(ascending, indices)]
             z = (block.reshape(len(block), -1).astype(np.float32, copy=False) - mean) / scale
+            if values:  # one step in flight: dispatch would otherwise queue every minibatch read in memory
+                jax.block_until_ready(values[-1])
             carry, value = update(carry, z, targets[indices], weights[indices])
             values.append(value)
         losses.append(jnp.mean(jnp.stack(values), axis=0))
