@@ -226,8 +226,9 @@ def tables_markdown(results: dict) -> str:
               "", "| data | model | alpha | total loss | rec loss | classifier loss | acc C_eval ClaDec | "
               "acc C on ClaDec |", "|---|---|---|---|---|---|---|---|"]
     for (dataset, model, alpha), rows in _grouped(results["alpha"], ("dataset", "model", "alpha")).items():
+        classifier_loss = "(not in the loss)" if alpha == 0 else _f(col(rows, 'classifier_loss'), 3)
         lines.append(f"| {dataset} | {model} | {alpha:g} | {_f(col(rows, 'total_loss'), 3)} | "
-                     f"{_f(col(rows, 'rec_loss_sum'), 2)} | {_f(col(rows, 'classifier_loss'), 3)} | "
+                     f"{_f(col(rows, 'rec_loss_sum'), 2)} | {classifier_loss} | "
                      f"{_f(col(rows, 'acc_eval_cladec'), 3)} | {_f(col(rows, 'classifier_accuracy_on_cladec'), 3)} |")
     lines += ["", f"Occlusion table (tables 7-8): accuracy of C with the least / most relevant square occluded{spread}",
               "", "| data | model | layer | clean | ClaDec min | ClaDec max | ClaDec dAcc | Grad-CAM min | Grad-CAM max | "
