@@ -222,6 +222,30 @@ def test_kmeans_is_deterministic_per_key_and_does_not_recompile():
     np.testing.assert_allclose(float(chunked[2]), float(first[2]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("n,d,k,n_init", [(97, 3, 3, 4), (1013, 7, 50, 5)])
+def test_kmeans_restarts_in_vmap_and_in_sequence_agree(n, d, k, n_init):
+    # the accelerator's form (every restart until the slowest converges) and the CPU's (each its own steps)
+    x, _ = make_blobs(n, d, centers=k, cluster_std=1.5, random_state=n)
+    x = x.astype(np.float32)
+    batched = kmeans(x, k, jax.random.key(4), n_init=n_init, chunk_rows=256, batched_restarts=True)
+    sequential = kmeans(x, k, jax.random.key(4), n_init=n_init, chunk_rows=256, batched_restarts=False)
+    np.testing.assert_array_equal(np.asarray(batched[1]), np.asarray(sequential[1]))
+    np.testing.assert_allclose(np.asarray(batched[0]), np.asarray(sequential[0]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(batched[2]), float(sequential[2]), rtol=1e-5)
+    np.testing.assert_allclose(float(sequential[2]), numpy_inertia(x, sequential[0], np.asarray(sequential[1])),
+                               rtol=1e-5)
+
+
+def test_lloyd_step_gives_a_tie_to_the_first_closest_centroid():
+    # centroids 0 and 2 coincide, as do 1 and 4: NumPy's argmin (and scikit-learn) label their points 0 and 1
+    x = np.random.default_rng(11).normal(size=(301, 4)).astype(np.float32)
+    start = np.stack([x[0], x[1], x[0], x[2], x[1]])
+    _, labels, _ = lloyd_step(x, start, chunk_rows=64)
+    _, expected_labels, _ = numpy_lloyd_step(x, start)
+    np.testing.assert_array_equal(np.asarray(labels), expected_labels)
+    assert not np.isin(np.asarray(labels), [2, 4]).any() and np.isin(np.asarray(labels), [0, 1, 3]).all()
+
+
 def test_kmeans_plusplus_picks_distinct_points_and_spreads_out():
     x = np.random.default_rng(9).normal(size=(97, 5)).astype(np.float32)
     seeds = np.asarray(kmeans_plusplus(x, 15, jax.random.key(0)))

@@ -17,8 +17,7 @@ and explains a query by its nearest training samples under the weighted sum of p
 
 Measured on a 2-core CPU (``experiments/bench_dec_kernels.py``, BENCHMARKS.md "DEC kernels"): the DEC loss is
 5-8x faster than NumPy at N = 1M and the nearest neighbours 2x faster than SciPy's ``cdist``; k-means reaches
-scikit-learn's inertia but is 0.84-0.86x its speed from N = 100,000 on, because the restarts in one ``vmap`` all
-run as many Lloyd steps as the slowest one.
+scikit-learn's inertia (see :func:`kmeans` for its speed and its form per backend).
 """
 
 from __future__ import annotations
@@ -195,10 +194,18 @@ def _sq_distances(x: jax.Array, x_sq: jax.Array, centroids: jax.Array) -> jax.Ar
 def _closest(x, x_sq, centroids):
     """Labels and squared distances of the points' closest centroids. The distances are laid out ``[k, n]``:
     the reduction over the few centroids then runs across rows, which vectorises better on CPU than a
-    reduction over a short last axis (20 % faster per Lloyd step here)."""
+    reduction over a short last axis (20 % faster per Lloyd step here).
+
+    The label is the first centroid at the minimum distance, as ``argmin`` gives it, but found by two plain
+    reductions (the minimum, then the lowest index that attains it): XLA:CPU lowers ``argmin`` to a variadic
+    (value, index) reduction that does not vectorise, 4x slower than both of these together at N = 100,000,
+    k = 50 (12 ms against 3 ms a step on a 2-core CPU; BENCHMARKS "DEC kernels")."""
+    k = centroids.shape[0]
     cross = jnp.dot(centroids, x.T, precision=_EXACT)
     distances = jnp.maximum(jnp.sum(jnp.square(centroids), axis=-1)[:, None] - 2 * cross + x_sq[None, :], 0)
-    return jnp.argmin(distances, axis=0), jnp.min(distances, axis=0)
+    closest = jnp.min(distances, axis=0)
+    first = jnp.where(distances == closest[None, :], jnp.arange(k, dtype=jnp.int32)[:, None], k)
+    return jnp.min(first, axis=0), closest
 
 
 def _default_local_trials(k: int) -> int:
@@ -371,8 +378,9 @@ def lloyd(x: jax.Array, centroids: jax.Array, *, max_iter: int = 300, tol: float
     return out + mean, labels, inertia, iterations
 
 
-@functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iter", "local_trials", "chunk_rows"))
-def _kmeans(x, k, key, n_init, max_iter, tol, local_trials, chunk_rows):
+@functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iter", "local_trials", "chunk_rows",
+                                             "batched_restarts"))
+def _kmeans(x, k, key, n_init, max_iter, tol, local_trials, chunk_rows, batched_restarts):
     centred, mean, absolute_tol = _centre(x, tol)
     chunks = _chunked(centred, chunk_rows)
 
@@ -380,16 +388,18 @@ def _kmeans(x, k, key, n_init, max_iter, tol, local_trials, chunk_rows):
         seeds = kmeans_plusplus(centred, k, run_key, local_trials=local_trials)
         return _lloyd(chunks, x.shape[0], seeds, max_iter, absolute_tol)
 
-    centroids, labels, inertia, _ = jax.vmap(one_run)(jax.random.split(key, n_init))
+    run_all = jax.vmap(one_run) if batched_restarts else functools.partial(lax.map, one_run)
+    centroids, labels, inertia, _ = run_all(jax.random.split(key, n_init))
     best = jnp.argmin(inertia)  # ties: the first restart
     return centroids[best] + mean, labels[best], inertia[best]
 
 
 def kmeans(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 20, max_iter: int = 300, tol: float = 1e-4,
-           local_trials: int | None = None, chunk_rows: int = 4096) -> tuple[jax.Array, jax.Array, jax.Array]:
+           local_trials: int | None = None, chunk_rows: int = 4096, batched_restarts: bool | None = None
+           ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """k-means clustering (DESIGN "DEC activation clustering surrogate": k = 15, 20 restarts, to start DEC's
-    centroids): ``n_init`` restarts, each seeded by :func:`kmeans_plusplus` and refined by :func:`lloyd`,
-    all run at once in one ``vmap``; the restart with the lowest inertia is returned.
+    centroids): ``n_init`` restarts, each seeded by :func:`kmeans_plusplus` and refined by :func:`lloyd`, in
+    one compiled program; the restart with the lowest inertia is returned.
 
     The data are centred first (and the centroids shifted back), distances come from one matrix product
     each step (``|x|^2 - 2 x.c + |c|^2``, clipped at 0), the loop stops when the total squared centroid shift
@@ -399,10 +409,13 @@ def kmeans(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 20, max_iter: 
 
     Cost: each step streams the points in chunks of ``chunk_rows`` (a ``lax.scan``) so that the ``[rows,
     n_init * k]`` distances stay in cache instead of ``[n, n_init * k]`` going through memory (on a 2-core
-    CPU, 4,096 rows made a step at N = 100,000 several times faster than one whole-array pass). Under
-    ``vmap`` the loop runs until the slowest restart converges, and converged restarts keep being computed
-    (their centroids no longer move): the time is ``n_init`` times the slowest restart's steps, where
-    scikit-learn's sequential restarts pay for the sum of their steps.
+    CPU, 4,096 rows made a step at N = 100,000 several times faster than one whole-array pass).
+
+    One form per backend: on an accelerator the restarts run side by side in one ``vmap``, which keeps the
+    device busy but runs every restart until the slowest one converges (converged restarts keep being
+    computed); on a CPU they run one after another in a ``lax.map``, each for its own steps, as scikit-learn
+    does. On a 2-core CPU the sequential form is 1.2-1.8x faster at N = 10,000-100,000, k = 15-50 (restarts
+    converge after 2 to 68 steps), hence the choice (BENCHMARKS "DEC kernels"). Both give the same result.
 
     Args:
       x: ``[n, d]`` points.
@@ -414,6 +427,8 @@ def kmeans(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 20, max_iter: 
       local_trials: k-means++ candidates per centre (static); ``None`` = scikit-learn's greedy
         ``2 + int(log k)``, 1 = plain D^2 sampling.
       chunk_rows: points per chunk of each assignment pass (static).
+      batched_restarts: ``True`` for the ``vmap`` form, ``False`` for the sequential one; ``None`` chooses
+        by the platform ``x`` is on (sequential on a CPU).
 
     Returns:
       ``(centroids [k, d], labels int32[n], inertia)``: inertia is the sum of squared distances of the
@@ -432,7 +447,19 @@ def kmeans(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 20, max_iter: 
                         ("chunk_rows", chunk_rows)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    return _kmeans(x, k, key, n_init, max_iter, jnp.asarray(tol, x.dtype), local_trials, min(chunk_rows, x.shape[0]))
+    if batched_restarts is None:
+        batched_restarts = _platform(x) != "cpu"
+    return _kmeans(x, k, key, n_init, max_iter, jnp.asarray(tol, x.dtype), local_trials, min(chunk_rows, x.shape[0]),
+                   bool(batched_restarts))
+
+
+def _platform(x: jax.Array) -> str:
+    """The platform a concrete array lives on; under a trace, the default backend (where the caller's program
+    will run unless it says otherwise)."""
+    try:
+        return next(iter(x.devices())).platform
+    except (AttributeError, jax.errors.ConcretizationTypeError):
+        return jax.default_backend()
 
 
 # ----------------------------------------------------------------------------------- nearest neighbours
