@@ -1,6 +1,6 @@
 """DEC's two clustering phases, xai_jax against what users run today, same data, same steps, one process.
 
-1. Initialisation: :func:`xai_jax.kernels.clustering.kmeans` (k-means++, 20 restarts in one vmap, Lloyd to
+1. Initialisation: :func:`xai_jax.kernels.clustering.kmeans` (k-means++, 20 restarts, Lloyd to
    scikit-learn's tolerance) against scikit-learn's ``KMeans(n_clusters=k, n_init=20, init="k-means++")``.
 2. Refinement: :func:`xai_jax.methods.dec.dec_refine` against a faithful PyTorch DEC (the loop of DEC's
    reference code and of pt-dec: Student-t soft assignment, target ``p = q^2 / f`` recomputed over the whole data
