@@ -114,7 +114,7 @@ def kmeans_row(n: int, lloyd_steps: bool = True) -> dict:
 
 
 def bench_kmeans(sizes) -> None:
-    print("### k-means: JAX (20 restarts in one vmap) vs scikit-learn KMeans (n_init=20, lloyd)\n")
+    print("### k-means: JAX (20 restarts) vs scikit-learn KMeans (n_init=20, lloyd)\n")
     print(f"k = {K}, d = {D}, max_iter = {MAX_ITER}, tol = {TOL}, float32 data for both; warm-up then median of 3.\n")
     print("| N | scikit-learn (s) | JAX (s) | sklearn / JAX | inertia sklearn | inertia JAX | JAX / sklearn inertia "
           "| Lloyd steps sklearn (20 single fits, sum) | JAX (slowest restart) |")
