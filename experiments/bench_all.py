@@ -67,7 +67,7 @@ def engine(scale: str) -> list:
     from xai_jax.data import JpegNpzSource
     jpeg = JpegNpzSource(DATA / "cifar10" / "cifar10_test_jpeg.npz")
     images, labels = jpeg.all()
-    names, n, batch, repeats = pick(scale, (["cifar_resnet20"], 128, 64, 1), (["cifar_resnet20"], 1024, 256, 1),
+    names, n, batch, repeats = pick(scale, (["cifar_resnet20"], 128, 64, 1), (["cifar_resnet20"], 1024, 256, 5),
                                     (["cifar_resnet20", "cifar_resnet56"], len(labels), 256, 3))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return [bench_engine.compare_model(name, jpeg, images[:n], labels[:n], batch, repeats, device,
@@ -77,7 +77,7 @@ def engine(scale: str) -> list:
 def clip(scale: str) -> list:
     import bench_clip
     from xai_jax.models import clip as clip_models
-    n, repeats = pick(scale, (8, 1), (128, 1), (1024, 3))
+    n, repeats = pick(scale, (8, 1), (128, 9), (1024, 3))
     return bench_clip.bench(clip_models.CONFIGS["tiny"], n, n, repeats)[0]
 
 
@@ -131,27 +131,27 @@ def nma_linkage(scale: str) -> list:
 
 def www_scores(scale: str) -> list:
     import bench_www
-    sizes, units, loop_units, repeats = pick(scale, ((1000,), 64, 8, 1), ((1000, 20000), 512, 32, 1),
+    sizes, units, loop_units, repeats = pick(scale, ((1000,), 64, 8, 1), ((1000, 20000), 512, 32, 3),
                                              ((1000, 20000, 82115), 2048, 64, 3))
     return bench_www.scores_rows(sizes, units, loop_units, repeats)
 
 
 def www_wpmi(scale: str) -> list:
     import bench_www
-    sizes, units, repeats, probe = pick(scale, ((100,), 16, 1, 500), ((1000,), 64, 1, 5000),
+    sizes, units, repeats, probe = pick(scale, ((100,), 16, 1, 500), ((1000,), 64, 9, 5000),
                                         ((1000, 20000), 256, 3, 5000))
     return bench_www.soft_wpmi_rows(sizes, units, repeats, probe=probe)
 
 
 def www_contributions(scale: str) -> list:
     import bench_www
-    return [bench_www.contributions_row(*pick(scale, (4, 2, 1), (32, 8, 1), (256, 64, 3)))]
+    return [bench_www.contributions_row(*pick(scale, (4, 2, 1), (32, 8, 5), (256, 64, 3)))]
 
 
 def xnn_srae(scale: str) -> list:
     import bench_xnn
     import torch
-    images, epochs, repeats = pick(scale, (256, 1, 1), (512, 2, 1), (4096, 5, 3))
+    images, epochs, repeats = pick(scale, (256, 1, 1), (512, 2, 5), (4096, 5, 3))
     feats = bench_xnn.pool_features(images)[3]
     return [bench_xnn.srae_row(feats, epochs, repeats, torch.get_num_threads(), with_singles=scale == "full")]
 
@@ -159,7 +159,7 @@ def xnn_srae(scale: str) -> list:
 def cladec(scale: str) -> list:
     import bench_cladec
     import torch
-    return bench_cladec.compare(*pick(scale, (8, 1), (32, 1), (128, 5)), threads=torch.get_num_threads())
+    return bench_cladec.compare(*pick(scale, (8, 1), (32, 9), (128, 5)), threads=torch.get_num_threads())
 
 
 def input_pipeline(scale: str) -> list:
