@@ -36,7 +36,7 @@ from xai_jax.data.base import Source
 from xai_jax.data.batcher import Batches
 from xai_jax.distributed import gather_rows
 from xai_jax.errors import XaiJaxError
-from xai_jax import rowstore
+from xai_jax import compiler_options, rowstore
 
 Batch = dict[str, Any]
 Step = Callable[[Any, Batch, Any], Any]
@@ -84,12 +84,20 @@ def round_batch_size(batch_size: int, mesh: Mesh | None = None) -> int:
 def _jitted_fold(step: Step, mesh: Mesh):
     # Cached on the step function itself: passing the same step again reuses the compiled program.
     return jax.jit(step, in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
-                   out_shardings=replicated(mesh), donate_argnums=0)
+                   out_shardings=replicated(mesh), donate_argnums=0, **_options(mesh))
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_map(fn: Callable[[Batch, Any], Any], mesh: Mesh):
-    return jax.jit(fn, in_shardings=(batch_sharding(mesh), replicated(mesh)), out_shardings=batch_sharding(mesh))
+def _jitted_map(fn: Callable[[Batch, Any], Any], mesh: Mesh, over_images: bool = True):
+    return jax.jit(fn, in_shardings=(batch_sharding(mesh), replicated(mesh)), out_shardings=batch_sharding(mesh),
+                   **(_options(mesh) if over_images else {}))
+
+
+def _options(mesh: Mesh) -> dict:
+    """``compiler_options`` of a pass over images on ``mesh`` (:mod:`xai_jax.compiler_options`: a backbone's,
+    not the host arrays' of :func:`map_arrays`), as keyword arguments of ``jax.jit``."""
+    options = compiler_options.pass_options(mesh)
+    return {} if options is None else {"compiler_options": options}
 
 
 def _processes(mesh: Mesh) -> int:
@@ -328,7 +336,7 @@ def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *
     if chunk < 1:
         raise XaiJaxError(f"chunk must be >= 1, got {chunk}")
     size = min(round_batch_size(chunk, mesh), round_batch_size(n, mesh))
-    mapped = _jitted_map(fn, mesh)
+    mapped = _jitted_map(fn, mesh, over_images=False)
     sharding = batch_sharding(mesh)
     params = jax.device_put(params, replicated(mesh))
 
