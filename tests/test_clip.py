@@ -9,6 +9,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -270,9 +271,29 @@ def test_encoders_compile_once_per_batch_shape():
     model.text_fn = jax.jit(counting_text_fn)
     texts = [f"a photo of a {w}" for w in "abcdefghijklm"]  # 13 texts: batches of 4, the last one padded
     out = model.encode_texts(texts, batch_size=4)
-    assert traces == [(4, 77)]
+    assert traces == [(4, 8)]  # 7 tokens each, end token included: 8 positions, not the context's 77
     np.testing.assert_allclose(out, model.encode_texts(texts, batch_size=16), atol=1e-5)
     assert model.encode_texts([]).shape == (0, 32)
+
+
+def test_texts_cut_after_their_end_token_embed_as_at_full_length():
+    model = clip.tiny(jax.random.key(3))
+    rng = np.random.default_rng(0)
+    words = ["dog", "a very long and winding description of a striped animal on a beach at dusk", "cat",
+             "red", "two birds on a wire", "x " * 40, "sky"]
+    texts = [" ".join(rng.choice(words, rng.integers(1, 4))) for _ in range(37)]
+    tokens = model.tokenize(texts)
+    full = np.asarray(model.text_fn(model.params, jnp.asarray(tokens)))  # all 77 positions, in one batch
+    ends = np.argmax(tokens == model.config.eot_token, axis=1)
+    assert ends.min() < 8 and ends.max() > 40  # short and long texts, in batches of 8 sorted by length
+    np.testing.assert_allclose(model.encode_tokens(tokens, batch_size=8), full, rtol=1e-5, atol=1e-5)
+    # a row without an end token is read at position 0, as the full-length tower reads it
+    no_end = tokens[:3].copy()
+    no_end[1] = np.where(no_end[1] == model.config.eot_token, 1, no_end[1])
+    np.testing.assert_allclose(model.encode_tokens(no_end), np.asarray(model.text_fn(model.params, no_end)),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(XaiJaxError, match=r"\[M, L\]"):
+        model.encode_tokens(tokens[0])
 
 
 def test_load_errors_name_the_accepted_formats(tmp_path):
