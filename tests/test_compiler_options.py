@@ -23,6 +23,8 @@ def test_pass_options_by_platform_and_opt_out(monkeypatch):
     monkeypatch.setenv(compiler_options.OPT_OUT, "1")
     accelerator = types.SimpleNamespace(devices=np.asarray([types.SimpleNamespace(platform="gpu")]))
     assert compiler_options.pass_options(accelerator) is None  # other backends keep their defaults
+    two_cpus = types.SimpleNamespace(devices=np.asarray([jax.devices("cpu")[0]] * 2))
+    assert compiler_options.pass_options(two_cpus) is None  # and so do passes that reduce across CPU devices
     assert not compiler_options._cpu_accepts((("xla_cpu_no_such_option", "1"),))  # an unknown one is dropped
 
 
