@@ -24,7 +24,7 @@ def test_pass_options_by_platform_and_opt_out(monkeypatch):
     accelerator = types.SimpleNamespace(devices=np.asarray([types.SimpleNamespace(platform="gpu")]))
     assert compiler_options.pass_options(accelerator) is None  # other backends keep their defaults
     two_cpus = types.SimpleNamespace(devices=np.asarray([jax.devices("cpu")[0]] * 2))
-    assert compiler_options.pass_options(two_cpus) is None  # and so do passes that reduce across CPU devices
+    assert compiler_options.pass_options(two_cpus) == compiler_options.CPU_PASS_OPTIONS  # as over several processes
     assert not compiler_options._cpu_accepts((("xla_cpu_no_such_option", "1"),))  # an unknown one is dropped
 
 

@@ -174,6 +174,32 @@ assert shapes == [(8, 2), (4, 2)], shapes  # 5 -> 8 rows per chunk; 1 row -> 4, 
     assert probe.returncode == 0, probe.stderr
 
 
+def test_a_fold_over_several_cpu_devices_waits_for_each_step():
+    # Steps queued ahead deadlocked XLA:CPU's shared pool in the cross-device reduction under load (a hang about
+    # every other run on 2 busy cores): over several CPU devices each step is waited for, over one it is not.
+    code = """
+import jax, jax.numpy as jnp, numpy as np
+from xai_jax import engine
+from xai_jax.data import ArraySource
+waits = []
+real = jax.block_until_ready
+jax.block_until_ready = lambda tree: waits.append(1) or real(tree)
+def step(state, batch, params):
+    return state + jnp.sum(batch["images"].astype(jnp.float32) * batch["mask"][:, None, None, None])
+images = np.ones((40, 2, 2, 1), np.uint8)
+source = ArraySource(images, np.zeros(40, np.int64))
+assert jax.device_count() == 4
+total = engine.run(step, jnp.zeros(()), source, batch_size=8)
+assert float(total) == 160 and len(waits) == 5 + 1, waits  # 5 batches, then the result
+waits.clear()
+single = engine.run(step, jnp.zeros(()), source, batch_size=8, mesh=jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+assert float(single) == 160 and len(waits) == 1, waits
+"""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    probe = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+
+
 # --- the same reduction over CIFAR-10 with ResNet-20, on 1 and on 8 (forced host) devices ---------------
 
 def resnet20_class_logit_sums(state, batch, variables):

@@ -47,15 +47,11 @@ def _cpu_accepts(options: tuple[tuple[str, str], ...]) -> bool:
 
 
 def pass_options(mesh: Mesh) -> dict | None:
-    """The compiler options of a dataset pass over ``mesh``: :data:`CPU_PASS_OPTIONS` when it is one CPU device
+    """The compiler options of a dataset pass over ``mesh``: :data:`CPU_PASS_OPTIONS` when its devices are CPUs
     (and neither the opt-out nor this jaxlib says no), else None (the backend's defaults).
 
-    One device, because a pass over several CPU devices (forced host devices, or one per process under
-    ``jax.distributed``) reduces across them inside the program: with the option on, a CI run on a loaded
-    2-core machine stalled in such an all-reduce (the 8-device test of ``tests/test_engine.py``, one device
-    never reaching the rendezvous). The same stall was then reproduced without the option too, under two
-    busy processes, so the option is not shown to be its cause; but passes over several CPU devices keep the
-    defaults that CI has run many times. A CPU host's passes run on one device unless told otherwise.
+    The same for one CPU device and for several (forced host devices, or one per process under
+    ``jax.distributed``), so that a pass gives the same numbers whatever the number of processes.
 
     Args:
       mesh: the devices the pass runs on.
@@ -65,7 +61,7 @@ def pass_options(mesh: Mesh) -> dict | None:
     """
     if os.environ.get(OPT_OUT, "1") == "0":
         return None
-    if mesh.devices.size != 1 or mesh.devices.flat[0].platform != "cpu":
+    if any(device.platform != "cpu" for device in mesh.devices.flat):
         return None
     if not _cpu_accepts(tuple(sorted(CPU_PASS_OPTIONS.items()))):
         return None

@@ -93,6 +93,18 @@ def _jitted_map(fn: Callable[[Batch, Any], Any], mesh: Mesh, over_images: bool =
                    **(_options(mesh) if over_images else {}))
 
 
+def _cpu_collectives(mesh: Mesh) -> bool:
+    """Whether a fold over ``mesh`` must wait for each step before dispatching the next: on several CPU devices.
+
+    Each step reduces its state across the devices (an all-reduce). On a CPU the devices' programs share one
+    thread pool, and with steps queued ahead, the pool's threads could all be taken by devices waiting in step
+    ``k``'s all-reduce and by a later step, while one device's step ``k`` stayed queued: a deadlock (8 forced
+    host devices on 2 busy cores: 3 of 6 runs of ``tests/test_engine.py``'s 8-device pass hung, 0 of 8 with
+    this wait, and each took the same 7 s). A CPU gains nothing from steps queued ahead, since its cores are
+    the host's; accelerators keep them."""
+    return mesh.devices.size > 1 and all(device.platform == "cpu" for device in mesh.devices.flat)
+
+
 def _options(mesh: Mesh) -> dict:
     """``compiler_options`` of a pass over images on ``mesh`` (:mod:`xai_jax.compiler_options`: a backbone's,
     not the host arrays' of :func:`map_arrays`), as keyword arguments of ``jax.jit``."""
@@ -208,10 +220,13 @@ def run(step: Step, state: Any, data: Source | Batches, params: Any = None, *,
     params = _replicate(params, mesh)
     saver = fold_saver(checkpoint, state, batches)
     state, first = saver.restore(state)
+    one_step_at_a_time = _cpu_collectives(mesh)
     meter = _Meter(batches, desc, progress)
     try:
         for position, batch in enumerate(batches.starting_at(first), start=first + 1):
             state = fold(state, _to_device(batch, sharding), params)
+            if one_step_at_a_time:
+                jax.block_until_ready(state)
             meter.update(batch)
             saver.after(position, state)
         saver.done(state)
