@@ -240,9 +240,14 @@ def test_soft_wpmi_equals_clip_dissect_loop(probe, units, m, top_k):
     rng = np.random.default_rng(probe)
     sim = rng.uniform(-0.2, 0.4, size=(probe, m)).astype(np.float32)
     acts = rng.normal(size=(probe, units)).astype(np.float32)
+    want = _soft_wpmi_reference(sim.astype(np.float64), acts, top_k, 10.0, 1.0, 0.998, 0.97)
     got = www.soft_wpmi(sim, acts, top_k=top_k, a=10.0, lam=1.0)
-    np.testing.assert_allclose(got, _soft_wpmi_reference(sim.astype(np.float64), acts, top_k, 10.0, 1.0, 0.998, 0.97),
-                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    # both forms of log p(d | E_u): all neurons at once (accelerators) and one at a time (a CPU's default)
+    probabilities = www.concept_probabilities(sim, 10.0)
+    forms = [np.asarray(www.log_p_given_e(probabilities, acts, top_k, one_neuron_at_a_time=f)) for f in (True, False)]
+    np.testing.assert_allclose(forms[0], forms[1], rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(www.soft_wpmi_from_log_p(forms[1], 1.0), want, rtol=1e-4, atol=1e-3)
 
 
 def test_selection_metrics_and_pair_cosine():

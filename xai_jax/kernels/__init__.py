@@ -49,7 +49,7 @@ from xai_jax.kernels.www import (ClassContributionState, TopNState, adaptive_cos
                                  heatmap_similarity, l2_normalise, mean_image_embeddings, mean_pair_cosine,
                                  neuron_activations, overall_heatmap, peak_crop_corners, rejection_curve,
                                  select_concepts, selection_metrics, soft_wpmi, soft_wpmi_from_log_p,
-                                 soft_wpmi_log_p_given_e, taylor_shapley, top_k_neurons, topn_init, topn_update)
+                                 soft_wpmi_log_p_given_e, concept_probabilities, log_p_given_e, taylor_shapley, top_k_neurons, topn_init, topn_update)
 from xai_jax.kernels.xnn_metrics import (CorrelationState, correlation_init, correlation_matrix,
                                          correlation_update, f_cls, f_reg, heatmap_correlation, locality,
                                          locality_from_histogram, mask_part_weights, o1, o2, part_probabilities,
@@ -86,6 +86,6 @@ __all__ = [
     "class_activation_maps", "adaptive_threshold", "adaptive_selection",
     "select_concepts", "peak_crop_corners", "crop_images", "contributions_from_gradients", "taylor_shapley",
     "class_sums_init", "class_sums_update", "class_means", "top_k_neurons", "gather_maps", "concept_maps",
-    "overall_heatmap", "heatmap_similarity", "rejection_curve", "auroc", "soft_wpmi_log_p_given_e",
+    "overall_heatmap", "heatmap_similarity", "rejection_curve", "auroc", "soft_wpmi_log_p_given_e", "concept_probabilities", "log_p_given_e",
     "soft_wpmi_from_log_p", "soft_wpmi", "selection_metrics", "mean_pair_cosine",
 ]

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from xai_jax.kernels.platform import platform_of
+
 #: squared distances below are cancellation-prone matrix products: never let an accelerator run them in TF32/bf16
 _EXACT = lax.Precision.HIGHEST
 
@@ -448,18 +450,10 @@ def kmeans(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 20, max_iter: 
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if batched_restarts is None:
-        batched_restarts = _platform(x) != "cpu"
+        batched_restarts = platform_of(x) != "cpu"
     return _kmeans(x, k, key, n_init, max_iter, jnp.asarray(tol, x.dtype), local_trials, min(chunk_rows, x.shape[0]),
                    bool(batched_restarts))
 
-
-def _platform(x: jax.Array) -> str:
-    """The platform a concrete array lives on; under a trace, the default backend (where the caller's program
-    will run unless it says otherwise)."""
-    try:
-        return next(iter(x.devices())).platform
-    except (AttributeError, jax.errors.ConcretizationTypeError):
-        return jax.default_backend()
 
 
 # ----------------------------------------------------------------------------------- nearest neighbours

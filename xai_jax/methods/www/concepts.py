@@ -146,21 +146,27 @@ def clip_dissect(activations, image_embeddings, concept_embeddings, *, top_k: in
     if activations.ndim == 4:
         activations = activations.mean(axis=(1, 2))
     top_k = min(top_k, activations.shape[0])
-    similarity = K.l2_normalise(jnp.asarray(image_embeddings, jnp.float32)) @ K.l2_normalise(
-        jnp.asarray(concept_embeddings, jnp.float32)).T
+    probabilities = _concept_probabilities(jnp.asarray(image_embeddings, jnp.float32),
+                                           jnp.asarray(concept_embeddings, jnp.float32), np.float32(a))
     log_p_given_e = engine.map_arrays(_log_p_given_e_fn(top_k), {"activations": activations.T},
-                                      (similarity, np.float32(a), np.float32(p_start), np.float32(p_end)),
-                                      chunk=neuron_chunk)
+                                      (probabilities, np.float32(p_start), np.float32(p_end)), chunk=neuron_chunk)
     return np.asarray(K.soft_wpmi_from_log_p(log_p_given_e, lam))
+
+
+@jax.jit
+def _concept_probabilities(image_embeddings, concept_embeddings, a):
+    """CLIP-Dissect's ``softmax(a * cos)`` of every probe image over the concepts, computed once for all neurons."""
+    similarity = K.l2_normalise(image_embeddings) @ K.l2_normalise(concept_embeddings).T
+    return K.concept_probabilities(similarity, a)
 
 
 @functools.lru_cache(maxsize=None)
 def _log_p_given_e_fn(top_k: int):
-    """``fn({"activations": [c, P]}, (similarity, a, p_start, p_end)) -> [c, M]`` for :func:`engine.map_arrays`:
+    """``fn({"activations": [c, P]}, (probabilities, p_start, p_end)) -> [c, M]`` for :func:`engine.map_arrays`:
     the rows are neurons, and only ``top_k`` (a shape) selects the program."""
     def fn(rows, params):
-        similarity, a, p_start, p_end = params
-        return K.soft_wpmi_log_p_given_e(similarity, rows["activations"].T, top_k, a, p_start, p_end)
+        probabilities, p_start, p_end = params
+        return K.log_p_given_e(probabilities, rows["activations"].T, top_k, p_start, p_end)
 
     return fn
 
