@@ -50,3 +50,20 @@ def test_a_pass_with_the_cpu_options_gives_the_default_logits_on_real_weights(mo
     options = compiler_options.pass_options(engine.local_mesh())
     with_options = jax.jit(forward, compiler_options=options).lower(images[:8], variables).compile().as_text()
     assert with_options != jax.jit(forward).lower(images[:8], variables).compile().as_text()
+
+
+def test_a_step_marked_without_library_fusion_compiles_with_the_defaults(monkeypatch):
+    monkeypatch.delenv(compiler_options.OPT_OUT, raising=False)
+    from xai_jax.methods.cladec import occlusion_step
+    from xai_jax.models.cladec import Decoder
+    mesh = engine.local_mesh()
+
+    def plain(batch, params):
+        return batch
+
+    assert compiler_options.step_options(plain, mesh) == compiler_options.CPU_PASS_OPTIONS
+    # ClaDec's occlusion pass measured slower with YNNPACK's fusions: it keeps XLA's defaults
+    step = occlusion_step("cladec_vgg", "block8", None, Decoder(1, 32))
+    assert compiler_options.step_options(step, mesh) is None
+    assert engine._options(step, mesh) == {} and engine._options(plain, mesh) == {
+        "compiler_options": compiler_options.CPU_PASS_OPTIONS}

@@ -32,6 +32,18 @@ from jax.sharding import Mesh
 
 CPU_PASS_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_ELTWISE"}
 OPT_OUT = "XAI_JAX_CPU_LIBRARY_FUSION"
+_WITHOUT = "_xai_jax_without_library_fusion"
+
+
+def without_library_fusion(fn):
+    """Marks a pass's step function to compile with the backend's defaults on a CPU too, and returns it.
+
+    For passes that measured slower with YNNPACK's fusions: ClaDec's occlusion pass (its decoders' transposed
+    convolutions are slicing and interleaving, which YNNPACK runs slower: 565 ms against 617 ms for 64 images
+    here; the decoder's training step, not a pass, was 2.3-2.7x slower with them).
+    """
+    setattr(fn, _WITHOUT, True)
+    return fn
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,6 +56,11 @@ def _cpu_accepts(options: tuple[tuple[str, str], ...]) -> bool:
         return True
     except Exception:  # an unknown option, or a jax.jit without compiler_options: compile without
         return False
+
+
+def step_options(fn, mesh: Mesh) -> dict | None:
+    """:func:`pass_options` for step function ``fn``, or None where it is marked :func:`without_library_fusion`."""
+    return None if getattr(fn, _WITHOUT, False) else pass_options(mesh)
 
 
 def pass_options(mesh: Mesh) -> dict | None:

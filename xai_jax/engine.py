@@ -84,13 +84,13 @@ def round_batch_size(batch_size: int, mesh: Mesh | None = None) -> int:
 def _jitted_fold(step: Step, mesh: Mesh):
     # Cached on the step function itself: passing the same step again reuses the compiled program.
     return jax.jit(step, in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
-                   out_shardings=replicated(mesh), donate_argnums=0, **_options(mesh))
+                   out_shardings=replicated(mesh), donate_argnums=0, **_options(step, mesh))
 
 
 @functools.lru_cache(maxsize=64)
 def _jitted_map(fn: Callable[[Batch, Any], Any], mesh: Mesh, over_images: bool = True):
     return jax.jit(fn, in_shardings=(batch_sharding(mesh), replicated(mesh)), out_shardings=batch_sharding(mesh),
-                   **(_options(mesh) if over_images else {}))
+                   **(_options(fn, mesh) if over_images else {}))
 
 
 def _cpu_collectives(mesh: Mesh) -> bool:
@@ -105,10 +105,10 @@ def _cpu_collectives(mesh: Mesh) -> bool:
     return mesh.devices.size > 1 and all(device.platform == "cpu" for device in mesh.devices.flat)
 
 
-def _options(mesh: Mesh) -> dict:
-    """``compiler_options`` of a pass over images on ``mesh`` (:mod:`xai_jax.compiler_options`: a backbone's,
-    not the host arrays' of :func:`map_arrays`), as keyword arguments of ``jax.jit``."""
-    options = compiler_options.pass_options(mesh)
+def _options(fn: Callable, mesh: Mesh) -> dict:
+    """``compiler_options`` of pass step ``fn`` over images on ``mesh`` (:mod:`xai_jax.compiler_options`: a
+    backbone's, not the host arrays' of :func:`map_arrays`), as keyword arguments of ``jax.jit``."""
+    options = compiler_options.step_options(fn, mesh)
     return {} if options is None else {"compiler_options": options}
 
 

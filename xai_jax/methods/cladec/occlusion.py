@@ -8,7 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from xai_jax import engine, models
+from xai_jax import compiler_options, engine, models
 from xai_jax.data.base import Source
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels import cladec as K
@@ -69,7 +69,7 @@ def occlusion_step(model: str, tap: str, neurons, decoder: Decoder):
                 "correct": (jnp.argmax(logits_occ, -1) == batch["labels"][None]).T,
                 "correct_clean": predicted == batch["labels"], "labels": batch["labels"]}
 
-    return fn
+    return compiler_options.without_library_fusion(fn)
 
 
 def occlusion_analysis(result: ClaDecResult, variables, source: Source, *, key: jax.Array | None = None,
