@@ -7,6 +7,7 @@ confusion counts accumulated on device); the PyTorch side is akamaster's ResNet 
 A third row times the engine with JPEG decoding in the loop (the background batcher), as `xai-jax` runs it.
 
     python experiments/bench_engine.py [--models cifar_resnet20,cifar_resnet56] [--repeats 3]
+    python experiments/bench_engine.py --conv-profile     # one convolution of each ResNet-56 stage, both sides
 
 Prints a Markdown table (median of the repeats after one warm-up) for BENCHMARKS.md.
 """
@@ -86,15 +87,65 @@ def compare_model(name: str, jpeg, images: np.ndarray, labels: np.ndarray, batch
                     accuracy_jax=float(np.trace(counts["jax"]) / n), accuracy_torch=counts["torch"] / n)
 
 
+# ResNet-56's 3x3 convolutions: (channels, map side, how many), the stem's included in the first stage.
+RESNET56_CONVS = ((16, 32, 19), (32, 16, 18), (64, 8, 18))
+
+
+def conv_profile(batch_size: int, repeats: int = 20) -> list[dict]:
+    """Where a CIFAR ResNet's forward pass spends its time: one 3x3 convolution of each stage (stride 1,
+    ``lax.conv_general_dilated`` NHWC, jitted) against PyTorch's ``Conv2d`` (NCHW and channels-last), on random
+    inputs of ``batch_size``; the median of ``repeats`` after a warm-up. A minimal reproduction of XLA:CPU's
+    convolutions at 16-64 channels against oneDNN's.
+
+    Returns:
+      one dict a stage: ``channels``, ``side``, ``count`` (in ResNet-56) and the milliseconds of each side.
+    """
+    import torch
+    rng = np.random.default_rng(0)
+    rows = []
+    for channels, side, count in RESNET56_CONVS:
+        x = jax.numpy.asarray(rng.normal(size=(batch_size, side, side, channels)).astype(np.float32))
+        kernel = jax.numpy.asarray(rng.normal(size=(3, 3, channels, channels)).astype(np.float32))
+        conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                                                  dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        reference = torch.nn.Conv2d(channels, channels, 3, 1, 1, bias=False).eval()
+        xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+        xcl = xt.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            rows.append({"channels": channels, "side": side, "count": count,
+                         "jax_ms": 1e3 * median_seconds(lambda: jax.block_until_ready(conv(x, kernel)), repeats),
+                         "torch_ms": 1e3 * median_seconds(lambda: reference(xt), repeats),
+                         "torch_channels_last_ms": 1e3 * median_seconds(lambda: reference(xcl), repeats)})
+    return rows
+
+
+def print_conv_profile(batch_size: int) -> None:
+    print(f"### One 3x3 convolution of each ResNet-56 stage, batch {batch_size} (ms)\n")
+    print("| channels | map | in ResNet-56 | JAX (XLA:CPU) | PyTorch NCHW | PyTorch channels-last | JAX / PyTorch best |")
+    print("|---|---|---|---|---|---|---|")
+    total = 0.0
+    for r in conv_profile(batch_size):
+        best = min(r["torch_ms"], r["torch_channels_last_ms"])
+        total += r["jax_ms"] * r["count"]
+        print(f"| {r['channels']} | {r['side']}x{r['side']} | {r['count']} | {r['jax_ms']:.2f} | {r['torch_ms']:.2f} | "
+              f"{r['torch_channels_last_ms']:.2f} | {r['jax_ms'] / best:.2f}x |", flush=True)
+    print(f"\nResNet-56's convolutions timed one at a time in JAX: {total:.0f} ms a batch\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="cifar_resnet20,cifar_resnet56")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--conv-profile", action="store_true",
+                        help="only time one convolution of each ResNet-56 stage against PyTorch's")
     args = parser.parse_args()
 
     import torch
     torch.set_num_threads(os.cpu_count())
+    if args.conv_profile:
+        print_conv_profile(args.batch_size)
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     test_file = DATA / "cifar10" / "cifar10_test_jpeg.npz"
