@@ -68,7 +68,7 @@ def torch_models():
     return VGG().eval(), Dec()
 
 
-def bench_torch(x, y, code, masks, fill, repeats, threads=None):
+def bench_torch(x, y, code, masks, fill, repeats, threads=None, classifier_term=True):
     import torch
     torch.set_num_threads(threads or os.cpu_count() or 1)
     clf, dec = torch_models()
@@ -82,7 +82,9 @@ def bench_torch(x, y, code, masks, fill, repeats, threads=None):
         opt.zero_grad()
         xhat = dec(ct)
         rec = ((xhat - xt) ** 2).flatten(1).sum(1).mean()
-        loss = (1 - ALPHA) * rec + ALPHA * torch.nn.functional.cross_entropy(clf(xhat)[0], yt)
+        loss = (1 - ALPHA) * rec
+        if classifier_term:
+            loss = loss + ALPHA * torch.nn.functional.cross_entropy(clf(xhat)[0], yt)
         loss.backward()
         opt.step()
 
@@ -114,7 +116,7 @@ def bench_torch(x, y, code, masks, fill, repeats, threads=None):
     return step_s, occ_s
 
 
-def bench_jax(x, y, code, images_uint8, repeats):
+def bench_jax(x, y, code, images_uint8, repeats, classifier_term=True):
     spec = models.get(MODEL)
     variables = models.init_variables(spec, jax.random.key(0))
     forward = models.make_forward(MODEL)
@@ -123,6 +125,9 @@ def bench_jax(x, y, code, images_uint8, repeats):
 
     def loss_fn(p, model_state, batch, key):
         xhat = decoder.apply({"params": p}, batch["code"])
+        if not classifier_term:
+            loss = (1 - ALPHA) * jnp.mean(jnp.sum(jnp.square(xhat - batch["x"]), axis=(1, 2, 3)))
+            return loss, (model_state, {"loss": loss})
         loss, metrics = K.cladec_loss(batch["x"], xhat, forward(xhat, variables)["logits"], batch["labels"], ALPHA)
         return loss, (model_state, metrics)
 
@@ -147,7 +152,7 @@ def bench_jax(x, y, code, images_uint8, repeats):
     return step_s, occ_s, variables
 
 
-def compare(batch_size: int, repeats: int, threads: int | None = None) -> list[dict]:
+def compare(batch_size: int, repeats: int, threads: int | None = None, classifier_term: bool = True) -> list[dict]:
     """A decoder training step and the occlusion analysis of one real Fashion-MNIST batch, JAX against PyTorch
     (on ``threads`` threads, default all CPUs).
 
@@ -162,8 +167,8 @@ def compare(batch_size: int, repeats: int, threads: int | None = None) -> list[d
     variables = models.init_variables(spec, jax.random.key(0))
     code = np.asarray(models.make_forward(MODEL, (TAP,))(images, variables)[TAP])
     masks = K.occlusion_masks(32, 32)
-    jax_step, jax_occ, _ = bench_jax(x, labels, code, images, repeats)
-    torch_step, torch_occ = bench_torch(x, labels, code, masks, [float(x.mean())], repeats, threads)
+    jax_step, jax_occ, _ = bench_jax(x, labels, code, images, repeats, classifier_term)
+    torch_step, torch_occ = bench_torch(x, labels, code, masks, [float(x.mean())], repeats, threads, classifier_term)
     peer, sizes = f"PyTorch port ({torch.get_num_threads()} threads)", f"batch {batch_size}, 32x32, layer -2"
     return [peer_row("ClaDec decoder training step", jax_step, torch_step, peer, sizes),
             peer_row("ClaDec occlusion analysis, 16 occlusions + Grad-CAM", jax_occ, torch_occ, peer, sizes)]
@@ -174,10 +179,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="batch 64, 3 repeats")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="train on the reconstruction term alone (no classifier pass): the decoder's share of a step")
     args = p.parse_args()
     if args.quick:
         args.batch_size, args.repeats = 64, 3
-    step, occlusion = compare(args.batch_size, args.repeats)
+    step, occlusion = compare(args.batch_size, args.repeats, classifier_term=not args.decoder_only)
     jax_step, torch_step = step["xai_jax_s"], step["peer_s"]
     jax_occ, torch_occ = occlusion["xai_jax_s"], occlusion["peer_s"]
     n = args.batch_size
