@@ -28,7 +28,8 @@ The kernels import JAX and NumPy only, never the rest of ``xai_jax``, so that im
 a few tens of milliseconds on top of JAX) pulls in no model, data or method code.
 """
 
-from xai_jax.kernels import attribution, cladec, clustering, floyd_warshall, near_miss, srae, www, xnn_metrics
+from xai_jax.kernels import (attribution, cladec, clustering, floyd_warshall, near_miss, platform, srae, www,
+                             xnn_metrics)
 from xai_jax.kernels.attribution import (apply_layer, contrastive_mwp, excitation_backprop, explainer_layers,
                                          grad_cam, layer_inputs, normalise_maps, upsample_maps)
 from xai_jax.kernels.cladec import (accuracy, cladec_loss, cladec_relevance, d_acc, d_rec, gradcam_relevance,
@@ -38,6 +39,7 @@ from xai_jax.kernels.clustering import (cluster_frequencies, kl_divergence, kl_d
                                         nearest_neighbours, project_to_sphere, soft_assignment,
                                         target_distribution, validate_layer_weights)
 from xai_jax.kernels.floyd_warshall import floyd_warshall_auto
+from xai_jax.kernels.platform import platform_of
 from xai_jax.kernels.near_miss import (NearMissState, connection_weights, fill_disconnected,
                                        label_probability_matrix, near_miss_init, near_miss_matrix, near_miss_update)
 from xai_jax.kernels.srae import (approximation, faithfulness_loss, one_vs_all_weights, pull_away_loss,
@@ -57,7 +59,7 @@ from xai_jax.kernels.xnn_metrics import (CorrelationState, correlation_init, cor
 
 __all__ = [
     # modules
-    "attribution", "cladec", "clustering", "floyd_warshall", "near_miss", "srae", "www", "xnn_metrics",
+    "attribution", "cladec", "clustering", "floyd_warshall", "near_miss", "platform", "srae", "www", "xnn_metrics",
     # near_miss
     "NearMissState", "near_miss_init", "near_miss_update", "near_miss_matrix", "label_probability_matrix",
     "connection_weights", "fill_disconnected",
@@ -86,6 +88,9 @@ __all__ = [
     "class_activation_maps", "adaptive_threshold", "adaptive_selection",
     "select_concepts", "peak_crop_corners", "crop_images", "contributions_from_gradients", "taylor_shapley",
     "class_sums_init", "class_sums_update", "class_means", "top_k_neurons", "gather_maps", "concept_maps",
-    "overall_heatmap", "heatmap_similarity", "rejection_curve", "auroc", "soft_wpmi_log_p_given_e", "concept_probabilities", "log_p_given_e",
-    "soft_wpmi_from_log_p", "soft_wpmi", "selection_metrics", "mean_pair_cosine",
+    "overall_heatmap", "heatmap_similarity", "rejection_curve", "auroc", "soft_wpmi_log_p_given_e",
+    "concept_probabilities", "log_p_given_e", "soft_wpmi_from_log_p", "soft_wpmi", "selection_metrics",
+    "mean_pair_cosine",
+    # platform
+    "platform_of",
 ]
