@@ -10,14 +10,16 @@ pass                                   default  YNN eltwise  speed-up
 =====================================  =======  ===========  =======
 ResNet-20 forward (images/s)           2,053    2,493        1.21x
 ResNet-56 forward (images/s)           662      915          1.38x
+ResNet-56 input gradient (ms, 128)     481      454          1.06x
+ClaDec occlusion pass (ms, 64)         565      617          0.92x
 =====================================  =======  ===========  =======
 
 (BENCHMARKS "Forward pass over a dataset" has the engine's rows.) The logits moved by at most 7e-7.
 
 The option is set per compiled program (``jax.jit(..., compiler_options=...)``), not process-wide through
-``XLA_FLAGS``: other programs got slower with it in the same measurement (the DEC loss 2.8x, WWW's cosine
-scores 1.7x, ClaDec's decoder training step 1.4x), so only the engine's passes over images use it. Other
-backends compile as they always did. ``XAI_JAX_CPU_LIBRARY_FUSION=0`` turns it off; a jaxlib that does not
+``XLA_FLAGS``: other programs got slower with it (process-wide: the DEC loss 2.8x, WWW's cosine scores 1.7x;
+ClaDec's decoder training step 1.4-2.7x), so only the engine's passes over images use it, and ClaDec's
+occlusion pass opts out (:func:`without_library_fusion`). Other backends compile as they always did. ``XAI_JAX_CPU_LIBRARY_FUSION=0`` turns it off; a jaxlib that does not
 know the option (it is experimental) is detected once and compiles without it.
 """
 
