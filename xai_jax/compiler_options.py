@@ -19,8 +19,9 @@ ClaDec occlusion pass (ms, 64)         565      617          0.92x
 The option is set per compiled program (``jax.jit(..., compiler_options=...)``), not process-wide through
 ``XLA_FLAGS``: other programs got slower with it (process-wide: the DEC loss 2.8x, WWW's cosine scores 1.7x;
 ClaDec's decoder training step 1.4-2.7x), so only the engine's passes over images use it, and ClaDec's
-occlusion pass opts out (:func:`without_library_fusion`). Other backends compile as they always did. ``XAI_JAX_CPU_LIBRARY_FUSION=0`` turns it off; a jaxlib that does not
-know the option (it is experimental) is detected once and compiles without it.
+occlusion pass opts out (:func:`without_library_fusion`). Other backends compile as they always did.
+``XAI_JAX_CPU_LIBRARY_FUSION=0`` turns it off; a jaxlib that does not know the option (it is experimental) is
+detected once and compiles without it.
 """
 
 from __future__ import annotations

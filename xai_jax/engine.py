@@ -99,7 +99,7 @@ def _cpu_collectives(mesh: Mesh) -> bool:
     Each step reduces its state across the devices (an all-reduce). On a CPU the devices' programs share one
     thread pool, and with steps queued ahead, the pool's threads could all be taken by devices waiting in step
     ``k``'s all-reduce and by a later step, while one device's step ``k`` stayed queued: a deadlock (8 forced
-    host devices on 2 busy cores: 3 of 6 runs of ``tests/test_engine.py``'s 8-device pass hung, 0 of 8 with
+    host devices on 2 busy cores: 3 of 6 runs of ``tests/test_engine.py``'s 8-device pass hung, 0 of 14 with
     this wait, and each took the same 7 s). A CPU gains nothing from steps queued ahead, since its cores are
     the host's; accelerators keep them."""
     return mesh.devices.size > 1 and all(device.platform == "cpu" for device in mesh.devices.flat)

@@ -39,9 +39,9 @@ from xai_jax.kernels.clustering import (cluster_frequencies, kl_divergence, kl_d
                                         nearest_neighbours, project_to_sphere, soft_assignment,
                                         target_distribution, validate_layer_weights)
 from xai_jax.kernels.floyd_warshall import floyd_warshall_auto
-from xai_jax.kernels.platform import platform_of
 from xai_jax.kernels.near_miss import (NearMissState, connection_weights, fill_disconnected,
                                        label_probability_matrix, near_miss_init, near_miss_matrix, near_miss_update)
+from xai_jax.kernels.platform import platform_of
 from xai_jax.kernels.srae import (approximation, faithfulness_loss, one_vs_all_weights, pull_away_loss,
                                   sparse_reconstruction_loss, srae_loss)
 from xai_jax.kernels.www import (ClassContributionState, TopNState, adaptive_cosine_scores, adaptive_selection,
@@ -51,7 +51,8 @@ from xai_jax.kernels.www import (ClassContributionState, TopNState, adaptive_cos
                                  heatmap_similarity, l2_normalise, mean_image_embeddings, mean_pair_cosine,
                                  neuron_activations, overall_heatmap, peak_crop_corners, rejection_curve,
                                  select_concepts, selection_metrics, soft_wpmi, soft_wpmi_from_log_p,
-                                 soft_wpmi_log_p_given_e, concept_probabilities, log_p_given_e, taylor_shapley, top_k_neurons, topn_init, topn_update)
+                                 soft_wpmi_log_p_given_e, concept_probabilities, log_p_given_e, taylor_shapley,
+                                 top_k_neurons, topn_init, topn_update)
 from xai_jax.kernels.xnn_metrics import (CorrelationState, correlation_init, correlation_matrix,
                                          correlation_update, f_cls, f_reg, heatmap_correlation, locality,
                                          locality_from_histogram, mask_part_weights, o1, o2, part_probabilities,

@@ -455,7 +455,6 @@ def kmeans(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 20, max_iter: 
                    bool(batched_restarts))
 
 
-
 # ----------------------------------------------------------------------------------- nearest neighbours
 
 
