@@ -478,6 +478,32 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, message):
     assert not os.path.exists(tmp_path / "o")
 
 
+@pytest.mark.parametrize("layout, message", [
+    ({"test": True}, "already holds test/"),
+    ({"train": True}, "already holds train/"),
+    ({"missing": True}, "is not an existing folder"),
+])
+def test_fit_with_an_unusable_directory_is_refused_before_any_pass(tmp_path, digits_model, monkeypatch, layout,
+                                                                   message):
+    """`fit(directory=D)` needs D to exist and to have room for its own train/ and test/: else one XaiJaxError
+    before the first backbone pass, and nothing created in D."""
+    from xai_jax.data import DigitsSource
+    variables, _ = digits_model
+    directory = tmp_path / "features"
+    if not layout.get("missing"):
+        directory.mkdir()
+    for split in ("train", "test"):
+        if layout.get(split):
+            (directory / split).mkdir()
+            (directory / split / "theirs.npy").write_bytes(b"not ours")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    monkeypatch.setattr(xnn.training, "extract_features", lambda *a, **k: pytest.fail("a pass ran"))
+    with pytest.raises(XaiJaxError, match=message):
+        XNN(XNNConfig(epochs=1)).fit("small_cnn", variables, DigitsSource("train"), test_source=DigitsSource("test"),
+                                     directory=str(directory), progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def test_bad_features_and_taps(tmp_path, capsys, digits_model):
     z, logits, labels = synthetic(m=30, s=5, k=3)
     with pytest.raises(XaiJaxError, match="NaN"):

@@ -283,21 +283,36 @@ def extract_splits(model: str, variables, source, test_source, tap: str, *, dire
     """:func:`extract_features` of a training and an optional held-out source: ``(train, test or None)``.
 
     Args:
-      directory: an existing folder for the features on disk, in its new subfolders ``train/`` and ``test/``;
-        None: in memory.
+      directory: an existing folder for the features on disk, in its new subfolders ``train/`` and ``test/``
+        (refused before any pass if either exists); None: in memory.
       kwargs: :func:`extract_features`'s options (``num_classes``, ``batch_size``, ``compute_dtype``,
         ``progress``).
     """
+    _check_split_dirs(directory, ("train",) if test_source is None else ("train", "test"))
     train = extract_features(model, variables, source, tap, directory=_split_dir(directory, "train"), **kwargs)
     return train, None if test_source is None else extract_features(
         model, variables, test_source, tap, directory=_split_dir(directory, "test"), **kwargs)
 
 
+def _check_split_dirs(directory: str | None, splits: Sequence[str]) -> None:
+    """Refuses, before any pass, a ``directory`` that is not an existing folder or already holds one of the
+    ``splits``' subfolders (whose files are not ours to replace)."""
+    if directory is None:
+        return
+    if not os.path.isdir(directory):
+        raise XaiJaxError(f"the features' directory {directory} is not an existing folder")
+    taken = [split for split in splits if os.path.lexists(os.path.join(directory, split))]
+    if taken:
+        raise XaiJaxError(f"the features' directory {directory} already holds {', '.join(s + '/' for s in taken)}; "
+                          "give an empty folder")
+
+
 def _split_dir(directory: str | None, split: str) -> str | None:
-    """A new subfolder ``split`` of ``directory`` for one split's features on disk (None: in memory)."""
+    """A new subfolder ``split`` of ``directory`` (checked by :func:`_check_split_dirs`) for one split's features
+    on disk (None: in memory)."""
     if directory is None:
         return None
-    os.makedirs(os.path.join(directory, split))
+    os.mkdir(os.path.join(directory, split))
     return os.path.join(directory, split)
 
 
@@ -383,6 +398,7 @@ def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
         O1/O2 (a few hundred images) stay float32.
       directory: an existing folder for the feature passes' activations on disk (``train/`` and ``test/``
         in it, :func:`extract_features`), so that host memory does not grow with the dataset; None: memory.
+        A folder that already holds either is refused before any pass (XaiJaxError).
 
     Returns:
       an :class:`XNNResult` whose ``orthogonality_basis`` names the heatmaps
@@ -394,6 +410,9 @@ def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
     evaluation.check_taps(model, (config.tap,), num_classes)
     heat_tap = config.heatmap_tap or heatmaps.default_heatmap_tap(model, config.tap, num_classes)
     evaluation.check_taps(model, (heat_tap,), num_classes)
+    _check_split_dirs(directory, [split for split, given, needed in (("train", features, True),
+                                                                      ("test", test_features, test_source is not None))
+                                  if needed and not given])
     options = dict(num_classes=num_classes, batch_size=batch_size, compute_dtype=compute_dtype, progress=progress)
     train = features or extract_features(model, variables, source, config.tap, directory=_split_dir(directory, "train"),
                                          **options)
