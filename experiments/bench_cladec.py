@@ -6,6 +6,7 @@ authors' code) on the same real Fashion-MNIST batch, in one process. The PyTorch
 16 occlusions (each a batch of images) as a straightforward port would; JAX runs them in one ``vmap``.
 
     python experiments/bench_cladec.py --quick
+    python experiments/bench_cladec.py --fault-profile   # where a training step's time goes: CPU, system, faults
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import sys
 
 import jax
@@ -21,7 +23,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchutil import DATA, median_seconds, peer_row  # noqa: E402
+from benchutil import DATA, median_seconds, peer_row, step_costs  # noqa: E402
 
 from xai_jax import data, models, train  # noqa: E402
 from xai_jax.kernels import cladec as K  # noqa: E402
@@ -68,7 +70,8 @@ def torch_models():
     return VGG().eval(), Dec()
 
 
-def bench_torch(x, y, code, masks, fill, repeats, threads=None, classifier_term=True):
+def torch_train_step(x, y, code, threads=None, classifier_term=True):
+    """One decoder training step of the PyTorch port, as a function of nothing (its state lives in the closure)."""
     import torch
     torch.set_num_threads(threads or os.cpu_count() or 1)
     clf, dec = torch_models()
@@ -88,6 +91,12 @@ def bench_torch(x, y, code, masks, fill, repeats, threads=None, classifier_term=
         loss.backward()
         opt.step()
 
+    return step, (clf, dec, xt, yt)
+
+
+def bench_torch(x, y, code, masks, fill, repeats, threads=None, classifier_term=True):
+    import torch
+    step, (clf, dec, xt, yt) = torch_train_step(x, y, code, threads, classifier_term)
     step_s = median_seconds(step, repeats)
     mt = torch.tensor(masks)
 
@@ -116,7 +125,9 @@ def bench_torch(x, y, code, masks, fill, repeats, threads=None, classifier_term=
     return step_s, occ_s
 
 
-def bench_jax(x, y, code, images_uint8, repeats, classifier_term=True):
+def jax_train_step(x, y, code, classifier_term=True):
+    """One decoder training step of xai_jax (jitted, state donated), as a function of nothing; and the holder of
+    its state and the classifier's variables."""
     spec = models.get(MODEL)
     variables = models.init_variables(spec, jax.random.key(0))
     forward = models.make_forward(MODEL)
@@ -134,13 +145,19 @@ def bench_jax(x, y, code, images_uint8, repeats, classifier_term=True):
     optimizer = optax.chain(optax.add_decayed_weights(1e-5), optax.adam(3e-4))
     step = jax.jit(train.make_train_step(loss_fn, optimizer), donate_argnums=0)
     batch = jax.device_put({"code": code, "x": x, "labels": y.astype(np.int32)})
-    holder = {"state": train.init_state(params, optimizer)}
+    holder = {"state": train.init_state(params, optimizer), "variables": variables, "decoder": decoder}
     key = jax.random.key(2)
 
     def run_step():
         holder["state"], m = step(holder["state"], batch, key)
         jax.block_until_ready(m)
 
+    return run_step, holder
+
+
+def bench_jax(x, y, code, images_uint8, repeats, classifier_term=True):
+    run_step, holder = jax_train_step(x, y, code, classifier_term)
+    variables, decoder = holder["variables"], holder["decoder"]
     step_s = median_seconds(run_step, repeats)
     occ = jax.jit(occlusion_step(MODEL, TAP, None, decoder))
     dec_vars = {"params": holder["state"].params}
@@ -152,6 +169,39 @@ def bench_jax(x, y, code, images_uint8, repeats, classifier_term=True):
     return step_s, occ_s, variables
 
 
+def inputs(batch_size: int):
+    """A real Fashion-MNIST test batch: the images (uint8), labels, the classifier's input in [0, 1] and its
+    layer -2 code."""
+    source = data.open_source(f"idx:{DATA / 'fashion_mnist'}", split="test", limit=batch_size)
+    images, labels = source.all()
+    spec = models.get(MODEL)
+    variables = models.init_variables(spec, jax.random.key(0))
+    code = np.asarray(models.make_forward(MODEL, (TAP,))(images, variables)[TAP])
+    return images, labels, np.asarray(to_unit(spec, images)), code
+
+
+def fault_profile(batch_size: int, repeats: int) -> None:
+    """Prints where a training step's wall time goes on each side: CPU time in user and system mode, and the
+    minor page faults, the pages the kernel had to map and zero afresh during the step."""
+    import torch
+    _, labels, x, code = inputs(batch_size)
+    sides = {"xai_jax": jax_train_step(x, labels, code)[0],
+             f"PyTorch ({torch.get_num_threads()} threads)": torch_train_step(x, labels, code)[0]}
+    print(f"ClaDec training step, batch {batch_size}, median of {repeats} steps after a warm-up, malloc tuning: "
+          f"{os.environ.get('LD_PRELOAD') or malloc_environment() or 'none'}\n")
+    print("| side | wall (ms) | user CPU (ms) | system CPU (ms) | minor faults (MiB of fresh pages) |")
+    print("|---|---|---|---|---|")
+    for side, step in sides.items():
+        c = step_costs(step, repeats)
+        print(f"| {side} | {c['wall_s'] * 1e3:.0f} | {c['user_s'] * 1e3:.0f} | {c['system_s'] * 1e3:.0f} | "
+              f"{c['minor_faults']:,.0f} ({c['minor_faults'] * resource.getpagesize() / 2 ** 20:.0f}) |")
+
+
+def malloc_environment() -> str:
+    """The glibc malloc settings this process was started with (``MALLOC_*`` variables), as one string."""
+    return " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+
+
 def compare(batch_size: int, repeats: int, threads: int | None = None, classifier_term: bool = True) -> list[dict]:
     """A decoder training step and the occlusion analysis of one real Fashion-MNIST batch, JAX against PyTorch
     (on ``threads`` threads, default all CPUs).
@@ -160,12 +210,7 @@ def compare(batch_size: int, repeats: int, threads: int | None = None, classifie
       two :func:`benchutil.peer_row`: seconds a training step, then seconds of the occlusion analysis of the batch.
     """
     import torch
-    source = data.open_source(f"idx:{DATA / 'fashion_mnist'}", split="test", limit=batch_size)
-    images, labels = source.all()
-    spec = models.get(MODEL)
-    x = np.asarray(to_unit(spec, images))
-    variables = models.init_variables(spec, jax.random.key(0))
-    code = np.asarray(models.make_forward(MODEL, (TAP,))(images, variables)[TAP])
+    images, labels, x, code = inputs(batch_size)
     masks = K.occlusion_masks(32, 32)
     jax_step, jax_occ, _ = bench_jax(x, labels, code, images, repeats, classifier_term)
     torch_step, torch_occ = bench_torch(x, labels, code, masks, [float(x.mean())], repeats, threads, classifier_term)
@@ -181,9 +226,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="batch 64, 3 repeats")
     p.add_argument("--decoder-only", action="store_true",
                    help="train on the reconstruction term alone (no classifier pass): the decoder's share of a step")
+    p.add_argument("--fault-profile", action="store_true",
+                   help="per training step: wall, user and system CPU time and minor page faults, both sides")
     args = p.parse_args()
     if args.quick:
         args.batch_size, args.repeats = 64, 3
+    if args.fault_profile:
+        fault_profile(args.batch_size, max(args.repeats, 7))
+        return
     step, occlusion = compare(args.batch_size, args.repeats, classifier_term=not args.decoder_only)
     jax_step, torch_step = step["xai_jax_s"], step["peer_s"]
     jax_occ, torch_occ = occlusion["xai_jax_s"], occlusion["peer_s"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import time
@@ -33,6 +34,28 @@ def median_seconds(fn, repeats: int = 3, warm_up: bool = True) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def step_costs(fn, repeats: int = 5) -> dict:
+    """Where the wall time of ``fn()`` goes, per call after one warm-up: medians of the wall time, of the process's
+    user and system CPU time, and of its minor page faults (pages the kernel mapped and zeroed afresh).
+
+    A program whose buffers are mapped anew each call shows one fault per 4 KiB page of them, and system time to
+    match; see BENCHMARKS "ClaDec" for the step where this is the difference.
+
+    Returns:
+      ``{"wall_s", "user_s", "system_s", "minor_faults"}``.
+    """
+    fn()
+    rows = []
+    for _ in range(repeats):
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        fn()
+        wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+        rows.append((wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
+                     after.ru_minflt - before.ru_minflt))
+    return {key: statistics.median(column) for key, column in
+            zip(("wall_s", "user_s", "system_s", "minor_faults"), zip(*rows))}
 
 
 def peer_row(name: str, xai_jax_s: float, peer_s: float, peer: str, sizes: str, **details) -> dict:
