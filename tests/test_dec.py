@@ -126,6 +126,31 @@ def test_posteriors_match_a_numpy_reference(mixture_fit):
     np.testing.assert_allclose(result.predict_proba(result.train_embeddings), q @ expected, atol=1e-4)
 
 
+def test_cluster_posteriors_match_the_dense_formula_without_a_one_hot_matrix():
+    """Paper eq. 3 on random layers of awkward sizes, classes without images among them, against the dense
+    ``q.T @ one_hot`` reference; and host memory of a few ``[n, k]`` arrays, not an ``[n, C]`` one-hot (10 GB of
+    float64 for ImageNet's 1.28M images and 1,000 classes)."""
+    import tracemalloc
+    from xai_jax.methods.dec import cluster_posteriors
+    rng = np.random.default_rng(3)
+    n, layers, k, e, num_classes, alpha = 20_000, 2, 7, 5, 1_000, 1.0
+    z = rng.normal(size=(layers, n, e)).astype(np.float32)
+    mu = rng.normal(size=(layers, k, e)).astype(np.float32)
+    targets = rng.choice(np.arange(0, num_classes, 3), n)  # two classes in three have no image
+    tracemalloc.start()
+    got = cluster_posteriors(z, mu, targets, num_classes, alpha)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < n * num_classes * 8 // 8, f"{peak / 2**20:.0f} MiB traced"
+    for layer in range(layers):
+        d2 = ((z[layer].astype(np.float64)[:, None] - mu[layer][None]) ** 2).sum(-1)
+        q = (1 + d2 / alpha) ** (-(alpha + 1) / 2)
+        q /= q.sum(1, keepdims=True)
+        one_hot = np.eye(num_classes)[targets]
+        np.testing.assert_allclose(got[layer], (q.T @ one_hot) / q.sum(0)[:, None], rtol=1e-5, atol=1e-8)
+    assert got.shape == (layers, k, num_classes) and np.allclose(got.sum(-1), 1)
+
+
 def test_similar_and_concepts_against_numpy(mixture_fit):
     _, result, _ = mixture_fit
     queries = result.train_embeddings[:, 10:13]

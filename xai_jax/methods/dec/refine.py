@@ -142,13 +142,20 @@ def cluster_posteriors(embeddings: np.ndarray, centroids: np.ndarray, targets: n
 
     Returns:
       the posteriors; a cluster with no mass (``sum_i q_ik = 0``) gets the overall class frequencies.
+
+    The class sums ``sum_i q_ik [y_i = y]`` are taken over the images sorted by class (``np.add.reduceat``), so
+    that host memory is a few ``[n, k]`` arrays, not an ``[n, C]`` one-hot (10 GB of float64 for ImageNet).
     """
-    one_hot = np.eye(num_classes)[targets]
-    prior = one_hot.mean(0)
+    targets = np.asarray(targets)
+    prior = np.bincount(targets, minlength=num_classes) / max(1, len(targets))
+    order = np.argsort(targets, kind="stable")
+    classes, starts = np.unique(targets[order], return_index=True)
     out = []
     for z, mu in zip(embeddings, centroids):
         q = np.asarray(jnp.exp(log_soft_assignment(z, mu, alpha)), np.float64)
         mass = q.sum(0)[:, None]
-        counts = q.T @ one_hot
+        counts = np.zeros((q.shape[1], num_classes))
+        if len(order):
+            counts[:, classes] = np.add.reduceat(q[order], starts, axis=0).T
         out.append(np.where(mass > 0, counts / np.where(mass > 0, mass, 1), prior))
     return np.stack(out)
