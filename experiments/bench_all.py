@@ -31,7 +31,7 @@ import traceback
 from typing import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from benchutil import DATA, REPO, skipped_row  # noqa: E402
+from benchutil import DATA, REPO, malloc_settings, skipped_row  # noqa: E402
 
 sys.path.insert(0, str(REPO))  # the tree this script is in, whatever is installed
 
@@ -290,10 +290,11 @@ def main(argv=None) -> dict:
     total = time.perf_counter() - started
     machine = {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                "jax": f"{jax.__version__} on {jax.devices()[0].platform}", "python": platform.python_version(),
-               "load_average_start": load_start[0], "load_average_end": os.getloadavg()[0]}
+               "load_average_start": load_start[0], "load_average_end": os.getloadavg()[0],
+               "malloc": malloc_settings()}
     print(f"machine: {machine['processor']}, {machine['cpus']} CPUs, JAX {machine['jax']}; load average "
           f"{machine['load_average_start']:.1f} at the start, {machine['load_average_end']:.1f} at the end; "
-          f"{scale} sizes, {total:.0f} s\n")
+          f"malloc: {machine['malloc']}; {scale} sizes, {total:.0f} s\n")
     print(table(rows), flush=True)
     result = {"command": " ".join(["bench_all.py", *(argv if argv is not None else sys.argv[1:])]),
               "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "scale": scale, "machine": machine,

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchutil import DATA, median_seconds, peer_row, step_costs  # noqa: E402
+from benchutil import DATA, malloc_settings, median_seconds, peer_row, step_costs  # noqa: E402
 
 from xai_jax import data, models, train  # noqa: E402
 from xai_jax.kernels import cladec as K  # noqa: E402
@@ -187,19 +187,14 @@ def fault_profile(batch_size: int, repeats: int) -> None:
     _, labels, x, code = inputs(batch_size)
     sides = {"xai_jax": jax_train_step(x, labels, code)[0],
              f"PyTorch ({torch.get_num_threads()} threads)": torch_train_step(x, labels, code)[0]}
-    print(f"ClaDec training step, batch {batch_size}, median of {repeats} steps after a warm-up, malloc tuning: "
-          f"{os.environ.get('LD_PRELOAD') or malloc_environment() or 'none'}\n")
+    print(f"ClaDec training step, batch {batch_size}, median of {repeats} steps after a warm-up, malloc: "
+          f"{malloc_settings()}\n")
     print("| side | wall (ms) | user CPU (ms) | system CPU (ms) | minor faults (MiB of fresh pages) |")
     print("|---|---|---|---|---|")
     for side, step in sides.items():
         c = step_costs(step, repeats)
         print(f"| {side} | {c['wall_s'] * 1e3:.0f} | {c['user_s'] * 1e3:.0f} | {c['system_s'] * 1e3:.0f} | "
               f"{c['minor_faults']:,.0f} ({c['minor_faults'] * resource.getpagesize() / 2 ** 20:.0f}) |")
-
-
-def malloc_environment() -> str:
-    """The glibc malloc settings this process was started with (``MALLOC_*`` variables), as one string."""
-    return " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
 
 
 def compare(batch_size: int, repeats: int, threads: int | None = None, classifier_term: bool = True) -> list[dict]:

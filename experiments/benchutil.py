@@ -21,6 +21,13 @@ def commit() -> str:
     return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def malloc_settings() -> str:
+    """How this process's malloc was set up: ``LD_PRELOAD`` and glibc's ``MALLOC_*`` variables, or ``"glibc
+    defaults"``. It changes the ratios (BENCHMARKS "ClaDec": page faults), so every table names it."""
+    found = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k == "LD_PRELOAD" or k.startswith("MALLOC_")]
+    return " ".join(found) or "glibc defaults"
+
+
 def median_seconds(fn, repeats: int = 3, warm_up: bool = True) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls, after one untimed call (compilation, caches).
 
