@@ -7,8 +7,9 @@ grow with the dataset. Each :class:`DiskRows` is a standard ``.npy`` file (``np.
 reads it anywhere). Whole rows (slices, row numbers) are read with ``preadv``, which copies them out of the
 page cache without mapping it; other reads and all writes go through a memory map whose pages are handed
 back to the kernel after each (``madvise(MADV_DONTNEED)``). Either way the file's pages stay in the page
-cache, which the kernel may drop or write back, and do not count as the process's resident memory. Everything that reads rows (``engine.map_arrays``,
-``train.fit``, DEC's refinement) indexes them the NumPy way, ``rows[a:b]`` or ``rows[sorted_indices]``.
+cache, which the kernel may drop or write back, and do not count as the process's resident memory.
+Everything that reads rows (``engine.map_arrays``, ``train.fit``, DEC's refinement) indexes them the NumPy
+way, ``rows[a:b]`` or ``rows[sorted_indices]``.
 """
 
 from __future__ import annotations

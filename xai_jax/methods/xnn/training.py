@@ -410,9 +410,8 @@ def fit(config: XNNConfig, model: str, variables, source, *, test_source=None,
     evaluation.check_taps(model, (config.tap,), num_classes)
     heat_tap = config.heatmap_tap or heatmaps.default_heatmap_tap(model, config.tap, num_classes)
     evaluation.check_taps(model, (heat_tap,), num_classes)
-    _check_split_dirs(directory, [split for split, given, needed in (("train", features, True),
-                                                                      ("test", test_features, test_source is not None))
-                                  if needed and not given])
+    extracted = {"train": not features, "test": test_source is not None and not test_features}
+    _check_split_dirs(directory, [split for split, extract in extracted.items() if extract])
     options = dict(num_classes=num_classes, batch_size=batch_size, compute_dtype=compute_dtype, progress=progress)
     train = features or extract_features(model, variables, source, config.tap, directory=_split_dir(directory, "train"),
                                          **options)
