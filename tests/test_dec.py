@@ -102,7 +102,9 @@ def test_activations_pass_compiles_once_per_shape(digits_surrogate):
 def test_embed_and_evaluate_compile_once_per_shape(digits_surrogate):
     method, result, _ = digits_surrogate
     digits = DigitsSource("test")
-    warm = method.evaluate(result, Subset(digits, np.arange(0, 100)))
+    warm = method.evaluate(result, Subset(digits, np.arange(0, 100)))  # embeds without the features
+    assert "features" not in method.embed(result, Subset(digits, np.arange(0, 100)), features=False)
+    method.embed(result, Subset(digits, np.arange(0, 100)))
     with debug.assert_max_compiles(0, "embed and evaluate on new images of the same shapes"):
         scores = method.evaluate(result, Subset(digits, np.arange(100, 200)))
         embedded = method.embed(result, Subset(digits, np.arange(200, 300)))
@@ -315,6 +317,11 @@ def test_cli_fit_similar_concepts(tmp_path, capsys):
                        "--taps", "conv3,fc", "--clusters", "6", "--hidden", "32,32,64", "--pretrain-epochs", "3",
                        "--update-interval", "10", "--max-dec-steps", "30", "--out", str(out)])
     assert status == 0 and os.listdir(scratch) == []
+    # the penultimate features went through the scratch folder too, and are saved, read back from dec.npz
+    from xai_jax.rowstore import DiskRows
+    features = DECResult.load(out).train_features
+    assert isinstance(features, DiskRows) and features.shape == (300, 128) and features.dtype == np.float16
+    assert np.abs(features[:]).max() > 0
     summary = json.load(open(out / "summary.json"))
     for key in ("baseline_accuracy", "surrogate_accuracy", "fidelity"):
         assert 0 <= summary[key] <= 1
@@ -408,3 +415,37 @@ def test_baseline_neighbours_are_the_penultimate_features_nearest_by_euclid(resn
     without = dataclasses.replace(result, train_features=None, feature_tap=None)
     with pytest.raises(XaiJaxError, match="no penultimate features"):
         without.similar_by_features(out["features"], m)
+
+
+class _SlicedOnly:
+    """Rows that may only be read by slices (as nearest_neighbours reads a bank chunk by chunk)."""
+
+    def __init__(self, rows):
+        self.rows, self.keys = rows, []
+        self.shape, self.ndim, self.dtype = rows.shape, rows.ndim, rows.dtype
+
+    def __getitem__(self, key):
+        assert isinstance(key, slice), key
+        self.keys.append(key)
+        return self.rows[key]
+
+
+def test_saved_baseline_features_stay_on_disk_and_give_the_same_neighbours(resnet20_cifar_surrogate, tmp_path):
+    """The features bank is loaded as rows of dec.npz, not into memory, and searched a chunk at a time: at
+    ImageNet size it is 5 GB (ResNet-50's pool, float16)."""
+    from xai_jax.rowstore import DiskRows
+    method, result, train, _ = resnet20_cifar_surrogate
+    result.save(tmp_path / "dec")
+    loaded = DECResult.load(tmp_path / "dec")
+    assert isinstance(loaded.train_features, DiskRows) and loaded.train_features.member == "train_features.npy"
+    np.testing.assert_array_equal(loaded.train_features[:], result.train_features)
+    queries = method.embed(result, subset(train, 5, seed=3))["features"]
+    sliced = dataclasses.replace(loaded, train_features=_SlicedOnly(loaded.train_features))
+    rows, distances = sliced.similar_by_features(queries, 4)
+    expected = result.similar_by_features(queries, 4)
+    np.testing.assert_array_equal(rows, expected[0])
+    np.testing.assert_array_equal(distances, expected[1])
+    assert sliced.train_features.keys == [slice(0, 200)]  # one chunk of the 200 rows, never the array
+    # saved again from its rows on disk, into another result: the same bytes of features
+    loaded.save(tmp_path / "again")
+    np.testing.assert_array_equal(DECResult.load(tmp_path / "again").train_features[:], result.train_features)

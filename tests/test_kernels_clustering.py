@@ -375,6 +375,53 @@ def test_nearest_neighbours_trace_once_for_new_weights():
         assert_same_neighbours(indices, distances, queries, bank, w, 6)
 
 
+@pytest.mark.parametrize("n,m,chunk_rows,block_size", [(97, 10, 7, 3), (97, 97, 16, 16), (1000, 300, 333, 128),
+                                                       (200, 5, 1, 4096), (64, 64, 64, 5), (130, 40, 129, 7)])
+def test_nearest_neighbours_read_in_chunks_equal_brute_force(n, m, chunk_rows, block_size):
+    rng = np.random.default_rng(n + m + chunk_rows)
+    dims, weights = (5, 3, 7), (1.0, 0.0, 2.5)
+    queries, bank = random_layers(rng, 13, dims), random_layers(rng, n, dims)
+    indices, distances = nearest_neighbours(queries, bank, weights, m, block_size=block_size, chunk_rows=chunk_rows)
+    assert_same_neighbours(indices, distances, queries, bank, weights, m)
+
+
+class _CountedReads:
+    """A bank layer that records the rows of every read."""
+
+    def __init__(self, rows):
+        self.rows, self.reads = rows, []
+        self.shape, self.ndim = rows.shape, rows.ndim
+
+    def __getitem__(self, key):
+        out = self.rows[key]
+        self.reads.append(len(out))
+        return out
+
+
+def test_nearest_neighbours_read_a_disk_bank_a_chunk_at_a_time_with_one_program(tmp_path):
+    from xai_jax import debug
+    from xai_jax.rowstore import DiskRows
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(50, 6)).astype(np.float16)
+    x = np.concatenate([x, x[:5]])  # rows 50..54 duplicate 0..4: ties across chunks keep the lower index
+    disk = DiskRows(tmp_path / "bank.npy", x.shape, x.dtype)
+    disk[:] = x
+    counted = _CountedReads(disk)
+    queries = x[:5].astype(np.float32)
+    indices, distances = nearest_neighbours([queries], [counted], [1.0], 2, block_size=3, chunk_rows=8)
+    np.testing.assert_array_equal(np.asarray(indices), np.stack([np.arange(5), np.arange(50, 55)], 1))
+    assert not np.asarray(distances).any()
+    assert counted.reads == [8] * 6 + [7]  # never more than a chunk of the 55 rows in memory
+    expected = nearest_neighbours([queries], [x.astype(np.float32)], [1.0], 12)
+    other = DiskRows(tmp_path / "other.npy", x.shape, x.dtype)
+    other[:] = x[::-1]
+    again = nearest_neighbours([queries], [disk], [1.0], 12, block_size=3, chunk_rows=8)
+    with debug.assert_max_compiles(0, "nearest neighbours over another bank of the same size"):
+        nearest_neighbours([queries], [other], [1.0], 12, block_size=3, chunk_rows=8)
+    np.testing.assert_array_equal(np.asarray(again[0]), np.asarray(expected[0]))
+    np.testing.assert_array_equal(np.asarray(again[1]), np.asarray(expected[1]))
+
+
 @pytest.mark.parametrize("weights,match", [((1.0, -0.5), "non-negative"), ((0, 0), "all zero"),
                                            ((1.0,), "expected 2 layer weights"), ((1.0, np.nan), "finite")])
 def test_nearest_neighbours_reject_bad_layer_weights(weights, match):
@@ -393,3 +440,5 @@ def test_nearest_neighbours_reject_bad_shapes():
         nearest_neighbours([q], [b, b], [1.0, 1.0], 2)
     with pytest.raises(ValueError, match="block_size"):
         nearest_neighbours([q], [b], [1.0], 2, block_size=0)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        nearest_neighbours([q], [b], [1.0], 2, chunk_rows=0)

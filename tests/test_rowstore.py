@@ -47,6 +47,42 @@ def test_disk_rows_index_like_numpy(tmp_path, shape, dtype):
             again[0] = want[0]
 
 
+@pytest.mark.parametrize("shape,dtype", [((37, 5), np.float16), ((101, 3, 7), np.float32), ((13,), np.int32),
+                                         ((0, 4), np.float32)])
+def test_disk_rows_read_a_stored_npz_member_and_write_it_as_npy(tmp_path, shape, dtype):
+    rng = np.random.default_rng(len(shape) + 7)
+    want = (rng.normal(size=shape) * 10).astype(dtype)
+    other = np.arange(5.0)
+    np.savez(tmp_path / "a.npz", before=other, rows=want, after=other[::-1])
+    rows = DiskRows(tmp_path / "a.npz", member="rows.npy")
+    assert (rows.shape, rows.dtype) == (shape, np.dtype(dtype))
+    n = shape[0]
+    for key in [slice(None), slice(3, 11), rng.permutation(n)[:5], np.sort(rng.integers(0, max(n, 1), 6))[:n]]:
+        np.testing.assert_array_equal(rows[key], want[key])
+    with open(tmp_path / "copy.npy", "wb") as f:
+        rows.write_npy(f, block_bytes=64)  # many blocks
+    np.testing.assert_array_equal(np.load(tmp_path / "copy.npy"), want)
+    with pytest.raises(XaiJaxError, match="read-only"):
+        DiskRows(tmp_path / "a.npz", member="rows.npy", writable=True)
+
+
+def test_disk_rows_refuse_members_they_cannot_read_by_rows(tmp_path):
+    x = np.ones((64, 8), np.float32)
+    np.savez_compressed(tmp_path / "c.npz", rows=x)
+    with pytest.raises(XaiJaxError, match="compressed"):
+        DiskRows(tmp_path / "c.npz", member="rows.npy")
+    np.savez(tmp_path / "a.npz", rows=x)
+    with pytest.raises(XaiJaxError, match="no readable member other.npy"):
+        DiskRows(tmp_path / "a.npz", member="other.npy")
+    np.save(tmp_path / "t.npy", x)
+    (tmp_path / "t.npy").write_bytes((tmp_path / "t.npy").read_bytes()[:-100])
+    with pytest.raises(XaiJaxError, match="shorter than its header says"):
+        DiskRows(tmp_path / "t.npy")
+    np.save(tmp_path / "o.npy", np.array([{}, 1], dtype=object))
+    with pytest.raises(XaiJaxError, match="Python objects"):
+        DiskRows(tmp_path / "o.npy")
+
+
 def test_disk_rows_keep_resident_memory_flat(tmp_path):
     """192 MiB written and read back by batches, in order and by random gathers: the process's resident memory
     grows by a few batches, not by the array (a memory map without the page release holds all of it)."""

@@ -468,9 +468,7 @@ def _write_npz(f, arrays: Mapping[str, np.ndarray]) -> None:
         for name, value in arrays.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                 if isinstance(value, DiskRows):
-                    value.flush()
-                    with open(value.path, "rb") as source:  # plain reads: nothing is mapped into this process
-                        shutil.copyfileobj(source, member, 16 << 20)
+                    value.write_npy(member)  # plain reads: nothing is mapped into this process
                 else:
                     np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=True)
 

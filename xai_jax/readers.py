@@ -89,7 +89,7 @@ def read_names(path: PathLike | None, what: str) -> list[str]:
 
 
 def read_npz(path: PathLike | None, what: str, required: Sequence[str] = (), *,
-             allow_npy: bool = False) -> dict[str, np.ndarray]:
+             allow_npy: bool = False, on_disk: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file, read now (so damage shows here), with ``required`` keys present.
 
     Args:
@@ -97,6 +97,9 @@ def read_npz(path: PathLike | None, what: str, required: Sequence[str] = (), *,
       what: how the message names it (``"--from-probs"``, ``"scores file"``).
       required: keys that must be there.
       allow_npy: also take a ``.npy`` file, returned as ``{required[0]: array}``.
+      on_disk: keys whose arrays stay in the file: returned as :class:`xai_jax.rowstore.DiskRows` that read
+        rows from it (their header and size are checked now, their data when read), for per-sample arrays
+        that need not fit in memory.
     """
     path = existing_file(path, what)
     if not zipfile.is_zipfile(path):
@@ -112,7 +115,7 @@ def read_npz(path: PathLike | None, what: str, required: Sequence[str] = (), *,
             if missing:
                 raise XaiJaxError(f"{what} {path} must hold {', '.join(f'`{k}`' for k in missing)}; it holds "
                                   f"{', '.join(npz.files) or 'nothing'}")
-            return {key: npz[key] for key in npz.files}
+            return {key: _disk_rows(path, key) if key in on_disk else npz[key] for key in npz.files}
     except XaiJaxError:
         raise
     except ValueError as err:
@@ -122,6 +125,11 @@ def read_npz(path: PathLike | None, what: str, required: Sequence[str] = (), *,
         raise XaiJaxError(f"{what} {path} is damaged ({_first_line(err)})") from None
     except Exception as err:  # zipfile.BadZipFile, EOFError, zlib.error, OSError: a damaged file
         raise XaiJaxError(f"{what} {path} is damaged ({_first_line(err)})") from None
+
+
+def _disk_rows(path: str, key: str):
+    from xai_jax.rowstore import DiskRows
+    return DiskRows(path, member=f"{key}.npy")
 
 
 def _starts_with(path: str, magic: bytes) -> bool:

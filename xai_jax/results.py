@@ -6,6 +6,8 @@ what they hold:
 
 - NumPy (or JAX) arrays, and mappings whose leaves are all arrays (``{"indices": ..., "scores": ...}``), go to
   ``STEM.npz`` (nested keys joined by ``/``), and come back as the same arrays;
+- fields declared with :func:`rows` (per-sample arrays as large as the dataset) go to ``STEM.npz`` too, copied
+  from their file when they are on disk, and come back as :class:`xai_jax.rowstore.DiskRows` reading from it;
 - fields declared with :func:`trained` (Flax variables of a trained network) go to an orbax checkpoint folder
   named after the field (:func:`xai_jax.weights.save_variables`);
 - config dataclasses (:mod:`xai_jax.config`) and everything else (names, metrics, provenance) go to
@@ -31,11 +33,13 @@ from xai_jax import config as C
 from xai_jax.errors import XaiJaxError
 from xai_jax.outputs import NPZ_MARKER, atomic_dir, replace_file, save_npz, write_files
 from xai_jax.readers import read_json, read_npz, reading
+from xai_jax.rowstore import as_rows
 
 #: the version of this layout, written as ``xai_jax_format`` into every result's JSON
 FORMAT_VERSION = 1
 FORMAT_KEY = "xai_jax_format"
 _TRAINED = "xai_jax.trained"
+_ROWS = "xai_jax.rows"
 _SEP = "/"
 
 
@@ -44,15 +48,23 @@ def trained(**kwargs):
     return dataclasses.field(metadata={_TRAINED: True}, **kwargs)
 
 
+def rows(**kwargs):
+    """A result field holding one row per sample of a dataset, which need not fit in memory: saved into
+    ``STEM.npz`` from its file if it is a :class:`xai_jax.rowstore.DiskRows` (never read whole), and loaded as
+    a :class:`~xai_jax.rowstore.DiskRows` reading rows from ``STEM.npz``."""
+    return dataclasses.field(metadata={_ROWS: True}, **kwargs)
+
+
 def _is_array(value) -> bool:
     return isinstance(value, np.ndarray) or (hasattr(value, "shape") and hasattr(value, "dtype")
                                              and hasattr(value, "__array__"))
 
 
 def _array_leaves(value, prefix: str) -> dict[str, np.ndarray] | None:
-    """``{"prefix/a/b": array}`` when every leaf of the mapping ``value`` is an array, else ``None``."""
+    """``{"prefix/a/b": array}`` when every leaf of the mapping ``value`` is an array, else ``None``; a
+    :class:`xai_jax.rowstore.DiskRows` stays on disk."""
     if _is_array(value):
-        return {prefix: np.asarray(value)}
+        return {prefix: as_rows(value)}
     if not isinstance(value, Mapping) or not value:
         return None
     out = {}
@@ -190,7 +202,8 @@ class Result:
             raise XaiJaxError(f"{directory} holds a {cls.WHAT} in result format {version}; this xai-jax reads "
                               f"format {FORMAT_VERSION}: fit it again")
         npz = os.path.join(directory, f"{cls.STEM}.npz")
-        arrays = read_npz(npz, f"{cls.WHAT} file") if os.path.isfile(npz) else {}
+        on_disk = [field.name for field in dataclasses.fields(cls) if field.metadata.get(_ROWS)]
+        arrays = read_npz(npz, f"{cls.WHAT} file", on_disk=on_disk) if os.path.isfile(npz) else {}
         arrays.pop(NPZ_MARKER, None)
         types_ = typing.get_type_hints(cls)
         values = {}

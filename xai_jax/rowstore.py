@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Callable, Iterable
+import struct
+import zipfile
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
@@ -40,27 +42,33 @@ class DiskRows:
       shape, dtype: create (or truncate) the file for an array of this shape and dtype; omit both to open an
         existing one.
       writable: open an existing file for writing too.
+      member: read the array stored (uncompressed) as this member of the ``.npz`` archive ``path``, e.g.
+        ``"train_features.npy"`` of a saved result, read-only.
     """
 
     def __init__(self, path: str | os.PathLike, shape: tuple[int, ...] | None = None, dtype=None, *,
-                 writable: bool = False):
-        self.path = os.fspath(path)
+                 writable: bool = False, member: str | None = None):
+        self.path, self.member = os.fspath(path), member
         if shape is not None:
-            if dtype is None:
-                raise XaiJaxError("DiskRows needs a dtype with its shape")
+            if dtype is None or member is not None:
+                raise XaiJaxError("DiskRows creates a .npy file from a shape and a dtype, never an archive member")
             np.lib.format.open_memmap(self.path, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape)).flush()
             writable = True
-        header = np.load(self.path, mmap_mode="r")  # an np.memmap: reads the header, maps nothing yet
-        shape, dtype, offset, fortran = header.shape, header.dtype, header.offset, np.isfortran(header)
-        del header
-        if fortran and len(shape) > 1:
-            raise XaiJaxError(f"{self.path}: a Fortran-ordered array cannot be read by rows")
-        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
-        if not self.shape:
-            raise XaiJaxError(f"{self.path} holds a scalar, not rows")
-        self._writable, self._offset = writable, offset
+        if writable and member is not None:
+            raise XaiJaxError("an archive member is opened read-only")
         self._file = open(self.path, "r+b" if writable else "rb")  # noqa: SIM115 - closed in close()
+        try:
+            start = 0 if member is None else _member_start(self._file, self.path, member)
+            shape, dtype, offset = _npy_header(self._file, start, f"{self.path}" + (f":{member}" if member else ""))
+        except BaseException:
+            self._file.close()
+            raise
+        self.shape, self.dtype = shape, dtype
+        self._writable, self._offset = writable, offset
         size = offset + self.nbytes
+        if os.fstat(self._file.fileno()).st_size < size:
+            self._file.close()
+            raise XaiJaxError(f"{self.path} is shorter than its header says (truncated)")
         # An empty array has nothing to map: keep a 1-byte anonymous map so indexing still works.
         self._map = (mmap.mmap(self._file.fileno(), size, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
                      if self.nbytes else mmap.mmap(-1, 1))
@@ -84,7 +92,8 @@ class DiskRows:
         return self.shape[0]
 
     def __repr__(self) -> str:
-        return f"DiskRows({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+        where = f"{self.path!r}" + (f", member={self.member!r}" if self.member else "")
+        return f"DiskRows({where}, shape={self.shape}, dtype={self.dtype})"
 
     def _release(self) -> None:
         if self.nbytes:
@@ -157,11 +166,65 @@ class DiskRows:
         if self.nbytes and self._writable:
             self._map.flush()
 
+    def write_npy(self, f: BinaryIO, block_bytes: int = 16 << 20) -> None:
+        """Writes the array to the open binary file ``f`` as a ``.npy`` file (what ``np.save`` writes), copying
+        the data ``block_bytes`` at a time with ``os.pread``: nothing is mapped or held whole in memory."""
+        self.flush()
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        try:
+            np.lib.format.write_array_header_1_0(f, header)
+        except ValueError:  # a header over 64 KiB needs format 2.0
+            np.lib.format.write_array_header_2_0(f, header)
+        fd, where, left = self._file.fileno(), self._offset, self.nbytes
+        while left:
+            block = os.pread(fd, min(block_bytes, left), where)
+            if not block:
+                raise XaiJaxError(f"{self.path} is shorter than its header says")
+            f.write(block)
+            where, left = where + len(block), left - len(block)
+
     def close(self) -> None:
         """Unmaps the file (the file stays); the object is unusable afterwards."""
         self._view = None
         self._map.close()
         self._file.close()
+
+
+def _member_start(file: BinaryIO, path: str, member: str) -> int:
+    """Where member ``member`` of the zip archive ``file`` starts; it must be stored uncompressed (as ``np.savez``
+    and :func:`xai_jax.outputs.save_npz` write), so that its bytes are a ``.npy`` file inside the archive."""
+    try:
+        info = zipfile.ZipFile(file).getinfo(member)
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise XaiJaxError(f"{path} holds no readable member {member}: {err}") from None
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise XaiJaxError(f"{path}: {member} is compressed (np.savez_compressed); rows are read from stored members")
+    file.seek(info.header_offset)
+    local = file.read(30)  # the local file header: its name and extra field lengths end it
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise XaiJaxError(f"{path} is damaged (no local header for {member})")
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_length + extra_length
+
+
+def _npy_header(file: BinaryIO, start: int, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset)`` of the ``.npy`` data that starts at byte ``start`` of ``file``."""
+    file.seek(start)
+    try:
+        version = np.lib.format.read_magic(file)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read:
+            raise ValueError(f"npy format {version[0]}.{version[1]}")
+        shape, fortran, dtype = read[version](file)
+    except ValueError as err:
+        raise XaiJaxError(f"{name} is not a readable .npy array: {err}") from None
+    if dtype.hasobject:
+        raise XaiJaxError(f"{name} holds Python objects, not rows of numbers")
+    if fortran and len(shape) > 1:
+        raise XaiJaxError(f"{name}: a Fortran-ordered array cannot be read by rows")
+    if not shape:
+        raise XaiJaxError(f"{name} holds a scalar, not rows")
+    return tuple(shape), np.dtype(dtype), file.tell()
 
 
 def nbytes(rows: Any) -> int:
@@ -183,7 +246,7 @@ def _open_rows(path: str, shape: tuple, dtype) -> DiskRows:
     """An existing file of a resumed pass, checked against the rows the pass now yields."""
     try:
         rows = DiskRows(path, writable=True)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, XaiJaxError) as err:
         raise XaiJaxError(f"cannot resume the rows in {path}: {err}") from None
     if rows.shape != shape or rows.dtype != np.dtype(dtype):
         raise XaiJaxError(f"cannot resume the rows in {path}: {rows.shape} {rows.dtype} there, "

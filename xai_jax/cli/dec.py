@@ -85,10 +85,8 @@ def _add_result_args(p: argparse.ArgumentParser) -> None:
 def fit(args) -> None:
     from xai_jax import data, outputs
     from xai_jax.evaluation import check_taps
-    from xai_jax.methods.dec import ActivationClusteringSurrogate
+    from xai_jax.methods.dec import ActivationClusteringSurrogate, feature_tap
     from xai_jax.models import tap_shapes
-    from xai_jax.methods.dec.figures import concept_grid, convergence
-    from xai_jax.viz.report import Report
     config = fit_config(args)
     config.validate()
     taps = config.taps
@@ -106,8 +104,18 @@ def fit(args) -> None:
     meta = {"weights": os.path.abspath(args.weights), **data_meta(args),
             "config_flags": to_argv(config, args.config_fields)}
     shapes = tap_shapes(spec.name, args.num_classes)
-    with rows_dir(args, len(source) * sum(math.prod(shapes[t]) for t in taps) * 2) as directory:  # float16
+    stored = taps + tuple({feature_tap(spec.name, args.num_classes)} - set(taps))  # the baseline's features too
+    # The result keeps the penultimate features where the pass put them: it is saved before the folder goes.
+    with rows_dir(args, len(source) * sum(math.prod(shapes[t]) for t in stored) * 2) as directory:  # float16
         result = method.fit(source, meta=meta, directory=directory)
+        _finish_fit(args, method, result, held_out, spec, source, config)
+
+
+def _finish_fit(args, method, result, held_out, spec, source, config) -> None:
+    """The held-out scores, summary, figures and report of a fitted surrogate, saved with it in one folder."""
+    from xai_jax.methods.dec.figures import concept_grid, convergence
+    from xai_jax.viz.report import Report
+    taps = config.taps
     if held_out is not None:
         result = dataclasses.replace(result, metrics={**result.metrics, "eval": method.evaluate(result, held_out)})
     shown = result.metrics.get("eval", result.metrics["train"])

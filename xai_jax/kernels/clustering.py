@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -464,10 +465,12 @@ def _euclidean(queries: jax.Array, block: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.square(queries[:, None, :] - block[None, :, :]), axis=-1))
 
 
-@functools.partial(jax.jit, static_argnames=("m", "block_size"))
-def _nearest(queries, bank, weights, m, block_size):
+@functools.partial(jax.jit, static_argnames=("block_size",))
+def _nearest(queries, bank, weights, best, offset, valid, block_size):
+    """The running ``best = (distances, indices)`` [q, m] merged with the first ``valid`` rows of ``bank``,
+    whose row ``i`` is sample ``offset + i``."""
     n = bank[0].shape[0]
-    num_queries = queries[0].shape[0]
+    m = best[0].shape[1]
     blocks = -(-n // block_size)
     padded = blocks * block_size
     bank_blocks = tuple(jnp.pad(layer, ((0, padded - n), (0, 0))).reshape(blocks, block_size, layer.shape[1])
@@ -477,17 +480,23 @@ def _nearest(queries, bank, weights, m, block_size):
         best_distances, best_indices = best
         block_index, layers = inputs
         distances = sum(w * _euclidean(q, b) for w, q, b in zip(weights, queries, layers))
-        indices = block_index * block_size + jnp.arange(block_size, dtype=jnp.int32)
-        distances = jnp.where(indices[None, :] < n, distances, jnp.inf)  # padding rows never win
+        rows = block_index * block_size + jnp.arange(block_size, dtype=jnp.int32)
+        distances = jnp.where(rows[None, :] < valid, distances, jnp.inf)  # padding rows never win
         # The running best come first: on equal distances top_k keeps the earlier (lower) bank index.
         candidates = jnp.concatenate([best_distances, distances], axis=1)
-        candidate_indices = jnp.concatenate([best_indices, jnp.broadcast_to(indices, distances.shape)], axis=1)
+        candidate_indices = jnp.concatenate([best_indices, jnp.broadcast_to(offset + rows, distances.shape)], axis=1)
         negated, positions = lax.top_k(-candidates, m)
         return (-negated, jnp.take_along_axis(candidate_indices, positions, axis=1)), None
 
-    start = (jnp.full((num_queries, m), jnp.inf, queries[0].dtype), jnp.full((num_queries, m), -1, jnp.int32))
-    (distances, indices), _ = lax.scan(merge_block, start, (jnp.arange(blocks, dtype=jnp.int32), bank_blocks))
-    return indices, distances
+    best, _ = lax.scan(merge_block, best, (jnp.arange(blocks, dtype=jnp.int32), bank_blocks))
+    return best
+
+
+def _bank_chunk(layer, start: int, rows: int) -> jax.Array:
+    """Rows ``start .. start + rows`` of one bank layer as a float array of exactly ``rows`` rows (the last
+    chunk padded with zeros), read by slicing: a :class:`xai_jax.rowstore.DiskRows` reads only them."""
+    chunk = _as_float(layer[start:start + rows])
+    return chunk if len(chunk) == rows else jnp.pad(chunk, ((0, rows - len(chunk)), (0, 0)))
 
 
 def validate_layer_weights(layer_weights, num_layers: int) -> np.ndarray:
@@ -514,8 +523,9 @@ def validate_layer_weights(layer_weights, num_layers: int) -> np.ndarray:
     return weights
 
 
-def nearest_neighbours(queries_per_layer: Sequence[jax.Array], bank_per_layer: Sequence[jax.Array],
-                       layer_weights, m: int, *, block_size: int = 4096) -> tuple[jax.Array, jax.Array]:
+def nearest_neighbours(queries_per_layer: Sequence[jax.Array], bank_per_layer: Sequence[Any],
+                       layer_weights, m: int, *, block_size: int = 4096,
+                       chunk_rows: int = 1 << 16) -> tuple[jax.Array, jax.Array]:
     """The ``m`` bank samples most similar to each query by the weighted sum of per-layer embedding distances
     (paper section 4, "sample-based" explanations, with the layer weights of section 3.1)::
 
@@ -524,24 +534,30 @@ def nearest_neighbours(queries_per_layer: Sequence[jax.Array], bank_per_layer: S
     The bank is scanned in blocks of ``block_size`` samples (``lax.scan``); each block's ``[q, block]``
     distances are merged with the running best ``m`` by ``lax.top_k``, so memory is ``O(q * (block + m))``
     whatever the bank size ``N``. Equal distances keep the lower bank index (a stable sort's order).
-    Compiled once per shape, ``m`` and ``block_size``; the weights are traced.
+    The bank is read ``chunk_rows`` samples at a time by slicing (``bank[a:b]``), so it may live on disk
+    (:class:`xai_jax.rowstore.DiskRows`, e.g. a saved surrogate's penultimate features at ImageNet size): each
+    chunk goes to the device, and the running best ``m`` carry over, so host and device memory are
+    ``O(chunk_rows * e)``. Every chunk has the same shape (the last is padded): compiled once per query shape,
+    chunk, ``m`` and ``block_size``; the weights and the chunk's position are traced.
 
     Args:
       queries_per_layer: one ``[q, e_j]`` array per layer.
-      bank_per_layer: one ``[N, e_j]`` array per layer, in the same layer order.
+      bank_per_layer: one ``[N, e_j]`` array per layer, in the same layer order: anything sliced by rows
+        (NumPy, JAX, :class:`xai_jax.rowstore.DiskRows`); integer and float16 rows are compared in float32.
       layer_weights: ``w_j``, one non-negative number per layer, not all zero.
       m: neighbours per query, ``1 <= m <= N`` (static; may exceed ``block_size``).
-      block_size: bank samples per block (static; clamped to ``N``, need not divide it).
+      block_size: bank samples per block (static; clamped to the chunk, need not divide it).
+      chunk_rows: bank samples read and sent to the device at a time (clamped to ``N``, need not divide it).
 
     Returns:
       ``(indices int32[q, m], distances [q, m])``, nearest first.
 
     Raises:
       ValueError: mismatched layers or shapes, bad weights (see :func:`validate_layer_weights`), ``m``
-        outside ``[1, N]`` or ``block_size < 1``.
+        outside ``[1, N]``, or ``block_size`` or ``chunk_rows`` < 1.
     """
     queries = tuple(_as_float(q) for q in queries_per_layer)
-    bank = tuple(_as_float(b) for b in bank_per_layer)
+    bank = tuple(b if hasattr(b, "shape") else np.asarray(b) for b in bank_per_layer)
     if not queries or len(queries) != len(bank):
         raise ValueError(f"need the same positive number of query and bank layers, got {len(queries)} and {len(bank)}")
     weights = validate_layer_weights(layer_weights, len(queries))
@@ -553,7 +569,16 @@ def nearest_neighbours(queries_per_layer: Sequence[jax.Array], bank_per_layer: S
     n = bank[0].shape[0]
     if not 1 <= m <= n:
         raise ValueError(f"m must be in [1, N] = [1, {n}], got {m}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if block_size < 1 or chunk_rows < 1:
+        raise ValueError(f"block_size and chunk_rows must be >= 1, got {block_size} and {chunk_rows}")
     dtype = queries[0].dtype
-    return _nearest(queries, bank, tuple(jnp.asarray(w, dtype) for w in weights), m, min(block_size, n))
+    weights = tuple(jnp.asarray(w, dtype) for w in weights)
+    rows = min(chunk_rows, n)
+    block_size = min(block_size, rows)
+    num_queries = queries[0].shape[0]
+    best = (jnp.full((num_queries, m), jnp.inf, dtype), jnp.full((num_queries, m), -1, jnp.int32))
+    for start in range(0, n, rows):  # a loop over reads of the bank: one program for every chunk
+        chunk = tuple(_bank_chunk(layer, start, rows) for layer in bank)
+        best = _nearest(queries, chunk, weights, best, jnp.int32(start), jnp.int32(min(rows, n - start)),
+                        block_size)
+    return best[1], best[0]

@@ -4,8 +4,9 @@ The paper (``../shared/papers/dec_activation_clustering.txt``, Liu & Arik), as s
 ("DEC activation clustering surrogate"):
 
 1. One streamed pass of the backbone over the training set keeps the selected taps (flattened, stored on the
-   host as ``float16`` to halve the memory; they are only ever read back as float32) next to the labels and
-   the model's predictions (section 3.1).
+   host as ``float16`` to halve the memory, in memory or in a folder on disk; they are only ever read back as
+   float32) next to the labels, the model's predictions (section 3.1) and the penultimate features of
+   Figure 2's baseline, which the result keeps (on disk when the taps were).
 2. Per selected layer ``j``: an autoencoder ``d -> 500 -> 500 -> 2000 -> e`` (ReLU, linear embedding, DEC's
    shape), pretrained on reconstruction; the embeddings are projected onto the sphere of radius 8 (footnote 2);
    k-means with 20 restarts starts ``k`` centroids; DEC then minimises ``KL(P || Q)`` over the encoder and
@@ -39,6 +40,7 @@ from xai_jax.methods.dec.autoencoder import (decoder, embed_rows, encode, encode
 from xai_jax.methods.dec.config import DECConfig
 from xai_jax.methods.dec.refine import DEVICE_BYTES, cluster_posteriors, dec_refine
 from xai_jax.methods.dec.result import DECResult
+from xai_jax.rowstore import DiskRows
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,10 +84,10 @@ def _tap_fn(model: str, taps: tuple[str, ...], num_classes: int | None, compute_
 
 @functools.lru_cache(maxsize=None)
 def _embed_fn(model: str, taps: tuple[str, ...], num_classes: int | None, compute_dtype: str | None,
-              hidden: tuple[int, ...], embedding: int, radius: float):
+              hidden: tuple[int, ...], embedding: int, radius: float, with_features: bool):
     from xai_jax.models import make_forward
     feature, forward_taps = _with_feature_tap(model, taps, num_classes)
-    forward = make_forward(model, forward_taps, num_classes, compute_dtype)
+    forward = make_forward(model, forward_taps if with_features else taps, num_classes, compute_dtype)
 
     def fn(batch, params):
         variables, layers = params
@@ -93,9 +95,11 @@ def _embed_fn(model: str, taps: tuple[str, ...], num_classes: int | None, comput
         n = batch["images"].shape[0]
         # float16 round trip: the same activations the encoders were trained on (and the bank of features holds)
         z = [encode(hidden, embedding, radius, layers[t], out[t].reshape(n, -1).astype(jnp.float16)) for t in taps]
-        return {"embeddings": jnp.stack(z, axis=1), "predictions": jnp.argmax(out["logits"], -1).astype(jnp.int32),
-                "features": out[feature].reshape(n, -1).astype(jnp.float16).astype(jnp.float32),
+        rows = {"embeddings": jnp.stack(z, axis=1), "predictions": jnp.argmax(out["logits"], -1).astype(jnp.int32),
                 "labels": batch["labels"]}
+        if with_features:
+            rows["features"] = out[feature].reshape(n, -1).astype(jnp.float16).astype(jnp.float32)
+        return rows
 
     return fn
 
@@ -105,11 +109,11 @@ class Activations:
     """The selected taps of a dataset, flattened, on the host (float16), with labels and model predictions, and
     the penultimate features (:func:`feature_tap`, float16) for the Euclidean baseline of similar samples."""
 
-    taps: dict[str, np.ndarray]
+    taps: dict[str, np.ndarray | DiskRows]
     labels: np.ndarray
     predictions: np.ndarray
     indices: np.ndarray
-    features: np.ndarray | None = None
+    features: np.ndarray | DiskRows | None = None
 
 
 class ActivationClusteringSurrogate:
@@ -137,11 +141,12 @@ class ActivationClusteringSurrogate:
           source: the images (labels included).
           directory: an existing folder to keep the taps in, as ``.npy`` files read back a block at a time
             (:class:`xai_jax.rowstore.DiskRows`: host memory stays that of a few batches whatever the dataset's
-            size; the caller removes the folder when done), or None to hold them in memory.
+            size; the caller removes the folder when done with them and with a result fitted from them), or None
+            to hold them in memory.
 
         Returns:
           the flattened taps ``{tap: [n, d]}`` with labels, the model's predictions, positions ``0..n-1`` and the
-          penultimate features ``[n, f]``.
+          penultimate features ``[n, f]`` (the taps and the features as :class:`DiskRows` with a ``directory``).
         """
         n = len(source)
         if n == 0:
@@ -149,8 +154,9 @@ class ActivationClusteringSurrogate:
         fn = _tap_fn(self.model, self.config.taps, self.num_classes, self.compute_dtype)
         out = engine.collect_rows(fn, source, self.variables, batch_size=self.batch_size, desc="activations",
                                   progress=self.progress, directory=directory)
-        small = {k: np.asarray(out[k]) for k in ("labels", "predictions", "features")}
-        return Activations(out["taps"], small["labels"], small["predictions"], np.arange(n), small["features"])
+        small = {k: np.asarray(out[k]) for k in ("labels", "predictions")}
+        # the features stay where the pass put them: on disk with a directory (4 KiB an image for ResNet-50's pool)
+        return Activations(out["taps"], small["labels"], small["predictions"], np.arange(n), out["features"])
 
     def fit(self, source: Source | None = None, *, activations: Activations | None = None,
             class_names: Sequence[str] | None = None, meta: dict | None = None,
@@ -162,7 +168,8 @@ class ActivationClusteringSurrogate:
           activations: precomputed taps, labels and predictions (reused across fits).
           class_names: one per class (default: the source's, else ``"0"``, ``"1"``, ...).
           meta: provenance stored in the result.
-          directory: where :meth:`activations` keeps the taps (None: in memory).
+          directory: where :meth:`activations` keeps the taps and the features (None: in memory); the result's
+            ``train_features`` read from there, so save the result before the folder is removed.
 
         Returns:
           a new :class:`DECResult` with ``metrics["train"]`` and each layer's ``history``.
@@ -232,20 +239,19 @@ class ActivationClusteringSurrogate:
         layer, z, centroids, dec_history = dec_refine(c, layer, x, z, mu, dec_key)
         return layer, z, centroids, {"pretrain_loss": pretrain_losses, **dec_history, "input_dim": dim}
 
-    def embed(self, result: DECResult, source: Source) -> dict:
-        """Embeddings ``[L, n, e]``, model predictions, labels and penultimate ``features`` ``[n, f]`` of
-        ``source`` under ``result``'s encoders (one pass; the taps are never stored)."""
+    def embed(self, result: DECResult, source: Source, *, features: bool = True) -> dict:
+        """Embeddings ``[L, n, e]``, model predictions, labels and (with ``features``) the penultimate
+        ``features`` ``[n, f]`` of ``source`` under ``result``'s encoders (one pass; the taps are never stored)."""
         c = result.config
         if result.model != self.model:
             raise XaiJaxError(f"the surrogate was fitted on {result.model}, not {self.model}")
         fn = _embed_fn(self.model, result.taps, self.num_classes, self.compute_dtype, tuple(c.hidden),
-                       c.embedding_size, float(c.radius))
+                       c.embedding_size, float(c.radius), bool(features))
         out = engine.collect_rows(fn, source, (self.variables, result.layers), batch_size=self.batch_size,
                                   desc="embed", progress=self.progress)
-        return {"embeddings": np.moveaxis(out["embeddings"], 1, 0), "predictions": out["predictions"],
-                "labels": out["labels"], "features": out["features"]}
+        return {**out, "embeddings": np.moveaxis(out["embeddings"], 1, 0)}
 
     def evaluate(self, result: DECResult, source: Source, layer_weights=None) -> dict:
         """Baseline accuracy, surrogate accuracy and fidelity (per layer and combined) on ``source``."""
-        out = self.embed(result, source)
+        out = self.embed(result, source, features=False)
         return result.scores(out["embeddings"], out["labels"], out["predictions"], layer_weights)

@@ -18,6 +18,7 @@ from xai_jax import results
 from xai_jax.errors import XaiJaxError
 from xai_jax.kernels.clustering import log_soft_assignment, nearest_neighbours, validate_layer_weights
 from xai_jax.methods.dec.config import KIND, DECConfig
+from xai_jax.rowstore import DiskRows
 
 
 @dataclasses.dataclass
@@ -39,7 +40,10 @@ class DECResult(results.Result):
       history: per layer, pretraining losses, DEC steps, changed fractions and seconds.
       meta: free-form provenance (weights, data).
       train_features: ``[N, f]`` the training samples' penultimate features (float16; ``None`` in results fitted
-        from activations without them): the bank of Figure 2's Euclidean baseline.
+        from activations without them): the bank of Figure 2's Euclidean baseline. As large as the dataset's
+        taps' smallest (4 KiB an image for ResNet-50, 5 GB over ImageNet), so it stays on disk: a
+        :class:`xai_jax.rowstore.DiskRows` when fitted with a folder for the taps and whenever loaded, read a
+        chunk at a time by :meth:`similar_by_features`.
       feature_tap: the tap they are (``pool`` of a ResNet).
     """
 
@@ -60,7 +64,7 @@ class DECResult(results.Result):
     metrics: dict = dataclasses.field(default_factory=dict)
     history: dict = dataclasses.field(default_factory=dict)
     meta: dict = dataclasses.field(default_factory=dict)
-    train_features: np.ndarray | None = None
+    train_features: np.ndarray | DiskRows | None = results.rows(default=None)
     feature_tap: str | None = None
 
     def check(self) -> None:
@@ -169,7 +173,7 @@ class DECResult(results.Result):
             raise XaiJaxError(f"features must be [q, {dim}] (the {self.feature_tap} tap); got {features.shape}")
         if not 1 <= m <= n:
             raise XaiJaxError(f"m must be in [1, {n}] (the training samples), got {m}")
-        rows, distances = nearest_neighbours([features], [self.train_features.astype(np.float32)], [1.0], m)
+        rows, distances = nearest_neighbours([features], [self.train_features], [1.0], m)
         return np.asarray(rows), np.asarray(distances)
 
     def concepts(self, tap: str | int, per_cluster: int = 10) -> tuple[np.ndarray, np.ndarray]:
