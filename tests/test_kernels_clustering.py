@@ -345,21 +345,25 @@ def random_layers(rng, count, dims):
     return [project_to_sphere(rng.normal(size=(count, e)).astype(np.float32)) for e in dims]
 
 
+@pytest.mark.parametrize("samples_minor", [True, False])  # the CPU's and the accelerators' layout
 @pytest.mark.parametrize("n,m,block_size", [(1, 1, 4096), (97, 10, 7), (97, 97, 16), (1000, 300, 128),
-                                            (1000, 5, 4096), (1000, 64, 999)])
-def test_nearest_neighbours_equal_brute_force(n, m, block_size):
+                                            (1000, 5, 4096), (1000, 64, 999), (10_000, 10, 4096)])
+def test_nearest_neighbours_equal_brute_force(n, m, block_size, samples_minor):
     rng = np.random.default_rng(n + m)
     dims, weights = (5, 3, 7), (1.0, 0.0, 2.5)
     queries, bank = random_layers(rng, 13, dims), random_layers(rng, n, dims)
-    indices, distances = nearest_neighbours(queries, bank, weights, m, block_size=block_size)
+    indices, distances = nearest_neighbours(queries, bank, weights, m, block_size=block_size,
+                                            samples_minor=samples_minor)
     assert_same_neighbours(indices, distances, queries, bank, weights, m)
 
 
-def test_nearest_neighbours_find_themselves_and_break_ties_by_index():
+@pytest.mark.parametrize("samples_minor", [True, False])
+def test_nearest_neighbours_find_themselves_and_break_ties_by_index(samples_minor):
     rng = np.random.default_rng(11)
     bank = random_layers(rng, 50, (4, 9))
     bank = [jnp.concatenate([layer, layer[:5]]) for layer in bank]  # samples 50..54 duplicate 0..4
-    indices, distances = nearest_neighbours([layer[:5] for layer in bank], bank, [1.0, 1.0], 2, block_size=8)
+    indices, distances = nearest_neighbours([layer[:5] for layer in bank], bank, [1.0, 1.0], 2, block_size=8,
+                                            samples_minor=samples_minor)
     np.testing.assert_array_equal(np.asarray(indices), np.stack([np.arange(5), np.arange(50, 55)], 1))
     assert not np.asarray(distances).any()  # exactly 0, not sqrt(rounding noise)
 

@@ -459,14 +459,21 @@ def kmeans(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 20, max_iter: 
 # ----------------------------------------------------------------------------------- nearest neighbours
 
 
-def _euclidean(queries: jax.Array, block: jax.Array) -> jax.Array:
+def _euclidean(queries: jax.Array, block: jax.Array, samples_minor: bool) -> jax.Array:
     """``[q, b]`` Euclidean distances from the differences (fused by XLA into the reduction): exact near 0,
-    where the expansion would leave ``sqrt(eps) * |z|`` of noise (2e-3 on the radius-8 sphere)."""
+    where the expansion would leave ``sqrt(eps) * |z|`` of noise (2e-3 on the radius-8 sphere).
+
+    ``samples_minor`` lays the differences out as ``[q, e, b]`` and sums over the middle axis, so the block's
+    samples are the contiguous axis: XLA:CPU then vectorises along them, where a sum over a short minor ``e``
+    axis does not (one 200 x 4,096 block at e = 20 x 4 layers: 10 against 27 ms on an AVX2 host). The other
+    form is kept for accelerators, where it was the one measured; both give the same distances to rounding."""
+    if samples_minor:
+        return jnp.sqrt(jnp.sum(jnp.square(queries[:, :, None] - block.T[None, :, :]), axis=1))
     return jnp.sqrt(jnp.sum(jnp.square(queries[:, None, :] - block[None, :, :]), axis=-1))
 
 
-@functools.partial(jax.jit, static_argnames=("block_size",))
-def _nearest(queries, bank, weights, best, offset, valid, block_size):
+@functools.partial(jax.jit, static_argnames=("block_size", "samples_minor"))
+def _nearest(queries, bank, weights, best, offset, valid, block_size, samples_minor):
     """The running ``best = (distances, indices)`` [q, m] merged with the first ``valid`` rows of ``bank``,
     whose row ``i`` is sample ``offset + i``."""
     n = bank[0].shape[0]
@@ -479,7 +486,7 @@ def _nearest(queries, bank, weights, best, offset, valid, block_size):
     def merge_block(best, inputs):
         best_distances, best_indices = best
         block_index, layers = inputs
-        distances = sum(w * _euclidean(q, b) for w, q, b in zip(weights, queries, layers))
+        distances = sum(w * _euclidean(q, b, samples_minor) for w, q, b in zip(weights, queries, layers))
         rows = block_index * block_size + jnp.arange(block_size, dtype=jnp.int32)
         distances = jnp.where(rows[None, :] < valid, distances, jnp.inf)  # padding rows never win
         # The running best come first: on equal distances top_k keeps the earlier (lower) bank index.
@@ -529,7 +536,8 @@ def validate_layer_weights(layer_weights, num_layers: int) -> np.ndarray:
 
 def nearest_neighbours(queries_per_layer: Sequence[jax.Array], bank_per_layer: Sequence[Any],
                        layer_weights, m: int, *, block_size: int = 4096,
-                       chunk_rows: int | None = None) -> tuple[jax.Array, jax.Array]:
+                       chunk_rows: int | None = None,
+                       samples_minor: bool | None = None) -> tuple[jax.Array, jax.Array]:
     """The ``m`` bank samples most similar to each query by the weighted sum of per-layer embedding distances
     (paper section 4, "sample-based" explanations, with the layer weights of section 3.1)::
 
@@ -550,9 +558,11 @@ def nearest_neighbours(queries_per_layer: Sequence[jax.Array], bank_per_layer: S
         (NumPy, JAX, :class:`xai_jax.rowstore.DiskRows`); integer and float16 rows are compared in float32.
       layer_weights: ``w_j``, one non-negative number per layer, not all zero.
       m: neighbours per query, ``1 <= m <= N`` (static; may exceed ``block_size``).
-      block_size: bank samples per block (static; clamped to the chunk, need not divide it).
+      block_size: bank samples per block at most (static; clamped to the chunk, need not divide it: the chunk
+        is cut into that many blocks of equal size, so that at most ``blocks - 1`` padding rows are computed).
       chunk_rows: bank samples read and sent to the device at a time (clamped to ``N``, need not divide it;
         default: :data:`BANK_CHUNK_BYTES` of float32 rows, 4,096 of ResNet-50's 2,048 features).
+      samples_minor: the layout of the distance reduction (see :func:`_euclidean`); default: on a CPU only.
 
     Returns:
       ``(indices int32[q, m], distances [q, m])``, nearest first.
@@ -581,11 +591,14 @@ def nearest_neighbours(queries_per_layer: Sequence[jax.Array], bank_per_layer: S
     dtype = queries[0].dtype
     weights = tuple(jnp.asarray(w, dtype) for w in weights)
     rows = min(chunk_rows, n)
-    block_size = min(block_size, rows)
+    blocks = -(-rows // block_size)
+    block_size = -(-rows // blocks)  # equal blocks: 10,000 rows are 3 x 3,334, not 3 x 4,096 with 2,288 padding
+    if samples_minor is None:
+        samples_minor = platform_of(queries[0]) == "cpu"
     num_queries = queries[0].shape[0]
     best = (jnp.full((num_queries, m), jnp.inf, dtype), jnp.full((num_queries, m), -1, jnp.int32))
     for start in range(0, n, rows):  # a loop over reads of the bank: one program for every chunk
         chunk = tuple(_bank_chunk(layer, start, rows) for layer in bank)
         best = _nearest(queries, chunk, weights, best, jnp.int32(start), jnp.int32(min(rows, n - start)),
-                        block_size)
+                        block_size, bool(samples_minor))
     return best[1], best[0]
