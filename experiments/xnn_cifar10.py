@@ -10,7 +10,8 @@ raw Grad-CAM maps at `layer3`'s 8x8 (`XNNConfig(orthogonality="tap")`).
 
 Backbone features are computed once (one `engine.map_batches` pass with both taps) and cached in OUT;
 every variant trains on the same arrays. Train and test images are random subsets (the npz files are
-sorted by class). Prints Markdown tables and writes OUT/xnn_cifar10.json and OUT/xnn_figure8.png.
+sorted by class). Prints Markdown tables and writes OUT/xnn_cifar10.json (with the command, commit, date, seed, epochs and
+seconds) and OUT/xnn_figure8.png.
 """
 
 from __future__ import annotations
@@ -22,11 +23,17 @@ import pathlib
 import platform
 import time
 
+import sys
+
 import numpy as np
 
-from xai_jax import data, evaluation, models, weights
-from xai_jax.methods.xnn import XNNConfig, explain, explanation_figure, fit, heatmap_orthogonality, metrics_table
-from xai_jax.methods.xnn.metrics import number
+sys.path.insert(0, os.path.dirname(__file__))
+from benchutil import commit  # noqa: E402
+
+from xai_jax import data, evaluation, models, weights  # noqa: E402
+from xai_jax.methods.xnn import (XNNConfig, explain, explanation_figure, fit,  # noqa: E402
+                                 heatmap_orthogonality, metrics_table)
+from xai_jax.methods.xnn.metrics import number  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(os.environ.get("XAI_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -70,7 +77,10 @@ def main() -> None:
     print(f"features: {args.train} train / {args.test} test images in {time.perf_counter() - start:.0f} s; "
           f"ResNet-56 accuracy {np.mean(train['logits'].argmax(1) == train['labels']):.3f} / "
           f"{np.mean(test['logits'].argmax(1) == test['labels']):.3f}")
-    summary = {"machine": platform.platform(), "train": args.train, "test": args.test, "taps": {}}
+    summary = {"command": " ".join(sys.argv), "commit": commit(),
+               "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "seed": XNNConfig().seed,
+               "machine": platform.platform(), "train": args.train, "test": args.test,
+               "epochs": {"pool": args.epochs, "other taps": args.earlier_epochs}, "taps": {}}
     results_pool = {}
     for tap in args.taps.split(","):
         count = args.train if tap == "pool" else args.earlier_train
@@ -116,6 +126,7 @@ def main() -> None:
         explanation = explain(results_pool["srae"], MODEL, variables, images[shown], label)
         (out / "xnn_figure8.png").write_bytes(explanation_figure(images[shown], explanation, label))
         print(f"\nwrote {out / 'xnn_figure8.png'}")
+    summary["seconds"] = round(time.perf_counter() - start, 1)
     (out / "xnn_cifar10.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {out / 'xnn_cifar10.json'} ({time.perf_counter() - start:.0f} s in all)")
 
