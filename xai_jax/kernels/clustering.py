@@ -558,8 +558,8 @@ def nearest_neighbours(queries_per_layer: Sequence[jax.Array], bank_per_layer: S
         (NumPy, JAX, :class:`xai_jax.rowstore.DiskRows`); integer and float16 rows are compared in float32.
       layer_weights: ``w_j``, one non-negative number per layer, not all zero.
       m: neighbours per query, ``1 <= m <= N`` (static; may exceed ``block_size``).
-      block_size: bank samples per block at most (static; clamped to the chunk, need not divide it: the chunk
-        is cut into that many blocks of equal size, so that at most ``blocks - 1`` padding rows are computed).
+      block_size: bank samples per block at most (static; need not divide the chunk: the chunk is cut into
+        the fewest blocks of at most this size, all of one size, so fewer padding rows than blocks are computed).
       chunk_rows: bank samples read and sent to the device at a time (clamped to ``N``, need not divide it;
         default: :data:`BANK_CHUNK_BYTES` of float32 rows, 4,096 of ResNet-50's 2,048 features).
       samples_minor: the layout of the distance reduction (see :func:`_euclidean`); default: on a CPU only.
