@@ -418,7 +418,8 @@ def test_a_signal_during_a_pass_is_one_line_and_leaves_nothing(inputs, tmp_path,
     env = dict(os.environ, PYTHONPATH=str(REPO), XAI_JAX_NO_PROGRESS="1")
     r56 = str(next(shared_path("cifar10_resnet").glob("resnet56-*.th")))
     train = shared_path("cifar10", "cifar10_train_jpeg.npz")
-    process = subprocess.Popen([sys.executable, "-m", "xai_jax.cli", "predict", "--model", "cifar_resnet56",
+    # -X faulthandler: should it not stop, SIGABRT prints where every thread is, for the failure message.
+    process = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "xai_jax.cli", "predict", "--model", "cifar_resnet56",
                                 "--weights", r56, "--data", f"jpeg-npz:{train}", "--batch-size", "64",
                                 "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -427,7 +428,12 @@ def test_a_signal_during_a_pass_is_one_line_and_leaves_nothing(inputs, tmp_path,
         time.sleep(0.1)
     assert process.poll() is None, "the pass ended before the signal"
     process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=120)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        stdout, stderr = process.communicate(timeout=60)
+        pytest.fail(f"still running 120 s after the signal; its threads then:\n{stderr}")
     assert process.returncode == code, (stdout, stderr)
     assert stderr == line + "\n", stderr
     assert os.listdir(tmp_path) == []

@@ -36,6 +36,7 @@ from xai_jax.data.base import Source
 from xai_jax.data.batcher import Batches
 from xai_jax.distributed import gather_rows
 from xai_jax.errors import XaiJaxError
+from xai_jax.interrupts import raise_if_received
 from xai_jax import compiler_options, rowstore
 
 Batch = dict[str, Any]
@@ -365,6 +366,7 @@ def map_arrays(fn: Callable[[Any, Any], Any], arrays: Any, params: Any = None, *
     def results() -> Iterator[Any]:
         pending = None
         for start in range(0, n, size):
+            raise_if_received()
             result = mapped(rows(start), params)
             if pending is not None:
                 yield _first_rows(*pending)

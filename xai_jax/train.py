@@ -28,6 +28,7 @@ import optax
 
 from xai_jax import rowstore
 from xai_jax.errors import XaiJaxError
+from xai_jax.interrupts import raise_if_received
 from xai_jax.models.common import BATCH_NORM_MOMENTUM
 from xai_jax.weights.store import load_variables, save_variables
 
@@ -159,6 +160,7 @@ def fit(loss_fn: LossFn, optimizer: optax.GradientTransformation, state: TrainSt
         order = np.asarray(jax.random.permutation(epoch_key, n))[: steps * batch_size].reshape(steps, batch_size)
         sums: dict[str, jax.Array] = {}
         for i, idx in enumerate(order):
+            raise_if_received()
             step_key = jax.random.fold_in(epoch_key, i)
             if on_device:
                 state, m = device_step(state, device_data, idx, step_key)

@@ -13,14 +13,13 @@ import importlib.metadata
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import traceback
 
 from xai_jax.cli.common import (add_scratch_arg, rows_dir, add_data_args, add_model_args, add_num_classes, compute_dtype, inputs_of,
                                load_model_and_data, pass_context)
 from xai_jax.cli.options import Parser, non_negative_int, positive_int
+from xai_jax import interrupts
 from xai_jax.errors import Terminated, XaiJaxError
 from xai_jax.methods import METHODS
 
@@ -148,10 +147,6 @@ def cmd_setup(args) -> None:
 COMMANDS = {"info": cmd_info, "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo, "setup": cmd_setup}
 
 
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def _in_cluster() -> bool:
     from xai_jax import distributed
     return distributed.process_count() > 1
@@ -174,9 +169,13 @@ def _failed(message: str, code: int, report) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # SIGTERM unwinds like Ctrl-C, so that every `finally` and atomic writer cleans up before the exit.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    # SIGTERM unwinds like Ctrl-C, so that every `finally` and atomic writer cleans up before the exit, and
+    # either is raised again between batches if a finalizer swallowed it (xai_jax.interrupts).
+    with interrupts.handled():
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
         try:
@@ -204,7 +203,4 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -10,6 +10,7 @@ together all of them, with the same number of batches each, and the global batch
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import queue
 import threading
@@ -18,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from xai_jax.data.base import Source
+from xai_jax.interrupts import raise_if_received
 
 _DONE = object()
 
@@ -102,6 +104,14 @@ class Batches:
             yield self._make(start + offset)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        """The batches; before each, a Ctrl-C or SIGTERM whose exception was swallowed is raised again
+        (:func:`xai_jax.interrupts.raise_if_received`)."""
+        with contextlib.closing(self._prefetched()) as batches:  # stops the producer thread at once
+            for batch in batches:
+                raise_if_received()
+                yield batch
+
+    def _prefetched(self) -> Iterator[dict[str, np.ndarray]]:
         if self.prefetch <= 0:
             yield from self._serial()
             return
