@@ -9,9 +9,11 @@ printed header says exactly which. `--seeds 0,1,2` repeats every run with its ow
 order, and the tables give mean +- sd over the seeds. `--classifier-train-limit` trains the explained classifier on
 more images than the decoders (the decoders' training images are the first of the classifier's). Writes
 `cladec_tables.json` (every row of every seed, the commit, the schedule, wall times), `tables.md` and figures
-(of the first seed) to --out.
+(of the first seed) to --out. `--merge A.json B.json ...` renders one table from runs of the same schedule with other
+seeds (a seed added in a later session, say), naming each seed's commit.
 
     python experiments/cladec_tables.py --quick --datasets fashion_mnist --models vgg --out /tmp/cladec_tables
+    python experiments/cladec_tables.py --merge run0/cladec_tables.json run12/cladec_tables.json --out /tmp/merged
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -88,7 +91,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="CPU schedule: 2,048 train / 512 test images, "
                    "classifier 4 epochs, decoders 3, evaluation classifiers 2, 256 occlusion images")
     p.add_argument("--out", default="/tmp/cladec_tables")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="render one table from these runs' "
+                   "cladec_tables.json (same schedule, different seeds) into --out; trains nothing")
     args = p.parse_args()
+    if args.merge:
+        write_merged(args.merge, args.out)
+        return
     if args.quick:
         args.train_limit, args.test_limit, args.occlusion_limit = 2048, 512, 256
         args.classifier_epochs, args.epochs, args.eval_epochs = 4, 3, 2
@@ -186,6 +194,61 @@ def run_classifier(args, results, dataset, arch, seed, layers, alphas, classifie
                                [str(l) for l in layers], [str(int(y)) for y in labels]))
     results["classifier"].append({**tag, "test_accuracy": info["test_accuracy"],
                                   "seconds": time.perf_counter() - start})
+
+
+def _without_seeds(schedule: str) -> str:
+    return re.sub(r", seeds [0-9,]+$", "", schedule)
+
+
+def merged(runs: list[dict]) -> dict:
+    """One results dict from runs that differ only in their seeds: the rows of all, ``commit`` per seed.
+
+    Raises:
+      ValueError: the schedules differ, or two runs hold the same data set, model and seed.
+    """
+    schedules = {_without_seeds(r["schedule"]) for r in runs}
+    if len(schedules) > 1:
+        raise ValueError("the runs' schedules differ: " + " / ".join(sorted(schedules)))
+    seen, commits = set(), []
+    for run in runs:
+        run_seeds = sorted({row["seed"] for row in run["classifier"]})  # a run stopped early lacks its last seeds
+        for row in run["classifier"]:
+            tag = (row["dataset"], row["model"], row["seed"])
+            if tag in seen:
+                raise ValueError(f"{tag[0]} {tag[1]} seed {tag[2]} is in more than one run")
+            seen.add(tag)
+        commits.append((run_seeds, run.get("commit", "unknown")))
+    seeds = sorted({seed for _, _, seed in seen})
+    out = {"schedule": f"{schedules.pop()}, seeds {','.join(map(str, seeds))}", "seeds": seeds,
+           "commit": "; ".join(f"seed{'s' * (len(s) > 1)} {','.join(map(str, s))} at {c}" for s, c in commits)}
+    for key in ("classifier", "layer", "alpha", "occlusion"):
+        out[key] = sorted((row for run in runs for row in run[key]), key=lambda row: row["seed"])
+    return out
+
+
+def write_merged(paths: list[str], out_dir: str) -> None:
+    """``merged`` of the runs in ``paths`` to ``out_dir``/cladec_tables.json and tables.md, checked before writing."""
+    target = os.path.join(out_dir, "cladec_tables.json")
+    if any(os.path.abspath(p) == os.path.abspath(target) for p in paths):
+        raise SystemExit(f"--out {out_dir} holds one of the runs to merge; choose another folder")
+    runs = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                runs.append(json.load(f))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"cannot read {path}: {e}") from None
+    try:
+        results = merged(runs)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    os.makedirs(out_dir, exist_ok=True)
+    with open(target, "w") as f:
+        json.dump(results, f, indent=2)
+    md = tables_markdown(results)
+    with open(os.path.join(out_dir, "tables.md"), "w") as f:
+        f.write(md)
+    print(md)
 
 
 def _f(values, digits=4):
