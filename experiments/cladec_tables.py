@@ -227,10 +227,11 @@ def merged(runs: list[dict]) -> dict:
 
 
 def write_merged(paths: list[str], out_dir: str) -> None:
-    """``merged`` of the runs in ``paths`` to ``out_dir``/cladec_tables.json and tables.md, checked before writing."""
-    target = os.path.join(out_dir, "cladec_tables.json")
-    if any(os.path.abspath(p) == os.path.abspath(target) for p in paths):
-        raise SystemExit(f"--out {out_dir} holds one of the runs to merge; choose another folder")
+    """``merged`` of the runs in ``paths`` to ``out_dir``/cladec_tables.json and tables.md, which must not exist yet;
+    everything is read and checked before anything is written."""
+    target, table = os.path.join(out_dir, "cladec_tables.json"), os.path.join(out_dir, "tables.md")
+    if os.path.exists(target) or os.path.exists(table):  # a run's own results, or another merge's
+        raise SystemExit(f"--out {out_dir} already holds cladec_tables.json or tables.md; choose a new folder")
     runs = []
     for path in paths:
         try:
@@ -246,7 +247,7 @@ def write_merged(paths: list[str], out_dir: str) -> None:
     with open(target, "w") as f:
         json.dump(results, f, indent=2)
     md = tables_markdown(results)
-    with open(os.path.join(out_dir, "tables.md"), "w") as f:
+    with open(table, "w") as f:
         f.write(md)
     print(md)
 

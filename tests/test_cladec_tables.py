@@ -1,5 +1,5 @@
 """``experiments/cladec_tables.py --merge``: runs of one schedule with other seeds become one mean +- sd table that
-names each run's commit; runs of other schedules, a seed held twice or an --out holding an input are refused
+names each run's commit; runs of other schedules, a seed held twice or an --out that already holds results are refused
 before anything is written."""
 
 from __future__ import annotations
@@ -102,9 +102,15 @@ def test_merge_refuses_before_writing(tables, tmp_path):
     other = tmp_path / "other.json"
     other.write_text(json.dumps(run([1], "b", rng)))
     before = path.read_text()
-    with pytest.raises(SystemExit, match="holds one of the runs to merge"):
+    with pytest.raises(SystemExit, match="already holds cladec_tables.json or tables.md"):
         tables.write_merged([str(path), str(other)], str(tmp_path))
     assert path.read_text() == before
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "tables.md").write_text("someone's table")
+    with pytest.raises(SystemExit, match="already holds"):
+        tables.write_merged([str(path), str(other)], str(tmp_path / "earlier"))
+    assert (tmp_path / "earlier" / "tables.md").read_text() == "someone's table"
+    assert not (tmp_path / "earlier" / "cladec_tables.json").exists()
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(SystemExit, match="cannot read .*broken.json"):
         tables.write_merged([str(other), str(tmp_path / "broken.json")], str(tmp_path / "out"))
