@@ -68,6 +68,10 @@ def load_dataset(name: str, train_limit: int, test_limit: int, seed: int = 0):
     return subset(tr, train_limit), subset(te, test_limit)
 
 
+DATASETS = ["fashion_mnist", "mnist", "cifar10"]
+MODELS = ["vgg", "resnet10"]
+
+
 def model_name(arch: str, dataset: str) -> str:
     return f"cladec_{arch}" + ("_rgb" if dataset == "cifar10" else "")
 
@@ -104,6 +108,13 @@ def main() -> None:
     layers = [int(v) for v in args.layers.split(",")]
     alphas = [float(v) for v in args.alphas.split(",")]
     seeds = [int(v) for v in args.seeds.split(",")]
+    datasets, archs = args.datasets.split(","), args.models.split(",")
+    unknown = sorted(set(datasets) - set(DATASETS)) + sorted(set(archs) - set(MODELS))
+    if unknown:
+        raise SystemExit(f"unknown data set or model {', '.join(unknown)}: choose from {', '.join(DATASETS + MODELS)}")
+    _refuse_existing(args.out, ["cladec_tables.json", "tables.md"] + [
+        f"{figure}_{dataset}_{arch}.png" for figure in ("layers", "alpha", "occlusion") for dataset in datasets
+        for arch in archs])
     os.makedirs(args.out, exist_ok=True)
     schedule = (f"classifier {args.classifier_epochs} epochs on {classifier_limit} training images, decoders and "
                 f"RefAE {args.epochs} epochs and evaluation classifiers {args.eval_epochs} on the first "
@@ -112,12 +123,12 @@ def main() -> None:
     print(f"# ClaDec tables ({jax.devices()[0].platform}; commit {commit()}; {schedule})\n", flush=True)
     results = {"schedule": schedule, "commit": commit(), "seeds": seeds, "classifier": [], "layer": [], "alpha": [],
                "occlusion": []}
-    for dataset in args.datasets.split(","):
+    for dataset in datasets:
         for seed in seeds:
             classifier_set, test_set = load_dataset(dataset, classifier_limit, args.test_limit, seed=seed)
             train_set = Subset(classifier_set, np.arange(min(args.train_limit, len(classifier_set))))
             train_set = ArraySource(*train_set.read(np.arange(len(train_set))))
-            for arch in args.models.split(","):
+            for arch in archs:
                 run_classifier(args, results, dataset, arch, seed, layers, alphas, classifier_set, train_set,
                                test_set, figures=seed == seeds[0])
                 with open(os.path.join(args.out, "cladec_tables.json"), "w") as f:
@@ -196,6 +207,14 @@ def run_classifier(args, results, dataset, arch, seed, layers, alphas, classifie
                                   "seconds": time.perf_counter() - start})
 
 
+def _refuse_existing(out_dir: str, names: list[str]) -> None:
+    """One-line SystemExit, before any work, when ``out_dir`` already holds a file this run would write: the script
+    never replaces results it did not write in this run."""
+    held = [name for name in names if os.path.exists(os.path.join(out_dir, name))]
+    if held:
+        raise SystemExit(f"--out {out_dir} already holds {', '.join(held)}; choose a new folder")
+
+
 def _without_seeds(schedule: str) -> str:
     return re.sub(r", seeds [0-9,]+$", "", schedule)
 
@@ -230,8 +249,7 @@ def write_merged(paths: list[str], out_dir: str) -> None:
     """``merged`` of the runs in ``paths`` to ``out_dir``/cladec_tables.json and tables.md, which must not exist yet;
     everything is read and checked before anything is written."""
     target, table = os.path.join(out_dir, "cladec_tables.json"), os.path.join(out_dir, "tables.md")
-    if os.path.exists(target) or os.path.exists(table):  # a run's own results, or another merge's
-        raise SystemExit(f"--out {out_dir} already holds cladec_tables.json or tables.md; choose a new folder")
+    _refuse_existing(out_dir, ["cladec_tables.json", "tables.md"])  # a run's own results, or another merge's
     runs = []
     for path in paths:
         try:

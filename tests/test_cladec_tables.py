@@ -1,6 +1,7 @@
 """``experiments/cladec_tables.py --merge``: runs of one schedule with other seeds become one mean +- sd table that
 names each run's commit; runs of other schedules, a seed held twice or an --out that already holds results are refused
-before anything is written."""
+before anything is written. A new run refuses an --out holding any file it would write, and an unknown data set or
+model, before it trains anything."""
 
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def test_merge_refuses_before_writing(tables, tmp_path):
     other = tmp_path / "other.json"
     other.write_text(json.dumps(run([1], "b", rng)))
     before = path.read_text()
-    with pytest.raises(SystemExit, match="already holds cladec_tables.json or tables.md"):
+    with pytest.raises(SystemExit, match="already holds cladec_tables.json; choose a new folder"):
         tables.write_merged([str(path), str(other)], str(tmp_path))
     assert path.read_text() == before
     (tmp_path / "earlier").mkdir()
@@ -115,3 +116,25 @@ def test_merge_refuses_before_writing(tables, tmp_path):
     with pytest.raises(SystemExit, match="cannot read .*broken.json"):
         tables.write_merged([str(other), str(tmp_path / "broken.json")], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, held, message", [
+    (["--datasets", "fashion_mnist,mnist", "--models", "resnet10"], "layers_mnist_resnet10.png",
+     "already holds layers_mnist_resnet10.png; choose a new folder"),
+    ([], "cladec_tables.json", "already holds cladec_tables.json; choose a new folder"),
+    (["--datasets", "fashion_mnist,cifar100"], None, "unknown data set or model cifar100: choose from"),
+    (["--models", "vgg,resnet50"], None, "unknown data set or model resnet50: choose from"),
+])
+def test_a_new_run_refuses_before_training(tables, tmp_path, monkeypatch, argv, held, message):
+    out = tmp_path / "out"
+    if held:
+        out.mkdir()
+        (out / held).write_text("an earlier run's")
+    monkeypatch.setattr(tables, "load_dataset", lambda *a, **k: pytest.fail("loaded data before refusing"))
+    monkeypatch.setattr(sys, "argv", ["cladec_tables.py", *argv, "--out", str(out)])
+    with pytest.raises(SystemExit, match=message):
+        tables.main()
+    if held:
+        assert [p.name for p in out.iterdir()] == [held] and (out / held).read_text() == "an earlier run's"
+    else:
+        assert not out.exists()
