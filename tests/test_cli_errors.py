@@ -422,7 +422,10 @@ def test_a_signal_during_a_pass_is_one_line_and_leaves_nothing(inputs, tmp_path,
     process = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "xai_jax.cli", "predict", "--model", "cifar_resnet56",
                                 "--weights", r56, "--data", f"jpeg-npz:{train}", "--batch-size", "64",
                                 "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               # SIGINT at its default, so that Python installs its handler: a test run started
+                               # in the background inherits SIGINT ignored, and xai-jax keeps it ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while _cpu_seconds(process.pid) < 14 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

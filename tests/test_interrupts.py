@@ -20,6 +20,15 @@ SIGNALS = [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)]
 BATCHES, SIGNAL_AT = 12, 3
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own SIGINT handler in every test, whatever this process inherited: a test run started in the
+    background (`nohup ... &` in a script) begins with SIGINT ignored, and an ignored signal stays ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _swallow(signum: int) -> None:
     """Delivers ``signum`` to this process and drops the exception its handler raises, as CPython does with
     one raised in a finalizer or a weakref callback ("Exception ignored in ...")."""
