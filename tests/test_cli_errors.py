@@ -418,14 +418,17 @@ def test_a_signal_during_a_pass_is_one_line_and_leaves_nothing(inputs, tmp_path,
     env = dict(os.environ, PYTHONPATH=str(REPO), XAI_JAX_NO_PROGRESS="1")
     r56 = str(next(shared_path("cifar10_resnet").glob("resnet56-*.th")))
     train = shared_path("cifar10", "cifar10_train_jpeg.npz")
-    # -X faulthandler: should it not stop, SIGABRT prints where every thread is, for the failure message.
-    process = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "xai_jax.cli", "predict", "--model", "cifar_resnet56",
-                                "--weights", r56, "--data", f"jpeg-npz:{train}", "--batch-size", "64",
-                                "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               # SIGINT at its default, so that Python installs its handler: a test run started
-                               # in the background inherits SIGINT ignored, and xai-jax keeps it ignored
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A test run started in the background inherits SIGINT ignored, and so would the CLI, which keeps an ignored
+    # signal ignored; with a handler here the child starts with SIGINT at its default and Python installs its own.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        # -X faulthandler: should it not stop, SIGABRT prints where every thread is, for the failure message.
+        process = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "xai_jax.cli", "predict", "--model", "cifar_resnet56",
+                                    "--weights", r56, "--data", f"jpeg-npz:{train}", "--batch-size", "64",
+                                    "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     deadline = time.monotonic() + 300
     while _cpu_seconds(process.pid) < 14 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
