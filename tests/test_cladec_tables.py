@@ -1,7 +1,7 @@
 """``experiments/cladec_tables.py --merge``: runs of one schedule with other seeds become one mean +- sd table that
 names each run's commit; runs of other schedules, a seed held twice or an --out that already holds results are refused
 before anything is written. A new run refuses an --out holding any file it would write, and an unknown data set or
-model, before it trains anything."""
+model, before it trains anything. The README's merged tables are the rows committed under ``experiments/results/``."""
 
 from __future__ import annotations
 
@@ -138,3 +138,20 @@ def test_a_new_run_refuses_before_training(tables, tmp_path, monkeypatch, argv, 
         assert [p.name for p in out.iterdir()] == [held] and (out / held).read_text() == "an earlier run's"
     else:
         assert not out.exists()
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in (REPO / "experiments" / "results").glob("cladec_*")))
+def test_readme_tables_are_the_committed_rows(tables, folder):
+    """Every row of the mean +- sd table that the README's ``--merge`` command renders from the committed rows in
+    ``experiments/results/<folder>`` is in the README, less the data set and model columns: the README's numbers
+    are those of the runs it names."""
+    runs = [json.loads(p.read_text()) for p in sorted((REPO / "experiments" / "results" / folder).glob("*.json"))]
+    md = tables.tables_markdown(tables.merged(runs))
+    readme = (REPO / "README.md").read_text()
+    rows = ["| " + line.split(" | ", 2)[2] for line in md.splitlines() if line.startswith("| ") and
+            line.split(" | ")[0][2:] == runs[0]["classifier"][0]["dataset"]]
+    assert len(rows) >= 10
+    missing = [row for row in rows if row not in readme]
+    assert not missing, f"README lacks {len(missing)} of {len(rows)} rows of {folder}, first {missing[0]}"
+    for r in runs:
+        assert r["commit"] in readme, r["commit"]
